@@ -1,0 +1,30 @@
+# Two commands: `make run` and `make test`. Each creates .venv and installs the
+# pinned environment (constraints.txt) only when pyproject.toml or the pins change.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+OUT ?= runs/default
+ARGS ?=
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/ppvae run --out $(OUT) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/ppca_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

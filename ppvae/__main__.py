@@ -1,0 +1,6 @@
+"""``python -m ppvae`` is the ``ppvae`` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,500 @@
+"""The ``ppvae`` command (also ``python -m ppvae``).
+
+Subcommands share the options ``--dataset --data-root --latent-dim --epochs --batch-size --lr
+--seed --device --out``. A user error (bad option, missing data, bad file) exits with status 2
+and a one-line message on stderr; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__, evaluate, plots
+from .data import DATASETS, as_image_shape, load_dataset
+from .infer import fit, resolve_device, save
+from .likelihoods import LIKELIHOODS
+from .ppca import PPCA
+from .vae import VAE
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """An error caused by the user's input: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    if text.strip() in ("", "none"):
+        return ()
+    try:
+        widths = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated widths like 256,128, got {text!r}"
+        ) from None
+    if any(w < 1 for w in widths):
+        raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
+    return widths
+
+
+def _common_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument(
+        "--dataset",
+        default="digits",
+        choices=DATASETS,
+        help="data set (default: digits, bundled with scikit-learn)",
+    )
+    g.add_argument(
+        "--data-root",
+        default=None,
+        help="folder with MNIST/raw and FashionMNIST/raw (torchvision layout)",
+    )
+    g.add_argument("--latent-dim", type=_positive_int, default=8, help="latent dimensions k")
+    g.add_argument("--epochs", type=_nonneg_int, default=300, help="SVI epochs")
+    g.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size")
+    g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    g.add_argument("--out", default=None, help="output folder (default: runs/COMMAND-DATASET)")
+    g.add_argument(
+        "--hidden",
+        type=_widths,
+        default=(256,),
+        help="hidden widths of the encoder (decoder mirrors), e.g. 256,128",
+    )
+    g.add_argument(
+        "--iw-samples",
+        type=_positive_int,
+        default=1000,
+        help="importance samples K for the log-likelihood estimate",
+    )
+    g.add_argument(
+        "--n-train",
+        type=_positive_int,
+        default=None,
+        help="use a seeded random subset of the training split",
+    )
+    g.add_argument(
+        "--n-test",
+        type=_positive_int,
+        default=None,
+        help="use a seeded random subset of the test split",
+    )
+    g.add_argument(
+        "--download",
+        action="store_true",
+        help="download missing MNIST files into --data-root (needs network)",
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = _Parser(prog="ppvae", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ppvae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    sub.add_parser(
+        "run",
+        parents=[common],
+        help="fit PPCA and a Gaussian VAE, evaluate both on the test split, write a report",
+        description="Fit PPCA (closed form) and a Gaussian VAE (SVI) on the same dequantized "
+        "training data, evaluate both on the test split in nats, and write metrics.json, "
+        "report.md and figures.",
+    )
+    fit_p = sub.add_parser(
+        "fit",
+        parents=[common],
+        help="train one VAE and save it to OUT/model.pt",
+        description="Train one VAE by SVI and write OUT/model.pt, metrics.json and figures.",
+    )
+    fit_p.add_argument(
+        "--likelihood",
+        default="gaussian",
+        choices=sorted(LIKELIHOODS),
+        help="p(x|z); bernoulli trains on dynamically binarized data",
+    )
+    return parser
+
+
+# ---------------------------------------------------------------------- shared steps
+def _load(args, binarize=None):
+    ds = load_dataset(
+        args.dataset,
+        root=args.data_root,
+        download=args.download,
+        seed=args.seed,
+        binarize=binarize,
+        n_train=args.n_train,
+        n_test=args.n_test,
+    )
+    if ds.train.shape[0] < 2 or ds.test.shape[0] < 1:
+        raise UserError("need at least 2 training rows and 1 test row")
+    return ds
+
+
+def _out_dir(args) -> Path:
+    out = Path(args.out) if args.out else Path("runs") / f"{args.command}-{args.dataset}"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _bits_per_dim(nats: float, data_dim: int, levels: int | None) -> float | None:
+    """Bits per dimension on the integer pixel scale, for dequantized data in [0, 1]."""
+    if levels is None:
+        return None
+    return -(nats - data_dim * math.log(levels)) / (data_dim * math.log(2.0))
+
+
+def _vae_figures(vae: VAE, ds, out: Path, history, device, reference=None) -> tuple:
+    figs = {}
+    figs["training_curve"] = plots.training_curve(
+        history, out / "training_curve.png", reference=reference
+    ).name
+    image_shape = as_image_shape(ds.image_shape, ds.data_dim)
+    vae.eval()
+    with torch.no_grad():
+        x = ds.test[:10].to(device)
+        if image_shape is not None:
+            torch.manual_seed(0)
+            figs["samples"] = plots.image_grid(
+                [vae.sample(10), vae.sample(10)],
+                image_shape,
+                out / "samples_vae.png",
+                title="VAE: E[x | z], z ~ p(z)",
+            ).name
+        loc = torch.cat([vae.encode(c.to(device))[0] for c in ds.test.split(4096)])
+    return figs, x, loc, image_shape
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _environment() -> dict:
+    return {
+        "ppvae": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ---------------------------------------------------------------------- subcommands
+def cmd_run(args) -> int:
+    t0 = time.perf_counter()
+    device = resolve_device(args.device)
+    ds = _load(args)
+    k = args.latent_dim
+    if k >= ds.data_dim:
+        raise UserError(f"--latent-dim {k} must be smaller than the data dimension {ds.data_dim}")
+    out = _out_dir(args)
+    print(f"ppvae run: {ds} -> {out}", file=sys.stderr)
+
+    t = time.perf_counter()
+    ppca = PPCA(k).fit(ds.train.double())
+    ppca_fit_s = time.perf_counter() - t
+    ppca_test = ppca.log_prob(ds.test.double())
+    ppca_train = ppca.score(ds.train.double())
+
+    vae = VAE(ds.data_dim, k, hidden=args.hidden, likelihood="gaussian")
+    history = fit(
+        vae,
+        ds.train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        test=ds.test,
+        device=device,
+    )
+    torch.manual_seed(args.seed)
+    t = time.perf_counter()
+    vae_elbo = evaluate.elbo(vae, ds.test, num_samples=10)
+    vae_iw = evaluate.log_likelihood(vae, ds.test, num_samples=args.iw_samples)
+    eval_s = time.perf_counter() - t
+    vae_train_elbo = float(evaluate.elbo(vae, ds.train, num_samples=1).mean())
+
+    D, L = ds.data_dim, ds.levels
+    metrics = {
+        "command": "run",
+        "dataset": ds.name,
+        "n_train": int(ds.train.shape[0]),
+        "n_test": int(ds.test.shape[0]),
+        "data_dim": D,
+        "latent_dim": k,
+        "units": "nats per sample (density of uniformly dequantized data on [0,1]^D)",
+        "ppca": {
+            "test_log_likelihood": float(ppca_test.mean()),
+            "test_log_likelihood_sem": float(ppca_test.std() / math.sqrt(len(ppca_test))),
+            "train_log_likelihood": ppca_train,
+            "test_bits_per_dim": _bits_per_dim(float(ppca_test.mean()), D, L),
+            "noise_variance": ppca.noise_variance_,
+            "fit_seconds": ppca_fit_s,
+        },
+        "vae": {
+            "test_elbo": float(vae_elbo.mean()),
+            "test_log_likelihood_iw": float(vae_iw.mean()),
+            "test_log_likelihood_iw_sem": float(vae_iw.std() / math.sqrt(len(vae_iw))),
+            "iw_samples": args.iw_samples,
+            "train_elbo": vae_train_elbo,
+            "test_bits_per_dim_iw": _bits_per_dim(float(vae_iw.mean()), D, L),
+            "hidden": list(args.hidden),
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "fit_seconds": history.seconds,
+            "eval_seconds": eval_s,
+            "history": history.to_dict(),
+        },
+        "seed": args.seed,
+        "device": str(device),
+        "environment": _environment(),
+    }
+
+    ref = {"PPCA test log-lik (exact)": metrics["ppca"]["test_log_likelihood"]}
+    figs, x, loc, image_shape = _vae_figures(vae, ds, out, history, device, reference=ref)
+    if image_shape is not None:
+        with torch.no_grad():
+            rows = [x.cpu(), vae.reconstruct(x).cpu(), ppca.reconstruct(x.cpu().double())]
+            figs["reconstructions"] = plots.image_grid(
+                rows,
+                image_shape,
+                out / "reconstructions.png",
+                row_labels=["test data", "VAE", "PPCA"],
+                title="Test reconstructions: E[x | z] at the posterior mean of z",
+            ).name
+            figs["samples_ppca"] = plots.image_grid(
+                [ppca.sample(10, torch.Generator().manual_seed(args.seed)).clamp(0, 1)],
+                image_shape,
+                out / "samples_ppca.png",
+                title="PPCA: x ~ p(x)",
+            ).name
+    figs["latent_scatter"] = plots.latent_scatter(
+        {"VAE: E_q[z | x]": loc, "PPCA: E[z | x]": ppca.transform(ds.test.double())},
+        ds.test_labels,
+        out / "latent_scatter.png",
+    ).name
+    metrics["figures"] = figs
+    metrics["seconds_total"] = time.perf_counter() - t0
+    _write_json(out / "metrics.json", metrics)
+    (out / "report.md").write_text(_run_report(metrics))
+    print(_run_table(metrics))
+    print(
+        f"wrote {out}/metrics.json, report.md and {len(figs)} figures "
+        f"in {metrics['seconds_total']:.1f} s"
+    )
+    return 0
+
+
+def _run_table(m: dict) -> str:
+    p, v = m["ppca"], m["vae"]
+    rows = [
+        ("model", "test log p(x)", "test ELBO", "bits/dim", "fit s"),
+        (
+            "PPCA (exact)",
+            f"{p['test_log_likelihood']:.3f}",
+            "= log p(x)",
+            _fmt(p["test_bits_per_dim"]),
+            f"{p['fit_seconds']:.2f}",
+        ),
+        (
+            f"VAE (IW, K={v['iw_samples']})",
+            f"{v['test_log_likelihood_iw']:.3f} ± {v['test_log_likelihood_iw_sem']:.3f}",
+            f"{v['test_elbo']:.3f}",
+            _fmt(v["test_bits_per_dim_iw"]),
+            f"{v['fit_seconds']:.1f}",
+        ),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return f"{m['dataset']}: test set, nats per sample (higher is better)\n" + "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _run_report(m: dict) -> str:
+    p, v = m["ppca"], m["vae"]
+    figs = m["figures"]
+    gap = v["test_log_likelihood_iw"] - p["test_log_likelihood"]
+    lines = [
+        f"# ppvae run: {m['dataset']}",
+        "",
+        f"PPCA and a Gaussian VAE with the same latent size (k = {m['latent_dim']}) fitted on the "
+        f"same {m['n_train']} uniformly dequantized training images (D = {m['data_dim']}), "
+        f"evaluated on {m['n_test']} test images. Log-likelihoods are densities on [0, 1]^D in "
+        "nats per image; higher is better.",
+        "",
+        "| model | test log p(x) | test ELBO | bits/dim | train | fit time |",
+        "|---|---|---|---|---|---|",
+        f"| PPCA (closed form, exact) | {p['test_log_likelihood']:.3f} ± "
+        f"{p['test_log_likelihood_sem']:.3f} | (exact) | {_fmt(p['test_bits_per_dim'])} | "
+        f"{p['train_log_likelihood']:.3f} | {p['fit_seconds']:.2f} s |",
+        f"| VAE, hidden {tuple(v['hidden'])}, {v['epochs']} epochs | "
+        f"{v['test_log_likelihood_iw']:.3f} ± {v['test_log_likelihood_iw_sem']:.3f} "
+        f"(IW, K = {v['iw_samples']}) | {v['test_elbo']:.3f} | "
+        f"{_fmt(v['test_bits_per_dim_iw'])} | {v['train_elbo']:.3f} (ELBO) | "
+        f"{v['fit_seconds']:.1f} s |",
+        "",
+        "± is the standard error of the mean over test images. The VAE's importance-weighted "
+        "estimate is a stochastic lower bound on its log-likelihood; PPCA's is exact.",
+        "",
+        f"The VAE's test log-likelihood is {abs(gap):.2f} nats per image "
+        f"{'above' if gap > 0 else 'below'} PPCA's.",
+        "",
+        "## Figures",
+        "",
+    ]
+    captions = {
+        "training_curve": "ELBO per epoch, with PPCA's exact test log-likelihood for reference",
+        "samples": "VAE samples: decoder means at z ~ p(z)",
+        "samples_ppca": "PPCA samples x ~ p(x)",
+        "reconstructions": "Test images and their reconstructions",
+        "latent_scatter": "Posterior means of the test images, coloured by digit",
+    }
+    for key, name in figs.items():
+        lines += [f"![{captions.get(key, key)}]({name})", f"*{captions.get(key, key)}.*", ""]
+    lines += [
+        "## Settings",
+        "",
+        f"batch size {v['batch_size']}, learning rate {v['lr']}, seed {m['seed']}, "
+        f"device {m['device']}; total time {m['seconds_total']:.1f} s; "
+        f"torch {m['environment']['torch']}, {m['environment']['threads']} threads.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_fit(args) -> int:
+    device = resolve_device(args.device)
+    bern = args.likelihood == "bernoulli"
+    ds = _load(args, binarize="dynamic" if bern else None)
+    if args.latent_dim >= ds.data_dim:
+        raise UserError(
+            f"--latent-dim {args.latent_dim} must be smaller than the data dimension {ds.data_dim}"
+        )
+    out = _out_dir(args)
+    print(f"ppvae fit: {ds} -> {out}", file=sys.stderr)
+    vae = VAE(ds.data_dim, args.latent_dim, hidden=args.hidden, likelihood=args.likelihood)
+    history = fit(
+        vae,
+        ds.train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        test=ds.test,
+        device=device,
+        binarize="dynamic" if bern else None,
+    )
+    torch.manual_seed(args.seed)
+    test_elbo = float(evaluate.elbo(vae, ds.test, num_samples=10).mean())
+    test_iw = evaluate.log_likelihood(vae, ds.test, num_samples=args.iw_samples)
+    figs, x, loc, image_shape = _vae_figures(vae, ds, out, history, device)
+    if image_shape is not None:
+        with torch.no_grad():
+            figs["reconstructions"] = plots.image_grid(
+                [x.cpu(), vae.reconstruct(x).cpu()],
+                image_shape,
+                out / "reconstructions.png",
+                row_labels=["test data", "VAE"],
+                title="Test reconstructions",
+            ).name
+    figs["latent_scatter"] = plots.latent_scatter(
+        {"VAE: E_q[z | x]": loc}, ds.test_labels, out / "latent_scatter.png"
+    ).name
+    meta = {
+        "dataset": ds.name,
+        "seed": args.seed,
+        "binarize": ds.binarize,
+        "dequantized": ds.dequantized,
+    }
+    save(vae.cpu(), out / "model.pt", history=history, metadata=meta)
+    metrics = {
+        "command": "fit",
+        **meta,
+        "likelihood": args.likelihood,
+        "latent_dim": args.latent_dim,
+        "hidden": list(args.hidden),
+        "test_elbo": test_elbo,
+        "test_log_likelihood_iw": float(test_iw.mean()),
+        "iw_samples": args.iw_samples,
+        "fit_seconds": history.seconds,
+        "history": history.to_dict(),
+        "figures": figs,
+        "environment": _environment(),
+    }
+    _write_json(out / "metrics.json", metrics)
+    print(
+        f"test ELBO {test_elbo:.3f}, test log-lik (IW, K={args.iw_samples}) "
+        f"{metrics['test_log_likelihood_iw']:.3f} nats/sample; wrote {out}/model.pt"
+    )
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "fit": cmd_fit}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, ValueError, FileNotFoundError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"ppvae {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"ppvae {args.command}: interrupted", file=sys.stderr)
+        return 130

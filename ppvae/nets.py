@@ -1,0 +1,112 @@
+"""Encoder and decoder networks.
+
+Shapes are the contract a VAE relies on, so any module that follows them can be passed as
+``encoder=`` / ``decoder=``:
+
+* an **encoder** maps x of shape (..., D) to ``(loc, scale)``, each of shape (..., k), scale > 0;
+* a **decoder** maps z of shape (..., k) to the likelihood's parameters, shape (..., D).
+
+Leading batch dimensions must broadcast (importance sampling evaluates the decoder on
+z of shape (K, N, k)).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["ACTIVATIONS", "GaussianEncoder", "MLPDecoder", "mlp"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "sigmoid": nn.Sigmoid,
+}
+
+
+def _activation(name: str) -> type[nn.Module]:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}"
+        ) from None
+
+
+def _check_widths(hidden: Sequence[int]) -> tuple[int, ...]:
+    widths = tuple(int(h) for h in hidden)
+    if any(h < 1 for h in widths):
+        raise ValueError(f"hidden widths must be positive, got {tuple(hidden)}")
+    return widths
+
+
+def mlp(
+    in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "relu"
+) -> nn.Sequential:
+    """A multilayer perceptron ``in_dim -> hidden... -> out_dim``, no final activation."""
+    act = _activation(activation)
+    dims = (int(in_dim), *_check_widths(hidden), int(out_dim))
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class GaussianEncoder(nn.Module):
+    """MLP encoder for a diagonal Gaussian ``q(z | x) = N(loc(x), diag(scale(x)^2))``.
+
+    Parameters
+    ----------
+    data_dim, latent_dim : int
+        D and k.
+    hidden : sequence of int
+        Hidden widths; empty for a linear (affine) encoder.
+    activation : str
+        One of :data:`ACTIVATIONS`.
+    min_scale : float
+        Floor added to ``softplus`` so that scales stay positive in float32.
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (256,),
+        activation: str = "relu",
+        min_scale: float = 1e-4,
+    ):
+        super().__init__()
+        self.latent_dim = int(latent_dim)
+        self.min_scale = float(min_scale)
+        self.net = mlp(data_dim, hidden, 2 * latent_dim, activation)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(x)
+        loc, raw_scale = out[..., : self.latent_dim], out[..., self.latent_dim :]
+        return loc, F.softplus(raw_scale) + self.min_scale
+
+
+class MLPDecoder(nn.Module):
+    """MLP decoder: z (..., k) -> likelihood parameters (..., D)."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        data_dim: int,
+        hidden: Sequence[int] = (256,),
+        activation: str = "relu",
+    ):
+        super().__init__()
+        self.net = mlp(latent_dim, tuple(reversed(tuple(hidden))), data_dim, activation)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

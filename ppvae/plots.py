@@ -1,0 +1,143 @@
+"""Figures, written as PNG files.
+
+Uses matplotlib's object-oriented API with the Agg canvas, so it never touches pyplot's global
+state or needs a display. Image grids are drawn with matplotlib alone (no torchvision).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["image_grid", "latent_scatter", "training_curve"]
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def training_curve(
+    history,
+    path: str | os.PathLike,
+    *,
+    reference: dict[str, float] | None = None,
+    title: str = "SVI training",
+) -> Path:
+    """ELBO per epoch (train and test), with optional horizontal reference lines.
+
+    Parameters
+    ----------
+    history : ppvae.History
+    path : path of the PNG to write
+    reference : dict, optional
+        Label -> value in nats per sample, e.g. ``{"PPCA test log-lik": 17.9}``.
+    """
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot()
+    epochs = np.arange(1, len(history.train_elbo) + 1)
+    ax.plot(epochs, history.train_elbo, label="train ELBO (minibatch mean)")
+    if history.test_elbo:
+        ax.plot(epochs, history.test_elbo, label="test ELBO")
+    for i, (label, value) in enumerate((reference or {}).items()):
+        ax.axhline(value, color=f"C{i + 2}", linestyle="--", label=label)
+    values = np.asarray(history.train_elbo + history.test_elbo, dtype=float)
+    if values.size > 4:  # keep the early, very negative epochs from flattening the plot
+        lo = np.percentile(values, 5)
+        hi = max([values.max(), *(reference or {}).values()])
+        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per sample")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def image_grid(
+    rows: Sequence[torch.Tensor],
+    image_shape: tuple[int, int],
+    path: str | os.PathLike,
+    *,
+    row_labels: Sequence[str] | None = None,
+    title: str = "",
+) -> Path:
+    """Draw images as a grid: one tensor of shape (n, D) per row, in [0, 1].
+
+    Parameters
+    ----------
+    rows : sequence of tensors, each (n, D)
+    image_shape : (H, W) with H * W == D
+    path : path of the PNG to write
+    row_labels : one label per row
+    """
+    h, w = image_shape
+    n_rows = len(rows)
+    n_cols = max(int(r.shape[0]) for r in rows)
+    fig = Figure(figsize=(max(1.0, 0.6 * n_cols) + 1.2, 0.6 * n_rows + 0.5))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for i, r in enumerate(rows):
+        imgs = r.detach().cpu().float().clamp(0, 1).reshape(-1, h, w).numpy()
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(imgs):
+                ax.imshow(imgs[j], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        if row_labels is not None:
+            axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def latent_scatter(
+    panels: dict[str, torch.Tensor],
+    labels: torch.Tensor | None,
+    path: str | os.PathLike,
+) -> Path:
+    """Scatter 2-D views of latent codes, one panel per model, coloured by label.
+
+    Codes with more than two dimensions are projected onto their first two principal
+    components (axes say so).
+
+    Parameters
+    ----------
+    panels : dict
+        Title -> codes of shape (N, k), e.g. posterior means.
+    labels : tensor of shape (N,), optional
+    """
+    fig = Figure(figsize=(4.6 * len(panels), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    c = None if labels is None else labels.detach().cpu().numpy()
+    sc = None
+    for ax, (title, z) in zip(axes, panels.items(), strict=True):
+        z = z.detach().cpu().double().numpy()
+        if z.shape[1] > 2:
+            zc = z - z.mean(0)
+            _, _, vt = np.linalg.svd(zc, full_matrices=False)
+            z2 = zc @ vt[:2].T
+            xlabel, ylabel = "PC 1 of posterior means", "PC 2 of posterior means"
+        elif z.shape[1] == 2:
+            z2, xlabel, ylabel = z, "z1", "z2"
+        else:
+            z2 = np.column_stack([z[:, 0], np.zeros(len(z))])
+            xlabel, ylabel = "z1", ""
+        sc = ax.scatter(z2[:, 0], z2[:, 1], c=c, cmap="tab10", s=6, alpha=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    if c is not None and sc is not None:
+        fig.colorbar(sc, ax=list(axes), label="label")
+    return _save(fig, path)

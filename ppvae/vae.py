@@ -1,0 +1,163 @@
+"""The variational autoencoder as a Pyro program: ``model`` is p(z) p(x | z), ``guide`` is q(z | x).
+
+Both take a minibatch ``x`` of shape (B, D) and the size N of the whole data set, and run inside
+``pyro.plate("data", size=N, subsample_size=B)``, so that Pyro scales every per-sample term by
+N / B and the minibatch ELBO is an unbiased estimate of the full-data ELBO (in nats)::
+
+    ELBO = sum_n  E_q(z_n|x_n) [ log p(x_n | z_n) + log p(z_n) - log q(z_n | x_n) ]
+
+Models import nothing from training, evaluation or the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from .likelihoods import Likelihood, make_likelihood
+from .nets import GaussianEncoder, MLPDecoder
+from .priors import Prior, make_prior
+
+__all__ = ["VAE"]
+
+
+class VAE(nn.Module):
+    """A VAE whose ``model`` and ``guide`` are Pyro functions.
+
+    Parameters
+    ----------
+    data_dim : int
+        D, the number of observed features.
+    latent_dim : int
+        k, the number of latent dimensions.
+    hidden : sequence of int
+        Hidden widths of the encoder; the decoder mirrors them. Ignored for a network that is
+        passed in.
+    likelihood : str or Likelihood
+        ``"gaussian"`` (learned isotropic scale), ``"bernoulli"``, or a
+        :class:`~ppvae.likelihoods.Likelihood`.
+    prior : str or Prior, optional
+        ``"standard"`` (the default, N(0, I)) or a :class:`~ppvae.priors.Prior`.
+    activation : str
+        Hidden activation of the default networks.
+    encoder, decoder : nn.Module, optional
+        Replace the default MLPs; they must follow the shapes documented in
+        :mod:`ppvae.nets`.
+    name : str
+        Prefix of this module's parameters in Pyro's parameter store.
+
+    Examples
+    --------
+    >>> import pyro, torch
+    >>> from ppvae import VAE
+    >>> vae = VAE(data_dim=64, latent_dim=2, hidden=(32,))
+    >>> trace = pyro.poutine.trace(vae.model).get_trace(torch.rand(5, 64), num_data=100)
+    >>> trace.nodes["z"]["value"].shape
+    torch.Size([5, 2])
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (256,),
+        likelihood: str | Likelihood = "gaussian",
+        prior: str | Prior | None = None,
+        activation: str = "relu",
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        name: str = "vae",
+    ):
+        super().__init__()
+        for what, v in (("data_dim", data_dim), ("latent_dim", latent_dim)):
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"{what} must be a positive integer, got {v!r}")
+        self.data_dim = int(data_dim)
+        self.latent_dim = int(latent_dim)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.activation = activation
+        self.pyro_name = name
+        self._custom_nets = encoder is not None or decoder is not None
+        self.encoder = encoder or GaussianEncoder(data_dim, latent_dim, self.hidden, activation)
+        self.decoder = decoder or MLPDecoder(latent_dim, data_dim, self.hidden, activation)
+        self.likelihood = make_likelihood(likelihood, data_dim)
+        self.prior = make_prior(prior, latent_dim)
+
+    # ------------------------------------------------------------------ Pyro program
+    def _plate(self, x: torch.Tensor, num_data: int | None) -> pyro.plate:
+        n = x.shape[0] if num_data is None else int(num_data)
+        return pyro.plate("data", size=n, subsample_size=x.shape[0], device=x.device)
+
+    def model(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        """Generative model p(z) p(x | z) with ``x`` observed at site ``"x"``.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, D)
+            A minibatch.
+        num_data : int, optional
+            Size N of the full data set the minibatch is drawn from (default B: no scaling).
+
+        Returns
+        -------
+        torch.Tensor, shape (B, k)
+            The latent sample z.
+        """
+        pyro.module(self.pyro_name, self)
+        plate = self._plate(x, num_data)
+        z = self.prior.model(plate)
+        with plate:
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+        return z
+
+    def guide(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        """Recognition model ``q(z | x) = N(loc(x), diag(scale(x)^2))`` at site ``"z"``."""
+        pyro.module(self.pyro_name, self)
+        plate = self._plate(x, num_data)
+        self.prior.guide(plate)
+        with plate:
+            loc, scale = self.encoder(x)
+            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    # ------------------------------------------------------------------ plain PyTorch API
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of q(z | x), each of shape (N, k)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """The distribution p(x | z), batch shape z.shape[:-1], event shape (D,)."""
+        return self.likelihood(self.decoder(z))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z] at z = E_q[z | x], shape (N, D)."""
+        return self.likelihood.mean(self.decoder(self.encoder(x)[0]))
+
+    def sample(self, n: int) -> torch.Tensor:
+        """Means E[x | z] of ``n`` draws z ~ p(z), shape (n, D) (uses torch's global RNG)."""
+        with torch.no_grad():
+            z = self.prior.distribution().sample((n,))
+            return self.likelihood.mean(self.decoder(z))
+
+    # ------------------------------------------------------------------ saving
+    def config(self) -> dict:
+        """JSON-able constructor arguments; ``VAE(**config())`` rebuilds the architecture."""
+        if self._custom_nets:
+            raise ValueError(
+                "a VAE with custom encoder/decoder modules cannot be rebuilt from a config; "
+                "save its state_dict() and rebuild it in your own code"
+            )
+        return {
+            "data_dim": self.data_dim,
+            "latent_dim": self.latent_dim,
+            "hidden": list(self.hidden),
+            "likelihood": self.likelihood.config(),
+            "prior": self.prior.config(),
+            "activation": self.activation,
+        }
+
+    def extra_repr(self) -> str:
+        return f"data_dim={self.data_dim}, latent_dim={self.latent_dim}"
