@@ -1,0 +1,35 @@
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+import ppvae
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PPVAE_DATA_ROOT", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _pyro_validation():
+    """Every test runs with Pyro's argument and support validation on."""
+    pyro.enable_validation(True)
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return ppvae.load_dataset("digits", seed=0)
+
+
+def needs_shared_data(name: str):
+    folder = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name]
+    return pytest.mark.skipif(
+        not (SHARED_DATA / folder / "raw").is_dir(),
+        reason=f"{SHARED_DATA / folder / 'raw'} not present",
+    )

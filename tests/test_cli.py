@@ -1,0 +1,126 @@
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ppvae
+from ppvae.cli import main
+
+from .conftest import REPO
+
+TINY = [
+    "--epochs",
+    "2",
+    "--iw-samples",
+    "5",
+    "--n-train",
+    "200",
+    "--n-test",
+    "40",
+    "--hidden",
+    "16",
+    "--latent-dim",
+    "3",
+]
+
+
+def test_run_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *TINY, "--out", str(out)]) == 0
+    expected = {
+        "metrics.json",
+        "report.md",
+        "training_curve.png",
+        "samples_vae.png",
+        "samples_ppca.png",
+        "reconstructions.png",
+        "latent_scatter.png",
+    }
+    assert expected <= {p.name for p in out.iterdir()}
+    for name in expected - {"metrics.json", "report.md"}:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_train"] == 200 and m["n_test"] == 40 and m["latent_dim"] == 3
+    for value in (
+        m["ppca"]["test_log_likelihood"],
+        m["vae"]["test_elbo"],
+        m["vae"]["test_log_likelihood_iw"],
+    ):
+        assert math.isfinite(value)
+    assert len(m["vae"]["history"]["train_elbo"]) == 2
+    report = (out / "report.md").read_text()
+    assert "PPCA" in report and "training_curve.png" in report
+    assert "PPCA (exact)" in capsys.readouterr().out
+
+
+def test_fit_saves_a_loadable_model(tmp_path):
+    out = tmp_path / "fit"
+    assert main(["fit", *TINY, "--likelihood", "bernoulli", "--out", str(out)]) == 0
+    vae = ppvae.load(out / "model.pt")
+    assert vae.latent_dim == 3 and vae.likelihood.name == "bernoulli"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["binarize"] == "dynamic" and math.isfinite(m["test_log_likelihood_iw"])
+    assert (out / "reconstructions.png").exists() and (out / "latent_scatter.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["run", "--dataset", "cifar"], "invalid choice"),
+        (["run", "--dataset", "mnist", "--data-root", "/nonexistent/x"], "missing"),
+        (["run", "--dataset", "mnist"], "needs a data root"),
+        (["run", "--latent-dim", "64", "--epochs", "0"], "smaller than the data dimension"),
+        (["run", "--lr", "-1"], "positive number"),
+        (["fit", "--hidden", "a,b"], "comma-separated"),
+        (["fit", "--device", "tpu", "--epochs", "0"], "device"),
+        (["frobnicate"], "invalid choice"),
+        (["run", "--no-such-option"], "unrecognized arguments"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, needle, tmp_path, capsys):
+    if argv[0] in ("run", "fit"):
+        argv = [*argv, "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_python_dash_m_entry_point():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run(
+        [sys.executable, "-m", "ppvae", "run", "--dataset", "nope"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "invalid choice" in res.stderr
+    res = subprocess.run(
+        [sys.executable, "-m", "ppvae", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 0 and "check" not in res.stderr and "run" in res.stdout
+
+
+def test_readme_example_runs_as_written(tmp_path, monkeypatch):
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks, "README has no python example"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert (tmp_path / "runs" / "example" / "model.pt").exists()
+    assert isinstance(namespace["vae2"], ppvae.VAE)
+    assert bool(torch.isfinite(namespace["loglik"]).all())

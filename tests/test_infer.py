@@ -1,0 +1,147 @@
+import os
+
+import pytest
+import torch
+
+import ppvae
+from ppvae import evaluate
+
+
+class _Evil:
+    """Unpickling this would run code: weights_only loading must refuse it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def _small(digits, n=300):
+    return digits.train[:n], digits.test[:100]
+
+
+def test_short_fit_raises_the_elbo(digits):
+    train, test = _small(digits)
+    vae = ppvae.VAE(64, 4, hidden=(32,))
+    torch.manual_seed(0)
+    before = evaluate.elbo(vae, test, num_samples=10)
+    history = ppvae.fit(vae, train, epochs=15, batch_size=64, lr=3e-3, seed=0, test=test)
+    torch.manual_seed(0)
+    after = evaluate.elbo(vae, test, num_samples=10)
+    assert history.epochs == 15 and len(history.test_elbo) == 15 and history.steps == 15 * 5
+    # paired per-image improvement, far beyond Monte Carlo noise (t > 10)
+    diff = after - before
+    assert float(diff.mean()) > 10 * float(diff.std() / len(diff) ** 0.5)
+    assert history.train_elbo[-1] > history.train_elbo[0]
+    assert history.test_elbo[-1] > history.test_elbo[0]
+
+
+def test_fit_is_reproducible(digits):
+    train, _ = _small(digits, 200)
+    runs = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)  # same init for the first two
+        vae = ppvae.VAE(64, 3, hidden=(16,))
+        h = ppvae.fit(vae, train, epochs=3, batch_size=50, seed=seed)
+        runs.append((h.train_elbo, vae.decoder.net[0].weight.detach().clone()))
+    assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+    assert runs[0][0] != runs[2][0]
+
+
+def test_models_trained_in_turn_do_not_share_parameters(digits):
+    """Each fit trains its own model's tensors (no stale entries in Pyro's param store)."""
+    train, _ = _small(digits, 200)
+    a, b = ppvae.VAE(64, 3, hidden=(16,)), ppvae.VAE(64, 3, hidden=(16,))
+    ppvae.fit(a, train, epochs=2, batch_size=100)
+    a_w = a.decoder.net[0].weight.detach().clone()
+    b_w = b.decoder.net[0].weight.detach().clone()
+    ppvae.fit(b, train, epochs=2, batch_size=100)
+    assert torch.equal(a.decoder.net[0].weight, a_w)
+    assert not torch.equal(b.decoder.net[0].weight, b_w)
+
+
+@pytest.mark.parametrize("elbo", ["meanfield", "jit"])
+def test_other_elbos(digits, elbo):
+    train, _ = _small(digits, 100)
+    h = ppvae.fit(ppvae.VAE(64, 2, hidden=(8,)), train, epochs=2, batch_size=50, elbo=elbo)
+    assert all(torch.isfinite(torch.tensor(h.train_elbo)))
+
+
+def test_dynamic_binarization_with_bernoulli():
+    ds = ppvae.load_dataset("digits", binarize="dynamic", n_train=200, n_test=50)
+    vae = ppvae.VAE(64, 2, hidden=(16,), likelihood="bernoulli")
+    with pytest.raises(ValueError, match="binary data"):
+        ppvae.fit(vae, ds.train, epochs=1)  # intensities, not binary
+    h = ppvae.fit(vae, ds.train, epochs=3, batch_size=50, binarize="dynamic", test=ds.test)
+    assert len(h.test_elbo) == 3 and h.test_elbo[-1] < 0
+
+
+def test_fit_rejects_bad_input(digits):
+    vae = ppvae.VAE(64, 2, hidden=(8,))
+    train = digits.train[:50]
+    with pytest.raises(ValueError, match="expected 64 columns"):
+        ppvae.fit(vae, train[:, :10])
+    bad = train.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        ppvae.fit(vae, bad)
+    with pytest.raises(ValueError, match="test: expected 64 columns"):
+        ppvae.fit(vae, train, test=train[:, :3])
+    with pytest.raises(ValueError, match="epochs"):
+        ppvae.fit(vae, train, epochs=-1)
+    with pytest.raises(ValueError, match="lr"):
+        ppvae.fit(vae, train, lr=0)
+    with pytest.raises(ValueError, match="unknown elbo"):
+        ppvae.fit(vae, train, elbo="renyi-ish")
+    with pytest.raises(ValueError, match="device"):
+        ppvae.fit(vae, train, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            ppvae.fit(vae, train, device="cuda")
+    with pytest.raises(TypeError, match="VAE"):
+        ppvae.fit(object(), train)
+
+
+def test_save_load_round_trip(tmp_path, digits):
+    vae = ppvae.VAE(64, 3, hidden=(16,))
+    h = ppvae.fit(vae, digits.train[:100], epochs=1, batch_size=50)
+    path = ppvae.save(vae, tmp_path / "m" / "model.pt", history=h, metadata={"dataset": "x"})
+    back = ppvae.load(path)
+    x = digits.test[:5]
+    torch.testing.assert_close(back.encode(x)[0], vae.encode(x)[0], rtol=0, atol=0)
+    torch.testing.assert_close(back.likelihood.scale, vae.likelihood.scale)
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temporary left behind
+
+
+def test_load_rejects_bad_files(tmp_path, digits):
+    vae = ppvae.VAE(64, 3, hidden=(16,))
+    good = ppvae.save(vae, tmp_path / "model.pt")
+    with pytest.raises(FileNotFoundError):
+        ppvae.load(tmp_path / "missing.pt")
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ValueError, match="not a readable ppvae model file"):
+        ppvae.load(trunc)
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="not a readable ppvae model file"):
+        ppvae.load(text)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ValueError, match="not a ppvae model file"):
+        ppvae.load(other)
+    # a pickled object is refused by weights_only=True, never executed
+    evil = tmp_path / "evil.pt"
+    marker = tmp_path / "pwned"
+    torch.save({"format": "ppvae.model", "x": _Evil(str(marker))}, evil)
+    with pytest.raises(ValueError, match="not a readable ppvae model file"):
+        ppvae.load(evil)
+    assert not marker.exists()
+    # a checkpoint whose weights do not fit its configuration
+    payload = torch.load(good, weights_only=True)
+    payload["config"]["latent_dim"] = 5
+    mism = tmp_path / "mismatch.pt"
+    torch.save(payload, mism)
+    with pytest.raises(ValueError, match="weights do not match"):
+        ppvae.load(mism)
