@@ -24,7 +24,7 @@ from pyro.infer import ELBO, SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from .data import check_data
-from .vae import VAE
+from .vae import VAE, LinearVAE
 
 __all__ = ["ELBOS", "History", "fit", "load", "load_checkpoint", "resolve_device", "save"]
 
@@ -33,7 +33,7 @@ ELBOS = {
     "meanfield": TraceMeanField_ELBO,
     "jit": JitTrace_ELBO,
 }
-MODEL_CLASSES: dict[str, type] = {"VAE": VAE}
+MODEL_CLASSES: dict[str, type] = {"VAE": VAE, "LinearVAE": LinearVAE}
 FORMAT = "ppvae.model"
 FORMAT_VERSION = 1
 
@@ -104,11 +104,14 @@ def fit(
     *,
     epochs: int = 10,
     batch_size: int = 128,
-    lr: float = 1e-3,
+    lr: float | None = None,
     seed: int = 0,
     test=None,
     elbo: ELBO | str | None = None,
     num_particles: int = 1,
+    betas: tuple[float, float] | None = None,
+    lr_decay: float | None = None,
+    decay_start: float | None = None,
     device: str | torch.device = "cpu",
     binarize: str | None = None,
     progress: bool | None = None,
@@ -125,16 +128,26 @@ def fit(
         Passes over the training data.
     batch_size : int
         Minibatch size B; a batch size >= N gives full-batch steps.
-    lr : float
-        Adam learning rate.
+    lr : float, optional
+        Adam learning rate (default: the model's ``training_defaults``; 1e-3 for a VAE).
     seed : int
         Seeds Pyro, torch, NumPy and Python RNGs and the shuffling.
     test : array-like, shape (M, D), optional
         Held-out data whose ELBO is recorded after every epoch.
     elbo : pyro.infer.ELBO or {"trace", "meanfield", "jit"}, optional
-        The objective estimator; default ``Trace_ELBO(num_particles)``.
+        The ELBO estimator (default: the model's ``training_defaults``; ``Trace_ELBO`` for a
+        VAE, ``TraceMeanField_ELBO`` with analytic KL for a :class:`~ppvae.LinearVAE`).
     num_particles : int
-        Samples per data point of the default ELBO estimator.
+        Samples per data point of an ELBO estimator given by name.
+    betas : (float, float), optional
+        Adam's moment decay rates (default: the model's ``training_defaults``).
+    lr_decay : float, optional
+        Final learning rate as a fraction of ``lr``; the rate decays exponentially, step by
+        step, over the run (default: the model's ``training_defaults``; 1.0, constant, for a
+        VAE).
+    decay_start : float, optional
+        Fraction of the run with a constant learning rate before the decay begins (default:
+        the model's ``training_defaults``).
     device : str
         ``"cpu"`` or ``"cuda"``; the model and data are moved there.
     binarize : {None, "dynamic"}
@@ -152,7 +165,17 @@ def fit(
         raise TypeError(f"fit expects a ppvae VAE, got {type(vae).__name__}")
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    _check_positive(batch_size=batch_size, lr=lr, num_particles=num_particles)
+    defaults = type(vae).training_defaults
+    lr = defaults["lr"] if lr is None else lr
+    betas = tuple(defaults["betas"] if betas is None else betas)
+    lr_decay = defaults["lr_decay"] if lr_decay is None else lr_decay
+    decay_start = defaults.get("decay_start", 0.0) if decay_start is None else decay_start
+    if not 0.0 <= decay_start < 1.0:
+        raise ValueError(f"decay_start must lie in [0, 1), got {decay_start!r}")
+    elbo = defaults["elbo"] if elbo is None else elbo
+    _check_positive(batch_size=batch_size, lr=lr, num_particles=num_particles, lr_decay=lr_decay)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
     if binarize not in (None, "dynamic"):
         raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
     dev = resolve_device(device)
@@ -177,8 +200,21 @@ def fit(
     n_batches = math.ceil(n / bs)
     history = History()
 
+    total_steps = max(1, int(epochs) * n_batches)
+    if lr_decay == 1.0:
+        optim = pyro.optim.Adam({"lr": lr, "betas": betas})
+    else:
+        optim = pyro.optim.LambdaLR(
+            {
+                "optimizer": torch.optim.Adam,
+                "optim_args": {"lr": lr, "betas": betas},
+                "lr_lambda": _HoldThenDecay(total_steps, lr_decay, decay_start),
+            }
+        )
+    scheduled = isinstance(optim, pyro.optim.PyroLRScheduler)
+
     with pyro.get_param_store().scope():
-        svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": lr}), loss=loss_fn)
+        svi = SVI(vae.model, vae.guide, optim, loss=loss_fn)
         bar = tqdm(range(int(epochs)), desc="SVI", unit="epoch", disable=_no_bar(progress))
         start = time.perf_counter()
         for epoch in bar:
@@ -189,6 +225,8 @@ def fit(
                 if binarize == "dynamic":
                     xb = torch.bernoulli(xb, generator=gen)
                 loss = svi.step(xb, num_data=n)
+                if scheduled:
+                    optim.step()
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite loss {loss} at epoch {epoch + 1}, step {b + 1}; "
@@ -205,6 +243,21 @@ def fit(
             )
         history.seconds = time.perf_counter() - start
     return history
+
+
+class _HoldThenDecay:
+    """Learning-rate factor: 1 for the first ``start`` share of steps, then exponential decay
+    reaching ``final`` at the last step."""
+
+    def __init__(self, total_steps: int, final: float, start: float):
+        self.hold = int(start * total_steps)
+        self.span = max(1, total_steps - self.hold)
+        self.log_final = math.log(final)
+
+    def __call__(self, step: int) -> float:
+        if step <= self.hold:
+            return 1.0
+        return math.exp(self.log_final * min(1.0, (step - self.hold) / self.span))
 
 
 def _no_bar(progress: bool | None) -> bool | None:

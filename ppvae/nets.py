@@ -110,3 +110,40 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+class LinearGaussianEncoder(nn.Module):
+    """Parameters of a linear encoder with a data-independent diagonal scale.
+
+    ``q(z | x) = N(V (x - c), diag(d^2))``, the recognition model of the linear VAE
+    (Lucas et al. 2019). With ``residual=False`` its parameters are V (k, D), c (D,) and
+    d = softplus(raw_scale) + min_scale, and ``forward`` gives (loc, scale). With
+    ``residual=True`` they are offsets from the exact posterior of a decoder, combined by
+    :meth:`ppvae.LinearVAE.guide_params`; ``forward`` is then unavailable on its own.
+    """
+
+    def __init__(
+        self, data_dim: int, latent_dim: int, residual: bool = False, min_scale: float = 1e-4
+    ):
+        super().__init__()
+        self.residual = bool(residual)
+        self.min_scale = float(min_scale)
+        if residual:  # offsets start at zero: the exact posterior of the initial decoder
+            self.V = nn.Parameter(torch.zeros(latent_dim, data_dim))
+            self.c = nn.Parameter(torch.zeros(data_dim))
+            self.raw_scale = nn.Parameter(torch.zeros(latent_dim))
+        else:
+            self.V = nn.Parameter(torch.randn(latent_dim, data_dim) / data_dim**0.5)
+            self.c = nn.Parameter(torch.zeros(data_dim))
+            self.raw_scale = nn.Parameter(torch.zeros(latent_dim))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """d, shape (k,) (free parameterization)."""
+        return F.softplus(self.raw_scale) + self.min_scale
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.residual:
+            raise RuntimeError("a residual linear encoder is evaluated by LinearVAE.encode")
+        loc = (x - self.c) @ self.V.T
+        return loc, self.scale.expand(loc.shape)

@@ -14,7 +14,13 @@ Log-densities are computed with the Woodbury identity and the matrix determinant
     C^-1  = (I - W M^-1 W^T) / s2
     log|C| = (D - k) log s2 + log|M|
 
-so scoring N points costs O(N D k) with no D x D inverse. All log-likelihoods are in nats.
+so scoring N points costs obs(N D k) with no D x D inverse. All log-likelihoods are in nats.
+
+``method="em"`` fits the same model by expectation-maximization (Tipping & Bishop 1999,
+Roweis 1998). Missing entries, given as NaN, are marginalized exactly: the E-step uses the
+posterior of z given each row's observed entries only, the M-step solves for each row of W
+and entry of the mean jointly over the rows where that feature is observed (Ilin & Raiko 2010),
+and ``log_prob`` of a row with NaNs is the exact marginal density of its observed entries.
 
 This module imports nothing from the model side of the package: it is the independent check.
 """
@@ -40,6 +46,14 @@ class PPCA:
     ----------
     latent_dim : int
         Number of latent dimensions k, with ``1 <= k < D``.
+    method : {"closed_form", "em"}
+        Eigendecomposition of the sample covariance, or EM (which also handles NaN entries).
+    max_iter : int
+        Maximum EM iterations.
+    tol : float
+        EM stops when the mean log-likelihood improves by less than this (nats per sample).
+    random_state : int
+        Seed of EM's random initialization.
 
     Attributes
     ----------
@@ -56,6 +70,11 @@ class PPCA:
         Leading eigenvalues of the sample covariance (normalised by 1/N).
     n_samples_, n_features_in_ : int
         N and D seen in ``fit``.
+    loglik_history_ : list of float
+        EM only: mean log-likelihood (nats per sample) at the start of each iteration and at
+        the end; never decreases.
+    n_iter_ : int
+        EM only: iterations run.
 
     Examples
     --------
@@ -67,28 +86,54 @@ class PPCA:
     torch.Size([500])
     """
 
-    def __init__(self, latent_dim: int):
+    def __init__(
+        self,
+        latent_dim: int,
+        method: str = "closed_form",
+        max_iter: int = 1000,
+        tol: float = 1e-8,
+        random_state: int = 0,
+    ):
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+        if method not in ("closed_form", "em"):
+            raise ValueError(f"method must be 'closed_form' or 'em', got {method!r}")
+        if int(max_iter) != max_iter or max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+        if not tol >= 0:
+            raise ValueError(f"tol must be non-negative, got {tol!r}")
         self.latent_dim = latent_dim
+        self.method = method
+        self.max_iter = int(max_iter)
+        self.tol = float(tol)
+        self.random_state = random_state
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X) -> PPCA:
-        """Fit by maximum likelihood in closed form.
+        """Fit by maximum likelihood.
 
         Parameters
         ----------
         X : array-like or torch.Tensor, shape (N, D)
-            Training data, N >= 2, finite. float64 input is fitted in float64; other
-            dtypes are fitted in float32. The eigendecomposition always runs in float64.
+            Training data, N >= 2. float64 input is fitted in float64; other dtypes are
+            fitted in float32. The eigendecomposition and EM run in float64. NaN marks a
+            missing entry (``method="em"`` only); infinite values are rejected.
 
         Returns
         -------
         self
         """
-        X = check_data(X, name="X", min_rows=2)
+        X = check_data(X, name="X", min_rows=2, allow_nan=True)
         n, d = X.shape
         self._check_latent_dim(d)
+        if self.method == "closed_form" and bool(torch.isnan(X).any()):
+            raise ValueError(
+                f"X: {int(torch.isnan(X).sum())} NaN (missing) value(s); the closed form needs "
+                "complete data; PPCA(..., method='em') marginalizes missing values"
+            )
+        if self.method == "em":
+            self._fit_em(X)
+            return self
         mean = X.mean(dim=0)
         centered = X - mean
         cov = (centered.T @ centered).to(torch.float64) / n
@@ -128,6 +173,61 @@ class PPCA:
         self.n_samples_ = n
         self.n_features_in_ = d
 
+    def _fit_em(self, X: torch.Tensor) -> None:
+        n, d = X.shape
+        k = self.latent_dim
+        X64 = X.to(torch.float64)
+        observed = ~torch.isnan(X64)
+        _check_missing(observed)
+        obs = observed.to(torch.float64)
+        Xz = torch.where(observed, X64, torch.zeros((), dtype=torch.float64))
+        n_obs = obs.sum(0)
+        mean = Xz.sum(0) / n_obs
+        var = ((Xz - mean) ** 2 * obs).sum(0) / n_obs
+        gen = torch.Generator().manual_seed(int(self.random_state))
+        W = torch.randn(d, k, generator=gen, dtype=torch.float64) * var.mean().sqrt() / math.sqrt(k)
+        s2 = float(var.mean())
+        history: list[float] = []
+        eye_aug = torch.zeros(k + 1, k + 1, dtype=torch.float64)
+        eye_aug[k, k] = 1.0
+        for _ in range(self.max_iter):
+            # E-step: posterior of z given each row's observed entries
+            ll, m, Sigma = _masked_posterior(Xz, obs, mean, W, s2)
+            history.append(float(ll.mean()))
+            if len(history) > 1 and history[-1] - history[-2] < self.tol:
+                break
+            # M-step, jointly for each feature's (w_j, mean_j) over rows where it is observed:
+            # regress x_nj on [z_n, 1] with E[[z;1][z;1]^T] = [[Sigma + m m^T, m], [m^T, 1]]
+            m_aug = torch.cat([m, torch.ones(n, 1, dtype=torch.float64)], dim=1)
+            Ezz = m_aug[:, :, None] * m_aug[:, None, :]
+            Ezz[:, :k, :k] += Sigma
+            A = (obs.T @ Ezz.reshape(n, -1)).reshape(d, k + 1, k + 1)
+            B = Xz.T @ m_aug  # Xz is zero where missing
+            sol = torch.linalg.solve(A, B.unsqueeze(-1)).squeeze(-1)  # (D, k + 1)
+            W, mean = sol[:, :k], sol[:, k]
+            resid = (Xz - m @ W.T - mean) * obs
+            WW = (W[:, :, None] * W[:, None, :]).reshape(d, -1)  # rows: vec(w_j w_j^T)
+            trace_term = ((obs @ WW) * Sigma.reshape(n, -1)).sum()
+            s2 = float(((resid**2).sum() + trace_term) / obs.sum())
+        else:
+            ll, _, _ = _masked_posterior(Xz, obs, mean, W, s2)
+            history.append(float(ll.mean()))
+        self.loglik_history_ = history
+        self.n_iter_ = len(history) - 1
+        # report W in the canonical form U (L - s2)^(1/2): rotate by W's right singular vectors
+        U, S, _ = torch.linalg.svd(W, full_matrices=False)
+        idx = U.abs().argmax(dim=0)
+        signs = torch.sign(U[idx, torch.arange(k)])
+        U = U * torch.where(signs == 0, torch.ones_like(signs), signs)
+        dtype = X.dtype
+        self.mean_ = mean.to(dtype)
+        self.W_ = (U * S).to(dtype)
+        self.noise_variance_ = s2
+        self.components_ = U.T.contiguous().to(dtype)
+        self.explained_variance_ = (S**2 + s2).to(dtype)
+        self.n_samples_ = n
+        self.n_features_in_ = d
+
     @classmethod
     def from_params(cls, mean, W, noise_variance: float) -> PPCA:
         """Build a PPCA with given parameters instead of fitting it.
@@ -155,9 +255,9 @@ class PPCA:
         if not hasattr(self, "W_"):
             raise RuntimeError("this PPCA is not fitted yet; call fit(X) first")
 
-    def _as_input(self, X) -> torch.Tensor:
+    def _as_input(self, X, allow_nan: bool = False) -> torch.Tensor:
         self._check_fitted()
-        X = check_data(X, name="X", data_dim=self.n_features_in_)
+        X = check_data(X, name="X", data_dim=self.n_features_in_, allow_nan=allow_nan)
         return X.to(device=self.W_.device, dtype=self.W_.dtype)
 
     def _M(self) -> torch.Tensor:
@@ -179,13 +279,25 @@ class PPCA:
         Parameters
         ----------
         X : array-like, shape (N, D)
+            NaN entries are missing: a row's log-density is then the exact marginal density
+            of its observed entries, ``N(mean_o, W_o W_o^T + s2 I)``.
 
         Returns
         -------
         torch.Tensor, shape (N,)
             Log-densities in nats, in the model's dtype.
         """
-        X = self._as_input(X)
+        X = self._as_input(X, allow_nan=True)
+        missing = torch.isnan(X)
+        if bool(missing.any()):
+            observed = ~missing
+            _check_missing(observed, check_columns=False)
+            obs = observed.to(torch.float64)
+            Xz = torch.where(observed, X, torch.zeros((), dtype=X.dtype)).to(torch.float64)
+            ll, _, _ = _masked_posterior(
+                Xz, obs, self.mean_.double(), self.W_.double(), self.noise_variance_
+            )
+            return ll.to(X.dtype)
         d, k = self.W_.shape
         s2 = self.noise_variance_
         L = torch.linalg.cholesky(self._M())
@@ -245,3 +357,49 @@ class PPCA:
             else ""
         )
         return f"PPCA(latent_dim={self.latent_dim}{fitted})"
+
+
+def _check_missing(observed: torch.Tensor, check_columns: bool = True) -> None:
+    empty_rows = (~observed).all(dim=1)
+    if bool(empty_rows.any()):
+        raise ValueError(
+            f"X: {int(empty_rows.sum())} row(s) have every entry missing (NaN), first at row "
+            f"{int(empty_rows.nonzero()[0])}; drop them, they carry no information"
+        )
+    if check_columns:
+        empty_cols = (~observed).all(dim=0)
+        if bool(empty_cols.any()):
+            raise ValueError(
+                f"X: column {int(empty_cols.nonzero()[0])} is missing (NaN) in every row"
+            )
+
+
+def _masked_posterior(Xz, obs, mean, W, s2):
+    """Per-row marginal log-likelihood of the observed entries and posterior of z.
+
+    Parameters
+    ----------
+    Xz : (N, D) data with missing entries set to 0.
+    obs : (N, D) 1.0 where observed, 0.0 where missing.
+    mean, W, s2 : model parameters, float64.
+
+    Returns
+    -------
+    ll : (N,) log N(x_o | mean_o, W_o W_o^T + s2 I) in nats
+    m : (N, k) posterior means E[z | x_o]
+    Sigma : (N, k, k) posterior covariances s2 M_n^-1, M_n = W_o^T W_o + s2 I
+    """
+    n, d = Xz.shape
+    k = W.shape[1]
+    WW = (W[:, :, None] * W[:, None, :]).reshape(d, k * k)
+    M = (obs @ WW).reshape(n, k, k) + s2 * torch.eye(k, dtype=W.dtype)
+    L = torch.linalg.cholesky(M)
+    r = (Xz - mean) * obs
+    rhs = (r @ W).unsqueeze(-1)
+    m = torch.cholesky_solve(rhs, L).squeeze(-1)
+    d_obs = obs.sum(1)
+    logdet = (d_obs - k) * math.log(s2) + 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    quad = ((r * r).sum(1) - (rhs.squeeze(-1) * m).sum(1)) / s2
+    ll = -0.5 * (d_obs * _LOG_2PI + logdet + quad)
+    Sigma = s2 * torch.cholesky_inverse(L)
+    return ll, m, Sigma
