@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) benchmarks/ppca_speed.py
+	$(PY) benchmarks/ppca_check.py --data-root ../shared/data
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

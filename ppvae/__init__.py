@@ -7,7 +7,7 @@ from .likelihoods import Bernoulli, Gaussian, Likelihood
 from .nets import GaussianEncoder, MLPDecoder
 from .ppca import PPCA
 from .priors import Prior, StandardNormal
-from .vae import VAE
+from .vae import VAE, LinearVAE
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "GaussianEncoder",
     "History",
     "Likelihood",
+    "LinearVAE",
     "MLPDecoder",
     "Prior",
     "StandardNormal",

@@ -22,7 +22,7 @@ from .data import DATASETS, as_image_shape, load_dataset
 from .infer import fit, resolve_device, save
 from .likelihoods import LIKELIHOODS
 from .ppca import PPCA
-from .vae import VAE
+from .vae import VAE, LinearVAE
 
 EXIT_USER_ERROR = 2
 
@@ -95,9 +95,24 @@ def _common_options() -> argparse.ArgumentParser:
         help="folder with MNIST/raw and FashionMNIST/raw (torchvision layout)",
     )
     g.add_argument("--latent-dim", type=_positive_int, default=8, help="latent dimensions k")
-    g.add_argument("--epochs", type=_nonneg_int, default=300, help="SVI epochs")
-    g.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size")
-    g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
+    g.add_argument(
+        "--epochs",
+        type=_nonneg_int,
+        default=None,
+        help="SVI epochs (run, fit: 300; check-ppca: 2000)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="minibatch size (run, fit: 128; check-ppca: the whole training set)",
+    )
+    g.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help="Adam learning rate (default: the model's; 1e-3 for a VAE)",
+    )
     g.add_argument("--seed", type=int, default=0, help="random seed")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     g.add_argument("--out", default=None, help="output folder (default: runs/COMMAND-DATASET)")
@@ -139,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ppvae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    sub.add_parser(
+    run_p = sub.add_parser(
         "run",
         parents=[common],
         help="fit PPCA and a Gaussian VAE, evaluate both on the test split, write a report",
@@ -158,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="gaussian",
         choices=sorted(LIKELIHOODS),
         help="p(x|z); bernoulli trains on dynamically binarized data",
+    )
+    run_p.add_argument(
+        "--check-epochs",
+        type=_nonneg_int,
+        default=2000,
+        help="full-batch epochs of the LinearVAE checked against PPCA",
+    )
+    sub.add_parser(
+        "check-ppca",
+        parents=[common],
+        help="train a LinearVAE by SVI and check it against the PPCA maximum-likelihood fit",
+        description="Fit PPCA in closed form and a LinearVAE by SVI (full-batch steps) on the "
+        "same dequantized training data, and compare the learned decoder with the PPCA MLE: "
+        "log-likelihood and ELBO gaps (nats/sample), noise variance and covariance errors, "
+        "principal angles, active units.",
     )
     return parser
 
@@ -322,11 +352,17 @@ def cmd_run(args) -> int:
         ds.test_labels,
         out / "latent_scatter.png",
     ).name
+    check = _ppca_check(ds, k, args.check_epochs, None, None, args.seed, device)
+    metrics["ppca_check"] = check["result"]
+    figs["ppca_check"] = plots.ppca_check(
+        ds.train.double(), check["ppca"], check["vae"], check["result"], out / "ppca_check.png"
+    ).name
     metrics["figures"] = figs
     metrics["seconds_total"] = time.perf_counter() - t0
     _write_json(out / "metrics.json", metrics)
     (out / "report.md").write_text(_run_report(metrics))
     print(_run_table(metrics))
+    print(_check_table(metrics["ppca_check"]))
     print(
         f"wrote {out}/metrics.json, report.md and {len(figs)} figures "
         f"in {metrics['seconds_total']:.1f} s"
@@ -392,6 +428,16 @@ def _run_report(m: dict) -> str:
         f"The VAE's test log-likelihood is {abs(gap):.2f} nats per image "
         f"{'above' if gap > 0 else 'below'} PPCA's.",
         "",
+        "## The linear VAE against PPCA",
+        "",
+        f"A LinearVAE (decoder W z + b, guide N(V (x - c), diag(d^2))) trained by SVI for "
+        f"{m['ppca_check']['epochs']} full-batch epochs, compared with the PPCA maximum-"
+        "likelihood solution on the training data (`ppvae check-ppca`):",
+        "",
+        "```",
+        _check_table(m["ppca_check"]),
+        "```",
+        "",
         "## Figures",
         "",
     ]
@@ -401,6 +447,8 @@ def _run_report(m: dict) -> str:
         "samples_ppca": "PPCA samples x ~ p(x)",
         "reconstructions": "Test images and their reconstructions",
         "latent_scatter": "Posterior means of the test images, coloured by digit",
+        "ppca_check": "Sample-covariance spectrum with the PPCA and LinearVAE fits; KL per "
+        "latent dimension",
     }
     for key, name in figs.items():
         lines += [f"![{captions.get(key, key)}]({name})", f"*{captions.get(key, key)}.*", ""]
@@ -482,13 +530,105 @@ def cmd_fit(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "fit": cmd_fit}
+CHECK_TARGETS = {
+    "loglik_gap": 0.01,
+    "elbo_gap": 0.03,
+    "noise_variance_rel_error": 0.01,
+    "covariance_rel_error": 0.05,
+}
+
+
+def _ppca_check(ds, k: int, epochs: int, batch_size, lr, seed: int, device) -> dict:
+    """Fit PPCA and a LinearVAE on ds.train and compare them (see evaluate.compare_to_ppca)."""
+    X = ds.train
+    ppca = PPCA(k).fit(X.double())
+    torch.manual_seed(seed)
+    vae = LinearVAE(ds.data_dim, k)
+    history = fit(
+        vae, X, epochs=epochs, batch_size=batch_size or len(X), lr=lr, seed=seed, device=device
+    )
+    vae.cpu()
+    result = evaluate.compare_to_ppca(vae, ppca, X.double())
+    test_ll = float(evaluate.exact_log_likelihood(vae, ds.test.double()).mean())
+    result.update(
+        {
+            "fit_seconds": history.seconds,
+            "epochs": epochs,
+            "targets": CHECK_TARGETS,
+            "passed": all(result[key] <= tol for key, tol in CHECK_TARGETS.items()),
+            "test_log_likelihood_linear_vae": test_ll,
+            "test_log_likelihood_ppca": float(ppca.log_prob(ds.test.double()).mean()),
+        }
+    )
+    return {"result": result, "vae": vae, "ppca": ppca, "history": history}
+
+
+def _check_table(r: dict) -> str:
+    rows = [("quantity", "value", "target")]
+    for key in ("loglik_gap", "elbo_gap", "noise_variance_rel_error", "covariance_rel_error"):
+        rows.append((key, f"{r[key]:.2e}", f"<= {CHECK_TARGETS[key]:g}"))
+    angles = ", ".join(f"{a:.2f}" for a in r["principal_angles_deg"]) or "n/a"
+    rows.append(
+        ("max principal angle (deg)", f"{max(r['principal_angles_deg'], default=0):.3f}", "")
+    )
+    rows.append(("active units", str(r["active_units"]), ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    verdict = "PASS" if r["passed"] else "FAIL"
+    return (
+        "LinearVAE (SVI) vs PPCA maximum likelihood, training data, nats per sample\n"
+        + "\n".join(lines)
+        + f"\nprincipal angles (deg): {angles}\n{verdict}"
+    )
+
+
+def cmd_check_ppca(args) -> int:
+    t0 = time.perf_counter()
+    device = resolve_device(args.device)
+    ds = _load(args)
+    if args.latent_dim >= ds.data_dim:
+        raise UserError(
+            f"--latent-dim {args.latent_dim} must be smaller than the data dimension {ds.data_dim}"
+        )
+    out = _out_dir(args)
+    check = _ppca_check(
+        ds, args.latent_dim, args.epochs, args.batch_size, args.lr, args.seed, device
+    )
+    r = check["result"]
+    r["figure"] = plots.ppca_check(
+        ds.train.double(), check["ppca"], check["vae"], r, out / "ppca_check.png"
+    ).name
+    r["seconds_total"] = time.perf_counter() - t0
+    r.update(
+        {
+            "dataset": ds.name,
+            "latent_dim": args.latent_dim,
+            "seed": args.seed,
+            "environment": _environment(),
+        }
+    )
+    _write_json(out / "check_ppca.json", r)
+    print(_check_table(r))
+    print(f"wrote {out}/check_ppca.json and {r['figure']} in {r['seconds_total']:.1f} s")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "fit": cmd_fit, "check-ppca": cmd_check_ppca}
+_DEFAULTS = {
+    "run": {"epochs": 300, "batch_size": 128},
+    "fit": {"epochs": 300, "batch_size": 128},
+    "check-ppca": {"epochs": 2000, "batch_size": None},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for key, value in _DEFAULTS[args.command].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     try:
         return COMMANDS[args.command](args)
     except (UserError, ValueError, FileNotFoundError) as exc:

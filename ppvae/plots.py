@@ -15,7 +15,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["image_grid", "latent_scatter", "training_curve"]
+__all__ = ["image_grid", "latent_scatter", "ppca_check", "training_curve"]
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -140,4 +140,42 @@ def latent_scatter(
         ax.set_ylabel(ylabel)
     if c is not None and sc is not None:
         fig.colorbar(sc, ax=list(axes), label="label")
+    return _save(fig, path)
+
+
+def ppca_check(X: torch.Tensor, ppca, linear_vae, result: dict, path: str | os.PathLike) -> Path:
+    """Two panels: the sample-covariance eigenvalues with PPCA's and the LinearVAE's model
+    eigenvalues (``|w_j|^2 + s2``) and noise levels; the LinearVAE's KL per latent dimension.
+    """
+    X = X.detach().double().cpu()
+    Xc = X - X.mean(0)
+    evals = torch.linalg.eigvalsh(Xc.T @ Xc / X.shape[0]).flip(0).numpy()
+    with torch.no_grad():
+        W = linear_vae.W.detach().double().cpu()
+        s2_vae = float(linear_vae.noise_variance)
+    vae_eig = np.sort(torch.linalg.svdvals(W).numpy() ** 2)[::-1] + s2_vae
+    ppca_eig = np.sort(torch.linalg.svdvals(ppca.W_.double().cpu()).numpy() ** 2)[::-1]
+    ppca_eig = ppca_eig + ppca.noise_variance_
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax, ax2 = fig.subplots(1, 2)
+    idx = np.arange(1, len(evals) + 1)
+    ax.semilogy(idx, np.maximum(evals, 1e-300), "k.", ms=4, label="sample covariance")
+    k = len(ppca_eig)
+    ax.semilogy(np.arange(1, k + 1), ppca_eig, "o", mfc="none", ms=8, label="PPCA |w|² + s²")
+    ax.semilogy(np.arange(1, k + 1), vae_eig, "x", ms=7, label="LinearVAE |w|² + s²")
+    ax.axhline(ppca.noise_variance_, color="C0", ls="--", lw=1, label="PPCA s²")
+    ax.axhline(s2_vae, color="C1", ls=":", lw=1, label="LinearVAE s²")
+    ax.set_xlabel("eigenvalue index")
+    ax.set_ylabel("variance (data units²)")
+    ax.set_title("Covariance spectrum")
+    ax.legend(fontsize=7)
+    kl = np.asarray(result["kl_per_dim"])
+    order = np.argsort(kl)[::-1]
+    ax2.bar(np.arange(1, len(kl) + 1), kl[order], color="C1")
+    ax2.axhline(0.01, color="k", ls="--", lw=1, label="active threshold 0.01 nats")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("latent dimension (sorted)")
+    ax2.set_ylabel("mean KL(q(z_j|x) || p(z_j)) (nats)")
+    ax2.set_title(f"Active units: {result['active_units']}")
+    ax2.legend(fontsize=7)
     return _save(fig, path)

@@ -13,6 +13,7 @@ from ppvae.cli import main
 
 from .conftest import REPO
 
+TINY_CHECK = ["--check-epochs", "5"]
 TINY = [
     "--epochs",
     "2",
@@ -31,7 +32,7 @@ TINY = [
 
 def test_run_writes_every_output(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", *TINY, "--out", str(out)]) == 0
+    assert main(["run", *TINY, *TINY_CHECK, "--out", str(out)]) == 0
     expected = {
         "metrics.json",
         "report.md",
@@ -40,6 +41,7 @@ def test_run_writes_every_output(tmp_path, capsys):
         "samples_ppca.png",
         "reconstructions.png",
         "latent_scatter.png",
+        "ppca_check.png",
     }
     assert expected <= {p.name for p in out.iterdir()}
     for name in expected - {"metrics.json", "report.md"}:
@@ -55,7 +57,31 @@ def test_run_writes_every_output(tmp_path, capsys):
     assert len(m["vae"]["history"]["train_elbo"]) == 2
     report = (out / "report.md").read_text()
     assert "PPCA" in report and "training_curve.png" in report
-    assert "PPCA (exact)" in capsys.readouterr().out
+    assert m["ppca_check"]["epochs"] == 5 and math.isfinite(m["ppca_check"]["loglik_gap"])
+    assert "LinearVAE" in report and "covariance_rel_error" in report
+    printed = capsys.readouterr().out
+    assert "PPCA (exact)" in printed and "loglik_gap" in printed
+
+
+def test_check_ppca_writes_its_comparison(tmp_path, capsys):
+    out = tmp_path / "check"
+    argv = ["check-ppca", "--epochs", "20", "--n-train", "300", "--latent-dim", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    r = json.loads((out / "check_ppca.json").read_text())
+    for key in (
+        "loglik_gap",
+        "elbo_gap",
+        "noise_variance_rel_error",
+        "covariance_rel_error",
+        "principal_angles_deg",
+        "active_units",
+        "passed",
+    ):
+        assert key in r
+    assert r["loglik_gap"] >= -1e-6  # the PPCA MLE is the maximum
+    assert r["elbo_gap"] >= -1e-6  # the ELBO is a lower bound
+    assert (out / "ppca_check.png").read_bytes()[:4] == b"\x89PNG"
+    assert "covariance_rel_error" in capsys.readouterr().out
 
 
 def test_fit_saves_a_loadable_model(tmp_path):
@@ -75,6 +101,7 @@ def test_fit_saves_a_loadable_model(tmp_path):
         (["run", "--dataset", "mnist", "--data-root", "/nonexistent/x"], "missing"),
         (["run", "--dataset", "mnist"], "needs a data root"),
         (["run", "--latent-dim", "64", "--epochs", "0"], "smaller than the data dimension"),
+        (["check-ppca", "--latent-dim", "64"], "smaller than the data dimension"),
         (["run", "--lr", "-1"], "positive number"),
         (["fit", "--hidden", "a,b"], "comma-separated"),
         (["fit", "--device", "tpu", "--epochs", "0"], "device"),
@@ -83,7 +110,7 @@ def test_fit_saves_a_loadable_model(tmp_path):
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, needle, tmp_path, capsys):
-    if argv[0] in ("run", "fit"):
+    if argv[0] in ("run", "fit", "check-ppca"):
         argv = [*argv, "--out", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as exc:
         raise SystemExit(main(argv))

@@ -171,3 +171,16 @@ def test_degenerate_data_has_zero_noise():
     )
     with pytest.raises(ValueError, match="noise variance is zero"):
         PPCA(2).fit(X)
+
+
+def test_training_score_from_covariance_equals_the_pointwise_mean():
+    X = _ppca_data(seed=9) + 100.0  # a large offset stresses the uncentred covariance
+    ppca = PPCA(3).fit(X)
+    fast = ppca.score(X)  # the fitted tensor: computed from S
+    slow = float(ppca.log_prob(X).mean())
+    assert abs(fast - slow) < 1e-9
+    ref = PPCA(3).fit(X.T.contiguous().T)  # non-contiguous input takes the same path
+    torch.testing.assert_close(ref.W_ @ ref.W_.T, ppca.W_ @ ppca.W_.T)
+    X[0, 0] += 1.0  # modified in place: no stale shortcut
+    assert abs(ppca.score(X) - float(ppca.log_prob(X).mean())) < 1e-9
+    assert ppca.score(X) != fast
