@@ -1,8 +1,9 @@
 """ppvae: variational autoencoders as Pyro programs, checked against exact probabilistic PCA."""
 
-from . import evaluate
+from . import evaluate, plots
+from .checkpoints import load, save
 from .data import Dataset, binarize, check_data, dequantize, load_dataset
-from .infer import History, fit, load, save
+from .infer import History, TrainingInterrupted, fit
 from .likelihoods import Bernoulli, Gaussian, Likelihood
 from .nets import GaussianEncoder, MLPDecoder
 from .ppca import PPCA
@@ -24,6 +25,7 @@ __all__ = [
     "MLPDecoder",
     "Prior",
     "StandardNormal",
+    "TrainingInterrupted",
     "__version__",
     "binarize",
     "check_data",
@@ -32,5 +34,6 @@ __all__ = [
     "fit",
     "load",
     "load_dataset",
+    "plots",
     "save",
 ]

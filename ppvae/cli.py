@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from . import __version__, evaluate, plots
+from .checkpoints import read_training_checkpoint, save
 from .data import DATASETS, as_image_shape, load_dataset
-from .infer import fit, resolve_device, save
+from .infer import TrainingInterrupted, fit, resolve_device
 from .likelihoods import LIKELIHOODS
 from .ppca import PPCA
 from .vae import VAE, LinearVAE
@@ -114,7 +115,13 @@ def _common_options() -> argparse.ArgumentParser:
         help="Adam learning rate (default: the model's; 1e-3 for a VAE)",
     )
     g.add_argument("--seed", type=int, default=0, help="random seed")
-    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
+    g.add_argument(
+        "--clip-norm",
+        type=_positive_float,
+        default=None,
+        help="clip the gradients' global 2-norm to this value at every SVI step",
+    )
     g.add_argument("--out", default=None, help="output folder (default: runs/COMMAND-DATASET)")
     g.add_argument(
         "--hidden",
@@ -167,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="train one VAE and save it to OUT/model.pt",
         description="Train one VAE by SVI and write OUT/model.pt, metrics.json and figures.",
+    )
+    fit_p.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="continue the run whose checkpoint.pt is in DIR (its settings are reused; "
+        "--epochs and --device may be given)",
     )
     fit_p.add_argument(
         "--likelihood",
@@ -274,6 +288,7 @@ def cmd_run(args) -> int:
     ppca_test = ppca.log_prob(ds.test.double())
     ppca_train = ppca.score(ds.train.double())
 
+    torch.manual_seed(args.seed)  # reproducible initialization
     vae = VAE(ds.data_dim, k, hidden=args.hidden, likelihood="gaussian")
     history = fit(
         vae,
@@ -284,6 +299,7 @@ def cmd_run(args) -> int:
         seed=args.seed,
         test=ds.test,
         device=device,
+        clip_norm=args.clip_norm,
     )
     torch.manual_seed(args.seed)
     t = time.perf_counter()
@@ -463,7 +479,36 @@ def _run_report(m: dict) -> str:
     return "\n".join(lines)
 
 
+_RESUMABLE_OVERRIDES = ("epochs", "device")
+
+
+def _cli_record(args) -> dict:
+    keep = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "resume"}
+    keep["hidden"] = list(keep["hidden"])
+    return keep
+
+
+def _resume_args(args) -> argparse.Namespace:
+    """The arguments of the run saved in RESUME/checkpoint.pt, with --epochs/--device kept."""
+    folder = Path(args.resume)
+    payload = read_training_checkpoint(folder / "checkpoint.pt")
+    saved = payload["metadata"].get("cli")
+    if not isinstance(saved, dict):
+        raise UserError(f"{folder / 'checkpoint.pt'} holds no ppvae fit settings to resume")
+    merged = argparse.Namespace(**saved)
+    for key in _RESUMABLE_OVERRIDES:
+        if getattr(args, f"_{key}_given", False):
+            setattr(merged, key, getattr(args, key))
+    merged.hidden = tuple(merged.hidden)
+    merged.out = str(folder)
+    merged.resume = str(folder)
+    merged.command = "fit"
+    return merged
+
+
 def cmd_fit(args) -> int:
+    if args.resume is not None:
+        args = _resume_args(args)
     device = resolve_device(args.device)
     bern = args.likelihood == "bernoulli"
     ds = _load(args, binarize="dynamic" if bern else None)
@@ -472,7 +517,9 @@ def cmd_fit(args) -> int:
             f"--latent-dim {args.latent_dim} must be smaller than the data dimension {ds.data_dim}"
         )
     out = _out_dir(args)
+    args.out = str(out)
     print(f"ppvae fit: {ds} -> {out}", file=sys.stderr)
+    torch.manual_seed(args.seed)  # reproducible initialization
     vae = VAE(ds.data_dim, args.latent_dim, hidden=args.hidden, likelihood=args.likelihood)
     history = fit(
         vae,
@@ -484,6 +531,10 @@ def cmd_fit(args) -> int:
         test=ds.test,
         device=device,
         binarize="dynamic" if bern else None,
+        clip_norm=args.clip_norm,
+        checkpoint_dir=out,
+        resume=args.resume is not None,
+        metadata={"cli": _cli_record(args)},
     )
     torch.manual_seed(args.seed)
     test_elbo = float(evaluate.elbo(vae, ds.test, num_samples=10).mean())
@@ -626,6 +677,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for key in ("epochs", "device"):
+        setattr(args, f"_{key}_given", getattr(args, key) is not None)
+    if args.device is None:
+        args.device = "cpu"
     for key, value in _DEFAULTS[args.command].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -635,6 +690,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"ppvae {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except TrainingInterrupted as exc:
+        hint = f"; continue with: ppvae fit --resume {args.out}" if args.command == "fit" else ""
+        print(f"ppvae {args.command}: {exc}{hint}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"ppvae {args.command}: interrupted", file=sys.stderr)
         return 130
+    except FloatingPointError as exc:
+        print(f"ppvae {args.command}: error: {exc}", file=sys.stderr)
+        return 1

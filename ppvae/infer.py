@@ -1,4 +1,4 @@
-"""Training by stochastic variational inference, and saving / loading trained models.
+"""Training by stochastic variational inference, with resumable checkpoints.
 
 :func:`fit` runs ``pyro.infer.SVI`` (``Trace_ELBO`` by default) over shuffled minibatches.
 Each step's loss is the negative minibatch ELBO scaled to the whole training set, so the
@@ -13,29 +13,39 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import ELBO, SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import zero_grads
 from tqdm.auto import tqdm
 
+from .checkpoints import (
+    CHECKPOINT_FORMAT,
+    FORMAT_VERSION,
+    _model_entry,
+    atomic_torch_save,
+    load_weights,
+    read_training_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from .data import check_data
-from .vae import VAE, LinearVAE
+from .vae import VAE
 
-__all__ = ["ELBOS", "History", "fit", "load", "load_checkpoint", "resolve_device", "save"]
+__all__ = ["ELBOS", "GuardedSVI", "History", "TrainingInterrupted", "fit", "resolve_device"]
 
 ELBOS = {
     "trace": Trace_ELBO,
     "meanfield": TraceMeanField_ELBO,
     "jit": JitTrace_ELBO,
 }
-MODEL_CLASSES: dict[str, type] = {"VAE": VAE, "LinearVAE": LinearVAE}
-FORMAT = "ppvae.model"
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -98,6 +108,78 @@ def _check_positive(**kwargs) -> None:
             raise ValueError(f"{name} must be positive, got {value!r}")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C (SIGINT) after saving a checkpoint at a step boundary."""
+
+
+class GuardedSVI(SVI):
+    """``pyro.infer.SVI`` whose step refuses non-finite losses and gradients.
+
+    The parameters are left untouched when the loss or any gradient is NaN or infinite, so the
+    model stays at its last good state. With ``clip_norm``, the gradients' global 2-norm is
+    clipped before the optimizer step.
+    """
+
+    def __init__(self, model, guide, optim, loss, clip_norm: float | None = None):
+        super().__init__(model, guide, optim, loss)
+        self.clip_norm = clip_norm
+
+    def step(self, *args, **kwargs) -> float:
+        with poutine.trace(param_only=True) as param_capture:
+            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+        loss = float(loss)
+        bad = None if math.isfinite(loss) else f"loss {loss}"
+        if bad is None:
+            for site_name, site in param_capture.trace.nodes.items():
+                grad = site["value"].unconstrained().grad
+                if grad is not None and not bool(torch.isfinite(grad).all()):
+                    bad = f"gradient of {site_name}"
+                    break
+        if bad is not None:
+            zero_grads(params)
+            raise FloatingPointError(f"non-finite {bad}")
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(list(params), self.clip_norm)
+        self.optim(params)
+        zero_grads(params)
+        return loss
+
+
+class _SigintFlag:
+    """Turn SIGINT into a flag checked between steps, so a checkpoint is never half-updated."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.raised:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _fingerprint(x: torch.Tensor) -> list[float]:
+    """Cheap identity of a data matrix: shape, sum and sum of squares in float64."""
+    x64 = x.detach().to(torch.float64)
+    return [float(x.shape[0]), float(x.shape[1]), float(x64.sum()), float((x64 * x64).sum())]
+
+
+def _same_fingerprint(a: list[float], b: list[float]) -> bool:
+    return a[:2] == b[:2] and all(
+        abs(u - v) <= 1e-9 * max(1.0, abs(u), abs(v)) for u, v in zip(a[2:], b[2:], strict=True)
+    )
+
+
 def fit(
     vae: VAE,
     train,
@@ -114,6 +196,10 @@ def fit(
     decay_start: float | None = None,
     device: str | torch.device = "cpu",
     binarize: str | None = None,
+    clip_norm: float | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    metadata: dict | None = None,
     progress: bool | None = None,
 ) -> History:
     """Train a VAE by SVI.
@@ -125,7 +211,7 @@ def fit(
     train : array-like, shape (N, D)
         Training data.
     epochs : int
-        Passes over the training data.
+        Passes over the training data (in total, counting those of a resumed run).
     batch_size : int
         Minibatch size B; a batch size >= N gives full-batch steps.
     lr : float, optional
@@ -153,6 +239,16 @@ def fit(
     binarize : {None, "dynamic"}
         ``"dynamic"`` resamples binary training data x ~ Bernoulli(train) at every step
         (``train`` then holds intensities in [0, 1]).
+    clip_norm : float, optional
+        Clip the global 2-norm of the gradients to this value before each step.
+    checkpoint_dir : path, optional
+        Write ``checkpoint.pt`` there, atomically, after every epoch (and on Ctrl-C): model,
+        optimizer and every RNG state, progress, history and the full configuration.
+    resume : bool
+        Continue from ``checkpoint_dir/checkpoint.pt``. The model, data and settings must be
+        those of the interrupted run; the result is then identical to an uninterrupted run.
+    metadata : dict, optional
+        JSON-able extras stored in the checkpoint (the CLI stores its arguments).
     progress : bool, optional
         Show a progress bar (default: when writing to a terminal).
 
@@ -160,6 +256,15 @@ def fit(
     -------
     History
         ELBOs per epoch in nats per sample.
+
+    Raises
+    ------
+    FloatingPointError
+        A non-finite loss or gradient; the parameters stay at their last finite values and
+        the checkpoint of the last completed epoch is kept.
+    TrainingInterrupted
+        Ctrl-C; a checkpoint of the exact position is written first when ``checkpoint_dir``
+        is set.
     """
     if not isinstance(vae, VAE):
         raise TypeError(f"fit expects a ppvae VAE, got {type(vae).__name__}")
@@ -174,10 +279,14 @@ def fit(
         raise ValueError(f"decay_start must lie in [0, 1), got {decay_start!r}")
     elbo = defaults["elbo"] if elbo is None else elbo
     _check_positive(batch_size=batch_size, lr=lr, num_particles=num_particles, lr_decay=lr_decay)
+    if clip_norm is not None:
+        _check_positive(clip_norm=clip_norm)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
     if binarize not in (None, "dynamic"):
         raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
     dev = resolve_device(device)
     train = check_data(train, name="train", data_dim=vae.data_dim, dtype=torch.float32)
     if binarize == "dynamic":
@@ -191,14 +300,37 @@ def fit(
         test = test.to(dev)
     loss_fn = _make_elbo(elbo, int(num_particles))
 
-    pyro.set_rng_seed(seed)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    vae.to(dev)
-    train = train.to(dev)
     n = train.shape[0]
     bs = min(int(batch_size), n)
     n_batches = math.ceil(n / bs)
+    fit_config = {
+        "batch_size": bs,
+        "lr": float(lr),
+        "betas": [float(b) for b in betas],
+        "lr_decay": float(lr_decay),
+        "decay_start": float(decay_start),
+        "elbo": elbo if isinstance(elbo, str) else type(elbo).__name__,
+        "num_particles": int(num_particles),
+        "seed": int(seed),
+        "binarize": binarize,
+        "clip_norm": clip_norm,
+        "data": _fingerprint(train),
+    }
+    ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    gen = torch.Generator(device=dev)
     history = History()
+    progress_state = {"epoch": 0, "step": 0, "perm": None, "partial": 0.0}
+    if resume:
+        payload = read_training_checkpoint(ckpt_path)
+        _check_resumable(payload, vae, fit_config, int(epochs), ckpt_path)
+        load_weights(vae, payload["state_dict"], ckpt_path)
+        history = History(**payload["history"])
+        progress_state = dict(payload["progress"])
+    else:
+        pyro.set_rng_seed(seed)
+        gen.manual_seed(seed)
+    vae.to(dev)
+    train = train.to(dev)
 
     total_steps = max(1, int(epochs) * n_batches)
     if lr_decay == 1.0:
@@ -212,37 +344,116 @@ def fit(
             }
         )
     scheduled = isinstance(optim, pyro.optim.PyroLRScheduler)
+    if resume:
+        optim.set_state(payload["optimizer"])
+        set_rng_state(payload["rng"], gen)
+        if progress_state["perm"] is not None:
+            progress_state["perm"] = progress_state["perm"].to(dev)
 
-    with pyro.get_param_store().scope():
-        svi = SVI(vae.model, vae.guide, optim, loss=loss_fn)
-        bar = tqdm(range(int(epochs)), desc="SVI", unit="epoch", disable=_no_bar(progress))
-        start = time.perf_counter()
+    def write_checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "format_version": FORMAT_VERSION,
+                **_model_entry(vae),
+                "optimizer": optim.get_state(),
+                "rng": rng_state(gen),
+                "progress": {
+                    **progress_state,
+                    "perm": None
+                    if progress_state["perm"] is None
+                    else progress_state["perm"].cpu(),
+                },
+                "history": history.to_dict(),
+                "fit_config": {**fit_config, "epochs": int(epochs)},
+                "metadata": metadata or {},
+            },
+            ckpt_path,
+        )
+
+    with pyro.get_param_store().scope(), _SigintFlag() as sigint:
+        svi = GuardedSVI(vae.model, vae.guide, optim, loss=loss_fn, clip_norm=clip_norm)
+        bar = tqdm(
+            range(progress_state["epoch"], int(epochs)),
+            desc="SVI",
+            unit="epoch",
+            initial=progress_state["epoch"],
+            total=int(epochs),
+            disable=_no_bar(progress),
+        )
+        start = time.perf_counter() - history.seconds
         for epoch in bar:
-            perm = torch.randperm(n, device=dev, generator=gen) if n_batches > 1 else None
-            total = 0.0
-            for b in range(n_batches):
+            if progress_state["perm"] is None and n_batches > 1:
+                progress_state["perm"] = torch.randperm(n, device=dev, generator=gen)
+            perm = progress_state["perm"]
+            for b in range(progress_state["step"], n_batches):
+                if sigint.raised:
+                    history.seconds = time.perf_counter() - start
+                    write_checkpoint()
+                    where = f"epoch {epoch + 1}, step {b + 1} of {n_batches}"
+                    saved = f"; checkpoint saved to {ckpt_path}" if ckpt_path else ""
+                    raise TrainingInterrupted(f"interrupted at {where}{saved}")
                 xb = train if perm is None else train[perm[b * bs : (b + 1) * bs]]
                 if binarize == "dynamic":
                     xb = torch.bernoulli(xb, generator=gen)
-                loss = svi.step(xb, num_data=n)
+                try:
+                    loss = svi.step(xb, num_data=n)
+                except FloatingPointError as exc:
+                    kept = (
+                        f"; the last good checkpoint {ckpt_path} (epoch {epoch}) is kept"
+                        if ckpt_path is not None and ckpt_path.exists()
+                        else ""
+                    )
+                    raise FloatingPointError(
+                        f"{exc} at epoch {epoch + 1}, step {b + 1}: training stopped{kept}. "
+                        "Usual remedies: a lower learning rate (--lr), gradient clipping "
+                        "(--clip-norm), or checking the data for extreme values"
+                    ) from None
                 if scheduled:
                     optim.step()
-                if not math.isfinite(loss):
-                    raise FloatingPointError(
-                        f"non-finite loss {loss} at epoch {epoch + 1}, step {b + 1}; "
-                        "try a lower learning rate"
-                    )
-                total += loss
+                progress_state["partial"] += loss
+                progress_state["step"] = b + 1
                 history.steps += 1
-            history.train_elbo.append(-total / (n_batches * n))
+            history.train_elbo.append(-progress_state["partial"] / (n_batches * n))
             if test is not None:
                 history.test_elbo.append(_mean_elbo(loss_fn, vae, test))
+            progress_state.update(epoch=epoch + 1, step=0, perm=None, partial=0.0)
+            history.seconds = time.perf_counter() - start
+            write_checkpoint()
             bar.set_postfix(
                 train_elbo=f"{history.train_elbo[-1]:.2f}",
                 **({"test_elbo": f"{history.test_elbo[-1]:.2f}"} if test is not None else {}),
             )
         history.seconds = time.perf_counter() - start
     return history
+
+
+def _check_resumable(payload: dict, vae: VAE, fit_config: dict, epochs: int, path) -> None:
+    saved = payload["fit_config"]
+    if payload["class"] != type(vae).__name__ or payload["config"] != vae.config():
+        raise ValueError(
+            f"{path}: the checkpoint is of a different model ({payload['class']} "
+            f"{payload['config']}), not {type(vae).__name__} {vae.config()}"
+        )
+    if not _same_fingerprint(saved["data"], fit_config["data"]):
+        raise ValueError(f"{path}: the checkpoint was written for different training data")
+    for key, value in fit_config.items():
+        if key != "data" and saved.get(key) != value:
+            raise ValueError(
+                f"{path}: cannot resume with {key}={value!r}; the run used {saved.get(key)!r}"
+            )
+    done = payload["progress"]["epoch"]
+    if epochs < done:
+        raise ValueError(
+            f"{path}: the checkpoint has {done} epochs done, more than epochs={epochs}"
+        )
+    if epochs != saved["epochs"] and fit_config["lr_decay"] != 1.0:
+        raise ValueError(
+            f"{path}: the learning-rate schedule spans {saved['epochs']} epochs; "
+            f"resume with epochs={saved['epochs']}"
+        )
 
 
 class _HoldThenDecay:
@@ -272,107 +483,3 @@ def _mean_elbo(loss_fn: ELBO, vae: VAE, X: torch.Tensor, chunk: int = 4096) -> f
         for i in range(0, X.shape[0], chunk):
             total += loss_fn.loss(vae.model, vae.guide, X[i : i + chunk])
     return -total / X.shape[0]
-
-
-# ---------------------------------------------------------------------- saving / loading
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save(
-    model: VAE,
-    path: str | os.PathLike,
-    *,
-    history: History | None = None,
-    metadata: dict | None = None,
-) -> Path:
-    """Write a model to ``path`` atomically: its configuration and state dict, no pickled objects.
-
-    Parameters
-    ----------
-    model : VAE
-    path : path
-        Usually ``DIR/model.pt``.
-    history : History, optional
-        Stored alongside, for the record.
-    metadata : dict, optional
-        JSON-able extras (dataset name, seed, ...).
-    """
-    path = Path(path)
-    cls = type(model).__name__
-    if cls not in MODEL_CLASSES:
-        raise ValueError(f"cannot save a {cls}; known classes: {', '.join(MODEL_CLASSES)}")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "class": cls,
-        "config": model.config(),
-        "state_dict": state,
-        "history": history.to_dict() if history is not None else None,
-        "metadata": metadata or {},
-    }
-    _atomic_torch_save(payload, path)
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a saved model file safely (``weights_only=True``) and check its layout."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such model file: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated, tampered, or not a torch file at all
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a readable ppvae model file ({first[:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a ppvae model file (no '{FORMAT}' header)")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: model file format version {payload.get('format_version')!r} is not "
-            f"supported (this ppvae reads version {FORMAT_VERSION})"
-        )
-    for key in ("class", "config", "state_dict"):
-        if key not in payload:
-            raise ValueError(f"{path}: model file is missing its {key!r} entry")
-    return payload
-
-
-def load(path: str | os.PathLike, map_location="cpu") -> VAE:
-    """Rebuild a model saved by :func:`save` (or ``ppvae fit``).
-
-    Raises
-    ------
-    FileNotFoundError
-        If the file does not exist.
-    ValueError
-        If it is not a readable ppvae model file or its weights do not fit its configuration.
-    """
-    payload = load_checkpoint(path, map_location)
-    cls = MODEL_CLASSES.get(payload["class"])
-    if cls is None:
-        raise ValueError(f"{path}: unknown model class {payload['class']!r}")
-    try:
-        model = cls(**payload["config"])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: invalid model configuration ({exc})") from None
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise ValueError(
-            f"{path}: weights do not match the model configuration ({detail[:300]})"
-        ) from None
-    return model.to(map_location) if map_location is not None else model

@@ -118,6 +118,13 @@ def latent_scatter(
         Title -> codes of shape (N, k), e.g. posterior means.
     labels : tensor of shape (N,), optional
     """
+    n_points = {int(z.shape[0]) for z in panels.values()}
+    if len(n_points) != 1:
+        raise ValueError(f"latent panels have different numbers of points: {sorted(n_points)}")
+    if labels is not None and int(labels.shape[0]) not in n_points:
+        raise ValueError(
+            f"labels: expected {n_points.pop()} labels, one per point, got {int(labels.shape[0])}"
+        )
     fig = Figure(figsize=(4.6 * len(panels), 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     c = None if labels is None else labels.detach().cpu().numpy()
