@@ -169,16 +169,6 @@ def check_data(
     return X
 
 
-def check_labels(y, n: int, *, name: str = "labels") -> torch.Tensor | None:
-    """Validate labels: None, or an integer vector of length ``n``."""
-    if y is None:
-        return None
-    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
-    if y.dim() != 1 or y.shape[0] != n:
-        raise ValueError(f"{name}: expected shape ({n},), got {tuple(y.shape)}")
-    return y.long()
-
-
 def dequantize(values: torch.Tensor, levels: int, generator: torch.Generator) -> torch.Tensor:
     """Uniform dequantization ``(v + u) / levels`` with ``u ~ U(0, 1)``.
 

@@ -106,6 +106,8 @@ def test_fit_saves_a_loadable_model(tmp_path):
         (["fit", "--hidden", "a,b"], "comma-separated"),
         (["fit", "--device", "tpu", "--epochs", "0"], "device"),
         (["frobnicate"], "invalid choice"),
+        (["fit", "--resume", "/nonexistent/run"], "no such checkpoint file"),
+        (["fit", "--clip-norm", "0"], "positive number"),
         (["run", "--no-such-option"], "unrecognized arguments"),
     ],
 )
