@@ -30,6 +30,7 @@ __all__ = [
     "elbo",
     "elbo_decomposition",
     "exact_log_likelihood",
+    "global_point_estimates",
     "linear_gaussian_params",
     "log_importance_weights",
     "log_likelihood",
@@ -38,8 +39,19 @@ __all__ = [
 _DEFAULT_MAX_ELEMENTS = 2**23  # floats held per chunk of (K, N, D): 32 MiB in float32
 
 
+def global_point_estimates(vae: VAE) -> dict[str, torch.Tensor]:
+    """Plug-in values of the prior's global latents (none for most priors)."""
+    estimates = getattr(vae.prior, "point_estimates", None)
+    return dict(estimates()) if callable(estimates) else {}
+
+
 def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int) -> torch.Tensor:
     """``log p(x, z_k) - log q(z_k | x)`` for ``z_k ~ q(z | x)``.
+
+    Global latent variables of the prior (e.g. the scale ``tau`` of
+    :class:`~ppvae.priors.HierarchicalGaussian`) are fixed at the prior's
+    ``point_estimates()``, so the weights, and the likelihoods built from them, are
+    conditional on those values.
 
     Parameters
     ----------
@@ -53,21 +65,30 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int) -> torch
     -------
     torch.Tensor, shape (K, N)
     """
+    fixed = global_point_estimates(vae)
+    model = poutine.condition(vae.model, data=fixed) if fixed else vae.model
+    guide = poutine.block(vae.guide, hide=list(fixed)) if fixed else vae.guide
     with pyro.plate("_particles", num_samples, dim=-2):
-        guide_tr = poutine.trace(vae.guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+        guide_tr = poutine.trace(guide).get_trace(x)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
     n = x.shape[0]
     log_w = torch.zeros(num_samples, n, dtype=x.dtype, device=x.device)
     for sign, tr in ((1.0, model_tr), (-1.0, guide_tr)):
         tr.compute_log_prob()
         for name, site in tr.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site) or "log_prob" not in site:
+            if (
+                site["type"] != "sample"
+                or name in fixed
+                or site_is_subsample(site)
+                or "log_prob" not in site
+            ):
                 continue
             lp = site["log_prob"]
             if lp.shape != (num_samples, n):
                 raise ValueError(
                     f"site {name!r} has log-prob shape {tuple(lp.shape)}; per-point importance "
-                    "weights need every sample site inside the 'data' plate"
+                    "weights need every sample site inside the 'data' plate (a prior with "
+                    "global latents must provide point_estimates())"
                 )
             log_w = log_w + sign * lp
     return log_w

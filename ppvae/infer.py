@@ -24,6 +24,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import zero_grads
+from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 from .checkpoints import (
@@ -39,7 +40,15 @@ from .checkpoints import (
 from .data import check_data
 from .vae import VAE
 
-__all__ = ["ELBOS", "GuardedSVI", "History", "TrainingInterrupted", "fit", "resolve_device"]
+__all__ = [
+    "ELBOS",
+    "GuardedSVI",
+    "History",
+    "LatentScale",
+    "TrainingInterrupted",
+    "fit",
+    "resolve_device",
+]
 
 ELBOS = {
     "trace": Trace_ELBO,
@@ -91,14 +100,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _make_elbo(elbo: ELBO | str | None, num_particles: int) -> ELBO:
+def _make_elbo(elbo: ELBO | str | None, num_particles: int, vae: VAE) -> ELBO:
     if elbo is None:
         return Trace_ELBO(num_particles=num_particles)
     if isinstance(elbo, ELBO):
         return elbo
     key = str(elbo).lower()
+    if key == "auto":  # analytic KL only where the prior/guide pair has a closed form
+        key = "meanfield" if getattr(vae.prior, "analytic_kl", False) else "trace"
     if key not in ELBOS:
-        raise ValueError(f"unknown elbo {elbo!r}; choose one of {', '.join(ELBOS)}")
+        raise ValueError(f"unknown elbo {elbo!r}; choose one of auto, {', '.join(ELBOS)}")
     return ELBOS[key](num_particles=num_particles)
 
 
@@ -144,6 +155,23 @@ class GuardedSVI(SVI):
         self.optim(params)
         zero_grads(params)
         return loss
+
+
+class LatentScale(Messenger):
+    """Multiply the log-density scale of the named latent sites by ``factor``.
+
+    Applied to model and guide alike, it weights ``log p(z) - log q(z | x)`` (or the analytic
+    KL) by ``factor``: the beta of a beta-VAE, or a KL warm-up coefficient.
+    """
+
+    def __init__(self, *names: str, factor: float = 1.0):
+        super().__init__()
+        self.names = set(names)
+        self.factor = factor
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and msg["name"] in self.names and not msg["is_observed"]:
+            msg["scale"] = msg["scale"] * self.factor
 
 
 class _SigintFlag:
@@ -197,6 +225,8 @@ def fit(
     device: str | torch.device = "cpu",
     binarize: str | None = None,
     clip_norm: float | None = None,
+    kl_weight: float = 1.0,
+    kl_warmup_epochs: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     metadata: dict | None = None,
@@ -241,6 +271,14 @@ def fit(
         (``train`` then holds intensities in [0, 1]).
     clip_norm : float, optional
         Clip the global 2-norm of the gradients to this value before each step.
+    kl_weight : float
+        beta: the latent site ``"z"`` is scaled by it in model and guide (``poutine.scale``
+        on that site), so the objective is E[log p(x|z)] - beta KL (beta-VAE). With a weight
+        other than 1, ``History.train_elbo`` reports that weighted objective;
+        ``History.test_elbo`` is always the true ELBO.
+    kl_warmup_epochs : int
+        KL annealing: the weight rises linearly, epoch by epoch, from kl_weight / W to
+        kl_weight over the first W epochs.
     checkpoint_dir : path, optional
         Write ``checkpoint.pt`` there, atomically, after every epoch (and on Ctrl-C): model,
         optimizer and every RNG state, progress, history and the full configuration.
@@ -281,6 +319,14 @@ def fit(
     _check_positive(batch_size=batch_size, lr=lr, num_particles=num_particles, lr_decay=lr_decay)
     if clip_norm is not None:
         _check_positive(clip_norm=clip_norm)
+    if not (kl_weight >= 0 and math.isfinite(kl_weight)):
+        raise ValueError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}")
+    if (
+        isinstance(kl_warmup_epochs, bool)
+        or int(kl_warmup_epochs) != kl_warmup_epochs
+        or (kl_warmup_epochs < 0)
+    ):
+        raise ValueError(f"kl_warmup_epochs must be an integer >= 0, got {kl_warmup_epochs!r}")
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
     if binarize not in (None, "dynamic"):
@@ -298,7 +344,7 @@ def fit(
         test = check_data(test, name="test", data_dim=vae.data_dim, dtype=torch.float32)
         vae.likelihood.check_support(test, "test")
         test = test.to(dev)
-    loss_fn = _make_elbo(elbo, int(num_particles))
+    loss_fn = _make_elbo(elbo, int(num_particles), vae)
 
     n = train.shape[0]
     bs = min(int(batch_size), n)
@@ -314,6 +360,8 @@ def fit(
         "seed": int(seed),
         "binarize": binarize,
         "clip_norm": clip_norm,
+        "kl_weight": float(kl_weight),
+        "kl_warmup_epochs": int(kl_warmup_epochs),
         "data": _fingerprint(train),
     }
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
@@ -374,7 +422,11 @@ def fit(
         )
 
     with pyro.get_param_store().scope(), _SigintFlag() as sigint:
-        svi = GuardedSVI(vae.model, vae.guide, optim, loss=loss_fn, clip_norm=clip_norm)
+        weighted = kl_weight != 1.0 or kl_warmup_epochs > 0
+        latent_scale = LatentScale("z")
+        model = latent_scale(vae.model) if weighted else vae.model
+        guide = latent_scale(vae.guide) if weighted else vae.guide
+        svi = GuardedSVI(model, guide, optim, loss=loss_fn, clip_norm=clip_norm)
         bar = tqdm(
             range(progress_state["epoch"], int(epochs)),
             desc="SVI",
@@ -388,6 +440,9 @@ def fit(
             if progress_state["perm"] is None and n_batches > 1:
                 progress_state["perm"] = torch.randperm(n, device=dev, generator=gen)
             perm = progress_state["perm"]
+            latent_scale.factor = kl_weight * (
+                min(1.0, (epoch + 1) / kl_warmup_epochs) if kl_warmup_epochs else 1.0
+            )
             for b in range(progress_state["step"], n_batches):
                 if sigint.raised:
                     history.seconds = time.perf_counter() - start

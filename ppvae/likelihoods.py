@@ -15,7 +15,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["LIKELIHOODS", "Bernoulli", "Gaussian", "Likelihood", "make_likelihood"]
+__all__ = [
+    "LIKELIHOODS",
+    "Bernoulli",
+    "ContinuousBernoulli",
+    "Gaussian",
+    "Laplace",
+    "Likelihood",
+    "make_likelihood",
+]
 
 
 class Likelihood(nn.Module):
@@ -127,7 +135,45 @@ class Gaussian(Likelihood):
         }
 
 
-LIKELIHOODS = {"bernoulli": Bernoulli, "gaussian": Gaussian}
+class ContinuousBernoulli(Likelihood):
+    """Continuous Bernoulli pixels on [0, 1] (Loaiza-Ganem & Cunningham 2019); decoder logits.
+
+    A proper density for intensities in [0, 1], unlike the Bernoulli cross-entropy often
+    applied to them.
+    """
+
+    name = "continuous-bernoulli"
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=params).to_event(1)
+
+    def check_support(self, x: torch.Tensor, what: str = "data") -> None:
+        bad = (x < 0) | (x > 1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{what}: the continuous Bernoulli likelihood needs data in [0, 1], found "
+                f"{float(x[bad][0]):g} ({int(bad.sum())} values outside)"
+            )
+
+
+class Laplace(Gaussian):
+    """Laplace pixels ``Laplace(mu(z), b)``; the decoder outputs the location.
+
+    Same scale options as :class:`Gaussian` (``b`` learned isotropic, per dimension, or fixed).
+    """
+
+    name = "laplace"
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Laplace(params, self.scale.expand(params.shape)).to_event(1)
+
+
+LIKELIHOODS = {
+    "bernoulli": Bernoulli,
+    "continuous-bernoulli": ContinuousBernoulli,
+    "gaussian": Gaussian,
+    "laplace": Laplace,
+}
 
 
 def make_likelihood(spec: str | dict | Likelihood, data_dim: int) -> Likelihood:
@@ -145,6 +191,6 @@ def make_likelihood(spec: str | dict | Likelihood, data_dim: int) -> Likelihood:
             f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)} "
             "or pass a Likelihood instance"
         )
-    if key == "gaussian":
-        return Gaussian(data_dim, **kwargs)
+    if key in ("gaussian", "laplace"):
+        return LIKELIHOODS[key](data_dim, **kwargs)
     return LIKELIHOODS[key](**kwargs)

@@ -19,7 +19,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ACTIVATIONS", "GaussianEncoder", "MLPDecoder", "mlp"]
+__all__ = [
+    "ACTIVATIONS",
+    "ConvDecoder",
+    "ConvEncoder",
+    "GaussianEncoder",
+    "LinearGaussianEncoder",
+    "MLPDecoder",
+    "mlp",
+]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -147,3 +155,59 @@ class LinearGaussianEncoder(nn.Module):
             raise RuntimeError("a residual linear encoder is evaluated by LinearVAE.encode")
         loc = (x - self.c) @ self.V.T
         return loc, self.scale.expand(loc.shape)
+
+
+def _flatten_batch(x: torch.Tensor, tail: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    lead = tuple(x.shape[:-tail]) if tail else tuple(x.shape)
+    return x.reshape(-1, *x.shape[len(lead) :]), lead
+
+
+class ConvEncoder(nn.Module):
+    """Convolutional encoder for 28x28 images: x (..., 784) -> (loc, scale), each (..., k).
+
+    Two stride-2 convolutions (32 and 64 channels, 28 -> 14 -> 7), then a linear layer.
+    """
+
+    def __init__(
+        self, latent_dim: int, channels: tuple[int, int] = (32, 64), min_scale: float = 1e-4
+    ):
+        super().__init__()
+        c1, c2 = channels
+        self.latent_dim = int(latent_dim)
+        self.min_scale = float(min_scale)
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, c1, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(c2 * 7 * 7, 2 * latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[-1] != 784:
+            raise ValueError(f"ConvEncoder expects 784 = 28 x 28 features, got {x.shape[-1]}")
+        flat, lead = _flatten_batch(x, 1)
+        h = self.conv(flat.reshape(-1, 1, 28, 28)).flatten(1)
+        out = self.head(h).reshape(*lead, 2 * self.latent_dim)
+        loc, raw = out[..., : self.latent_dim], out[..., self.latent_dim :]
+        return loc, F.softplus(raw) + self.min_scale
+
+
+class ConvDecoder(nn.Module):
+    """Transposed-convolutional decoder: z (..., k) -> parameters (..., 784) of 28x28 images."""
+
+    def __init__(self, latent_dim: int, channels: tuple[int, int] = (64, 32)):
+        super().__init__()
+        c1, c2 = channels
+        self.c1 = c1
+        self.fc = nn.Sequential(nn.Linear(latent_dim, c1 * 7 * 7), nn.ReLU())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(c1, c2, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c2, 1, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        flat, lead = _flatten_batch(z, 1)
+        h = self.fc(flat).reshape(-1, self.c1, 7, 7)
+        return self.deconv(h).reshape(*lead, 784)

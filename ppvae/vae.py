@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .likelihoods import Gaussian, Likelihood, make_likelihood
-from .nets import GaussianEncoder, LinearGaussianEncoder, MLPDecoder
+from .nets import ConvDecoder, ConvEncoder, GaussianEncoder, LinearGaussianEncoder, MLPDecoder
 from .priors import Prior, make_prior
 
 __all__ = ["VAE", "LinearVAE"]
@@ -39,10 +39,11 @@ class VAE(nn.Module):
         Hidden widths of the encoder; the decoder mirrors them. Ignored for a network that is
         passed in.
     likelihood : str or Likelihood
-        ``"gaussian"`` (learned isotropic scale), ``"bernoulli"``, or a
-        :class:`~ppvae.likelihoods.Likelihood`.
+        ``"gaussian"`` (learned isotropic scale), ``"bernoulli"``, ``"continuous-bernoulli"``,
+        ``"laplace"``, or a :class:`~ppvae.likelihoods.Likelihood`.
     prior : str or Prior, optional
-        ``"standard"`` (the default, N(0, I)) or a :class:`~ppvae.priors.Prior`.
+        ``"standard"`` (the default, N(0, I)), ``"learned"``, ``"mog"``, ``"vamp"``,
+        ``"hierarchical"``, or any :class:`~ppvae.priors.Prior`.
     activation : str
         Hidden activation of the default networks.
     encoder, decoder : nn.Module, optional
@@ -50,6 +51,8 @@ class VAE(nn.Module):
         :mod:`ppvae.nets`.
     name : str
         Prefix of this module's parameters in Pyro's parameter store.
+    architecture : {"mlp", "conv"}
+        Default networks: MLPs, or convolutional ones for 28 x 28 images.
 
     Examples
     --------
@@ -63,7 +66,7 @@ class VAE(nn.Module):
 
     #: Training settings :func:`ppvae.fit` uses for arguments left as None.
     training_defaults: ClassVar[dict] = {
-        "elbo": "trace",
+        "elbo": "auto",
         "lr": 1e-3,
         "betas": (0.9, 0.999),
         "lr_decay": 1.0,
@@ -80,8 +83,15 @@ class VAE(nn.Module):
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
         name: str = "vae",
+        architecture: str = "mlp",
     ):
         super().__init__()
+        if architecture not in ("mlp", "conv"):
+            raise ValueError(f"architecture must be 'mlp' or 'conv', got {architecture!r}")
+        if architecture == "conv" and data_dim != 784:
+            raise ValueError(
+                f"architecture='conv' is for 28 x 28 images (D = 784), got D={data_dim}"
+            )
         for what, v in (("data_dim", data_dim), ("latent_dim", latent_dim)):
             if isinstance(v, bool) or int(v) != v or v < 1:
                 raise ValueError(f"{what} must be a positive integer, got {v!r}")
@@ -90,11 +100,16 @@ class VAE(nn.Module):
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = activation
         self.pyro_name = name
+        self.architecture = architecture
         self._custom_nets = encoder is not None or decoder is not None
+        if architecture == "conv":
+            encoder = encoder or ConvEncoder(latent_dim)
+            decoder = decoder or ConvDecoder(latent_dim)
         self.encoder = encoder or GaussianEncoder(data_dim, latent_dim, self.hidden, activation)
         self.decoder = decoder or MLPDecoder(latent_dim, data_dim, self.hidden, activation)
         self.likelihood = make_likelihood(likelihood, data_dim)
         self.prior = make_prior(prior, latent_dim)
+        self.prior.attach(self)
 
     # ------------------------------------------------------------------ Pyro program
     def _plate(self, x: torch.Tensor, num_data: int | None) -> pyro.plate:
@@ -166,6 +181,7 @@ class VAE(nn.Module):
             "likelihood": self.likelihood.config(),
             "prior": self.prior.config(),
             "activation": self.activation,
+            "architecture": self.architecture,
         }
 
     def extra_repr(self) -> str:
