@@ -23,6 +23,7 @@ from .data import DATASETS, as_image_shape, load_dataset
 from .infer import TrainingInterrupted, fit, resolve_device
 from .likelihoods import LIKELIHOODS
 from .ppca import PPCA
+from .priors import PRIORS
 from .vae import VAE, LinearVAE
 
 EXIT_USER_ERROR = 2
@@ -117,6 +118,27 @@ def _common_options() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     g.add_argument(
+        "--prior",
+        default="standard",
+        choices=sorted(PRIORS),
+        help="p(z) of the VAE (default: standard normal)",
+    )
+    g.add_argument(
+        "--architecture",
+        default="mlp",
+        choices=("mlp", "conv"),
+        help="VAE networks: MLPs (--hidden) or convolutional (28 x 28 images only)",
+    )
+    g.add_argument(
+        "--kl-weight", type=float, default=1.0, help="beta: weight of the KL term (default 1)"
+    )
+    g.add_argument(
+        "--kl-warmup",
+        type=_nonneg_int,
+        default=0,
+        help="epochs over which the KL weight rises linearly to --kl-weight",
+    )
+    g.add_argument(
         "--clip-norm",
         type=_positive_float,
         default=None,
@@ -189,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="p(x|z); bernoulli trains on dynamically binarized data",
     )
     run_p.add_argument(
+        "--likelihood",
+        default="gaussian",
+        choices=sorted(k for k in LIKELIHOODS if k != "bernoulli"),
+        help="p(x|z) of the VAE: a density on the dequantized data, comparable with PPCA",
+    )
+    run_p.add_argument(
         "--check-epochs",
         type=_nonneg_int,
         default=2000,
@@ -220,6 +248,31 @@ def _load(args, binarize=None):
     if ds.train.shape[0] < 2 or ds.test.shape[0] < 1:
         raise UserError("need at least 2 training rows and 1 test row")
     return ds
+
+
+def _make_vae(args, data_dim: int) -> VAE:
+    if args.architecture == "conv" and data_dim != 784:
+        raise UserError(
+            f"--architecture conv needs 28 x 28 images; {args.dataset} has D={data_dim}"
+        )
+    return VAE(
+        data_dim,
+        args.latent_dim,
+        hidden=args.hidden,
+        likelihood=args.likelihood,
+        prior=args.prior,
+        architecture=args.architecture,
+    )
+
+
+def _fit_options(args) -> dict:
+    if not (args.kl_weight >= 0 and math.isfinite(args.kl_weight)):
+        raise UserError(f"--kl-weight must be a finite number >= 0, got {args.kl_weight}")
+    return {
+        "clip_norm": args.clip_norm,
+        "kl_weight": args.kl_weight,
+        "kl_warmup_epochs": args.kl_warmup,
+    }
 
 
 def _out_dir(args) -> Path:
@@ -279,6 +332,8 @@ def cmd_run(args) -> int:
     k = args.latent_dim
     if k >= ds.data_dim:
         raise UserError(f"--latent-dim {k} must be smaller than the data dimension {ds.data_dim}")
+    torch.manual_seed(args.seed)  # reproducible initialization
+    vae = _make_vae(args, ds.data_dim)
     out = _out_dir(args)
     print(f"ppvae run: {ds} -> {out}", file=sys.stderr)
 
@@ -287,9 +342,6 @@ def cmd_run(args) -> int:
     ppca_fit_s = time.perf_counter() - t
     ppca_test = ppca.log_prob(ds.test.double())
     ppca_train = ppca.score(ds.train.double())
-
-    torch.manual_seed(args.seed)  # reproducible initialization
-    vae = VAE(ds.data_dim, k, hidden=args.hidden, likelihood="gaussian")
     history = fit(
         vae,
         ds.train,
@@ -299,7 +351,7 @@ def cmd_run(args) -> int:
         seed=args.seed,
         test=ds.test,
         device=device,
-        clip_norm=args.clip_norm,
+        **_fit_options(args),
     )
     torch.manual_seed(args.seed)
     t = time.perf_counter()
@@ -333,6 +385,8 @@ def cmd_run(args) -> int:
             "train_elbo": vae_train_elbo,
             "test_bits_per_dim_iw": _bits_per_dim(float(vae_iw.mean()), D, L),
             "hidden": list(args.hidden),
+            "prior": args.prior,
+            "likelihood": args.likelihood,
             "epochs": args.epochs,
             "batch_size": args.batch_size,
             "lr": args.lr,
@@ -432,7 +486,8 @@ def _run_report(m: dict) -> str:
         f"| PPCA (closed form, exact) | {p['test_log_likelihood']:.3f} ± "
         f"{p['test_log_likelihood_sem']:.3f} | (exact) | {_fmt(p['test_bits_per_dim'])} | "
         f"{p['train_log_likelihood']:.3f} | {p['fit_seconds']:.2f} s |",
-        f"| VAE, hidden {tuple(v['hidden'])}, {v['epochs']} epochs | "
+        f"| VAE ({v['prior']} prior, {v['likelihood']}), hidden {tuple(v['hidden'])}, "
+        f"{v['epochs']} epochs | "
         f"{v['test_log_likelihood_iw']:.3f} ± {v['test_log_likelihood_iw_sem']:.3f} "
         f"(IW, K = {v['iw_samples']}) | {v['test_elbo']:.3f} | "
         f"{_fmt(v['test_bits_per_dim_iw'])} | {v['train_elbo']:.3f} (ELBO) | "
@@ -516,11 +571,11 @@ def cmd_fit(args) -> int:
         raise UserError(
             f"--latent-dim {args.latent_dim} must be smaller than the data dimension {ds.data_dim}"
         )
+    torch.manual_seed(args.seed)  # reproducible initialization
+    vae = _make_vae(args, ds.data_dim)
     out = _out_dir(args)
     args.out = str(out)
     print(f"ppvae fit: {ds} -> {out}", file=sys.stderr)
-    torch.manual_seed(args.seed)  # reproducible initialization
-    vae = VAE(ds.data_dim, args.latent_dim, hidden=args.hidden, likelihood=args.likelihood)
     history = fit(
         vae,
         ds.train,
@@ -531,7 +586,7 @@ def cmd_fit(args) -> int:
         test=ds.test,
         device=device,
         binarize="dynamic" if bern else None,
-        clip_norm=args.clip_norm,
+        **_fit_options(args),
         checkpoint_dir=out,
         resume=args.resume is not None,
         metadata={"cli": _cli_record(args)},
@@ -563,6 +618,7 @@ def cmd_fit(args) -> int:
         "command": "fit",
         **meta,
         "likelihood": args.likelihood,
+        "prior": args.prior,
         "latent_dim": args.latent_dim,
         "hidden": list(args.hidden),
         "test_elbo": test_elbo,

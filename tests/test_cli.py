@@ -63,6 +63,27 @@ def test_run_writes_every_output(tmp_path, capsys):
     assert "PPCA (exact)" in printed and "loglik_gap" in printed
 
 
+def test_fit_with_a_chosen_prior_and_likelihood(tmp_path):
+    out = tmp_path / "vamp"
+    argv = [
+        "fit",
+        *TINY,
+        "--prior",
+        "vamp",
+        "--likelihood",
+        "continuous-bernoulli",
+        "--kl-warmup",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    vae = ppvae.load(out / "model.pt")
+    assert vae.prior.name == "vamp" and vae.likelihood.name == "continuous-bernoulli"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["prior"] == "vamp" and math.isfinite(m["test_log_likelihood_iw"])
+
+
 def test_check_ppca_writes_its_comparison(tmp_path, capsys):
     out = tmp_path / "check"
     argv = ["check-ppca", "--epochs", "20", "--n-train", "300", "--latent-dim", "2"]
@@ -106,6 +127,9 @@ def test_fit_saves_a_loadable_model(tmp_path):
         (["fit", "--hidden", "a,b"], "comma-separated"),
         (["fit", "--device", "tpu", "--epochs", "0"], "device"),
         (["frobnicate"], "invalid choice"),
+        (["run", "--likelihood", "bernoulli"], "invalid choice"),
+        (["fit", "--architecture", "conv", "--epochs", "0"], "28 x 28"),
+        (["fit", "--prior", "flat"], "invalid choice"),
         (["fit", "--resume", "/nonexistent/run"], "no such checkpoint file"),
         (["fit", "--clip-norm", "0"], "positive number"),
         (["run", "--no-such-option"], "unrecognized arguments"),
