@@ -1,6 +1,7 @@
 """Training by stochastic variational inference, with resumable checkpoints.
 
-:func:`fit` runs ``pyro.infer.SVI`` (``Trace_ELBO`` by default) over shuffled minibatches.
+:func:`fit` runs ``pyro.infer.SVI`` (``Trace_ELBO``, or ``TraceMeanField_ELBO`` where the prior's
+KL has a closed form) over shuffled minibatches.
 Each step's loss is the negative minibatch ELBO scaled to the whole training set, so the
 history reports ``-loss / N``: the ELBO in nats per sample.
 
@@ -251,8 +252,9 @@ def fit(
     test : array-like, shape (M, D), optional
         Held-out data whose ELBO is recorded after every epoch.
     elbo : pyro.infer.ELBO or {"trace", "meanfield", "jit"}, optional
-        The ELBO estimator (default: the model's ``training_defaults``; ``Trace_ELBO`` for a
-        VAE, ``TraceMeanField_ELBO`` with analytic KL for a :class:`~ppvae.LinearVAE`).
+        The ELBO estimator (default: the model's ``training_defaults``: ``"auto"`` for a VAE,
+        i.e. ``TraceMeanField_ELBO`` (analytic KL) when ``vae.prior.analytic_kl`` and
+        ``Trace_ELBO`` otherwise; ``TraceMeanField_ELBO`` for a :class:`~ppvae.LinearVAE`).
     num_particles : int
         Samples per data point of an ELBO estimator given by name.
     betas : (float, float), optional
