@@ -231,6 +231,37 @@ def build_parser() -> argparse.ArgumentParser:
         "log-likelihood and ELBO gaps (nats/sample), noise variance and covariance errors, "
         "principal angles, active units.",
     )
+    cmp_p = sub.add_parser(
+        "compare",
+        parents=[common],
+        help="PPCA vs LinearVAE vs VAE likelihoods with standard errors, PSIS and gaps",
+        description="Fit PPCA, a LinearVAE and a nonlinear Gaussian VAE on the same dequantized "
+        "data; report train and test nats/sample, bits/dim, ELBO, importance-weighted "
+        "estimates with standard errors, the share of Pareto k-hat > 0.7, inference gaps and "
+        "fit times; write a per-sample scatter and the per-sample log-likelihoods as ArviZ "
+        "InferenceData (netCDF).",
+    )
+    cmp_p.add_argument(
+        "--likelihood",
+        default="gaussian",
+        choices=sorted(k for k in LIKELIHOODS if k != "bernoulli"),
+        help="p(x|z) of the nonlinear VAE",
+    )
+    cmp_p.add_argument(
+        "--linear-epochs", type=_nonneg_int, default=2000, help="full-batch epochs of the LinearVAE"
+    )
+    cmp_p.add_argument(
+        "--eval-points",
+        type=_positive_int,
+        default=2000,
+        help="seeded subset of each split for the IW estimates and gaps",
+    )
+    cmp_p.add_argument(
+        "--gap-points",
+        type=_positive_int,
+        default=200,
+        help="test points on which the inference gaps are computed",
+    )
     return parser
 
 
@@ -721,11 +752,212 @@ def cmd_check_ppca(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "fit": cmd_fit, "check-ppca": cmd_check_ppca}
+def _subset_rows(X: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    if n >= X.shape[0]:
+        return X
+    idx = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    return X[idx.sort().values]
+
+
+def _vae_scores(vae, ds, args, device, log_px_exact=None) -> dict:
+    """ELBO, IW estimate with SE and k-hat share, gaps, on train and test subsets."""
+    out = {}
+    for split, X in (("train", ds.train), ("test", ds.test)):
+        Xs = _subset_rows(X, args.eval_points, args.seed + (split == "test"))
+        torch.manual_seed(args.seed)
+        est = evaluate.estimate_log_likelihood(vae, Xs, num_samples=args.iw_samples)
+        out[split] = {
+            "n_points": int(Xs.shape[0]),
+            "elbo": float(evaluate.elbo(vae, Xs, num_samples=10).mean()),
+            "iw": est.mean,
+            "iw_sem": est.sem,
+            "iw_mc_se": float(est.mc_se.mean()),
+            "khat_share_gt_0.7": est.khat_share,
+            "bits_per_dim": est.bits_per_dim(ds.levels),
+        }
+        if split == "test":
+            out["test_per_sample"] = est.log_px
+    gaps = evaluate.inference_gaps(
+        vae, _subset_rows(ds.test, args.gap_points, args.seed + 7), num_samples=args.iw_samples
+    )["mean"]
+    out["approximation_gap"] = gaps["approximation_gap"]
+    out["amortization_gap"] = gaps["amortization_gap"]
+    return out
+
+
+def cmd_compare(args) -> int:
+    t0 = time.perf_counter()
+    device = resolve_device(args.device)
+    ds = _load(args)
+    k = args.latent_dim
+    if k >= ds.data_dim:
+        raise UserError(f"--latent-dim {k} must be smaller than the data dimension {ds.data_dim}")
+    torch.manual_seed(args.seed)
+    vae = _make_vae(args, ds.data_dim)
+    out = _out_dir(args)
+    print(f"ppvae compare: {ds} -> {out}", file=sys.stderr)
+    D, L = ds.data_dim, ds.levels
+    rows: dict[str, dict] = {}
+
+    t = time.perf_counter()
+    ppca = PPCA(k).fit(ds.train.double())
+    ppca_s = time.perf_counter() - t
+    ppca_test = ppca.log_prob(ds.test.double()).float()
+    rows["PPCA"] = {
+        "train": {"exact": ppca.score(ds.train.double())},
+        "test": {
+            "exact": float(ppca_test.mean()),
+            "exact_sem": float(ppca_test.std() / math.sqrt(len(ppca_test))),
+            "bits_per_dim": _bits_per_dim(float(ppca_test.mean()), D, L),
+        },
+        "fit_seconds": ppca_s,
+    }
+
+    torch.manual_seed(args.seed)
+    lin = LinearVAE(D, k)
+    h = fit(
+        lin,
+        ds.train,
+        epochs=args.linear_epochs,
+        batch_size=len(ds.train),
+        seed=args.seed,
+        device=device,
+    )
+    lin.cpu()
+    lin_scores = _vae_scores(lin, ds, args, device)
+    lin_exact_test = evaluate.exact_log_likelihood(lin, ds.test.double()).float()
+    lin_scores["test"]["exact"] = float(lin_exact_test.mean())
+    lin_scores["train"]["exact"] = float(evaluate.exact_log_likelihood(lin, ds.train).mean())
+    lin_scores["fit_seconds"] = h.seconds
+    rows["LinearVAE"] = lin_scores
+
+    h = fit(
+        vae,
+        ds.train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        test=ds.test,
+        device=device,
+        **_fit_options(args),
+    )
+    vae.cpu()
+    vae_scores = _vae_scores(vae, ds, args, device)
+    vae_scores["fit_seconds"] = h.seconds
+    rows[f"VAE ({args.prior} prior, {args.likelihood})"] = vae_scores
+
+    per_sample = {
+        "ppca": ppca_test.numpy(),
+        "linear_vae": lin_exact_test.numpy(),
+        "vae": vae_scores.pop("test_per_sample").numpy(),
+    }
+    lin_scores.pop("test_per_sample")
+    idx = _subset_rows(
+        torch.arange(len(ds.test))[:, None].float(), args.eval_points, args.seed + 1
+    )[:, 0].long()
+    figure = plots.loglik_scatter(
+        ppca_test[idx],
+        torch.as_tensor(per_sample["vae"]),
+        out / "loglik_scatter.png",
+        xlabel="PPCA test log p(x) (exact, nats)",
+        ylabel=f"VAE test log p(x) (IW, K={args.iw_samples}, nats)",
+    ).name
+    netcdf = _write_inference_data(per_sample, idx, out / "log_likelihood.nc")
+    result = {
+        "command": "compare",
+        "dataset": ds.name,
+        "latent_dim": k,
+        "data_dim": D,
+        "n_train": int(ds.train.shape[0]),
+        "n_test": int(ds.test.shape[0]),
+        "iw_samples": args.iw_samples,
+        "eval_points": args.eval_points,
+        "models": rows,
+        "figure": figure,
+        "netcdf": netcdf,
+        "seconds_total": time.perf_counter() - t0,
+        "environment": _environment(),
+    }
+    _write_json(out / "compare.json", result)
+    table = _compare_table(result)
+    (out / "compare.md").write_text(
+        f"# ppvae compare: {ds.name}\n\n```\n{table}\n```\n\n![PPCA vs VAE]({figure})\n"
+    )
+    print(table)
+    print(
+        f"wrote {out}/compare.json, compare.md, {figure}, {netcdf} "
+        f"in {result['seconds_total']:.1f} s"
+    )
+    return 0
+
+
+def _write_inference_data(per_sample: dict, vae_idx: torch.Tensor, path: Path) -> str:
+    """Per-sample test log-likelihoods as ArviZ InferenceData (log_likelihood group)."""
+    import arviz as az
+    import numpy as np
+
+    n = len(per_sample["ppca"])
+    vae_full = np.full(n, np.nan, dtype=np.float64)  # IW estimates exist on the subset only
+    vae_full[vae_idx.numpy()] = per_sample["vae"]
+    data = {
+        "ppca": per_sample["ppca"].astype(np.float64)[None, None, :],
+        "linear_vae": per_sample["linear_vae"].astype(np.float64)[None, None, :],
+        "vae": vae_full[None, None, :],
+    }
+    idata = az.from_dict(log_likelihood=data, dims={k: ["test_image"] for k in data})
+    idata.to_netcdf(str(path))
+    return path.name
+
+
+def _compare_table(r: dict) -> str:
+    head = (
+        "model",
+        "train",
+        "test",
+        "test ± se",
+        "bits/dim",
+        "test ELBO",
+        "k>0.7",
+        "approx gap",
+        "amort gap",
+        "fit s",
+    )
+    rows = [head]
+    for name, m in r["models"].items():
+        tr, te = m["train"], m["test"]
+        test_val = te.get("exact", te.get("iw"))
+        se = te.get("exact_sem", te.get("iw_sem"))
+        rows.append(
+            (
+                name,
+                f"{tr.get('exact', tr.get('iw')):.3f}",
+                f"{test_val:.3f}",
+                f"{te.get('iw', test_val):.3f} ± {se:.3f}",
+                _fmt(te.get("bits_per_dim")),
+                _fmt(te.get("elbo")),
+                _fmt(te.get("khat_share_gt_0.7")),
+                _fmt(m.get("approximation_gap")),
+                _fmt(m.get("amortization_gap")),
+                f"{m['fit_seconds']:.1f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    note = (
+        f"nats per sample (higher is better); train/test: exact for PPCA and LinearVAE, "
+        f"IW (K={r['iw_samples']}) for the VAE on {r['eval_points']} points per split"
+    )
+    return f"{r['dataset']}: {note}\n" + "\n".join(lines)
+
+
+COMMANDS = {"run": cmd_run, "fit": cmd_fit, "check-ppca": cmd_check_ppca, "compare": cmd_compare}
 _DEFAULTS = {
     "run": {"epochs": 300, "batch_size": 128},
     "fit": {"epochs": 300, "batch_size": 128},
     "check-ppca": {"epochs": 2000, "batch_size": None},
+    "compare": {"epochs": 300, "batch_size": 128},
 }
 
 

@@ -15,7 +15,9 @@ Work is split in chunks over data points and over K so that memory stays bounded
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -26,11 +28,14 @@ from .ppca import PPCA
 from .vae import VAE, LinearVAE
 
 __all__ = [
+    "LikelihoodEstimate",
     "compare_to_ppca",
     "elbo",
     "elbo_decomposition",
+    "estimate_log_likelihood",
     "exact_log_likelihood",
     "global_point_estimates",
+    "inference_gaps",
     "linear_gaussian_params",
     "log_importance_weights",
     "log_likelihood",
@@ -45,7 +50,7 @@ def global_point_estimates(vae: VAE) -> dict[str, torch.Tensor]:
     return dict(estimates()) if callable(estimates) else {}
 
 
-def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int, guide=None) -> torch.Tensor:
     """``log p(x, z_k) - log q(z_k | x)`` for ``z_k ~ q(z | x)``.
 
     Global latent variables of the prior (e.g. the scale ``tau`` of
@@ -60,14 +65,17 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int) -> torch
         Already on the model's device.
     num_samples : int
         K.
+    guide : callable, optional
+        Proposal with a ``"z"`` site, called as ``guide(x)`` (default: ``vae.guide``).
 
     Returns
     -------
     torch.Tensor, shape (K, N)
     """
     fixed = global_point_estimates(vae)
+    guide = vae.guide if guide is None else guide
     model = poutine.condition(vae.model, data=fixed) if fixed else vae.model
-    guide = poutine.block(vae.guide, hide=list(fixed)) if fixed else vae.guide
+    guide = poutine.block(guide, hide=list(fixed)) if fixed else guide
     with pyro.plate("_particles", num_samples, dim=-2):
         guide_tr = poutine.trace(guide).get_trace(x)
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
@@ -112,24 +120,22 @@ def _chunks(n: int, k: int, width: int, max_elements: int) -> tuple[int, int]:
     return n_chunk, k_chunk
 
 
-def _reduce_weights(vae, X, num_samples, max_elements, reduce):
+def _weight_chunks(vae, X, num_samples, max_elements, guide=None):
+    """Yield, for each chunk of data points, the list of (k_chunk, n_chunk) log-weight blocks."""
     width = max(vae.data_dim, vae.latent_dim)
     n_chunk, k_chunk = _chunks(X.shape[0], num_samples, width, max_elements)
-    out = []
     was_training = vae.training
     vae.eval()
     try:
         with torch.no_grad():
             for i in range(0, X.shape[0], n_chunk):
                 x = X[i : i + n_chunk]
-                parts = []
-                for j in range(0, num_samples, k_chunk):
-                    k = min(k_chunk, num_samples - j)
-                    parts.append(reduce(log_importance_weights(vae, x, k)))
-                out.append(torch.stack(parts))
+                yield [
+                    log_importance_weights(vae, x, min(k_chunk, num_samples - j), guide=guide)
+                    for j in range(0, num_samples, k_chunk)
+                ]
     finally:
         vae.train(was_training)
-    return out
 
 
 def elbo(vae: VAE, X, num_samples: int = 1, *, max_elements: int = _DEFAULT_MAX_ELEMENTS):
@@ -150,17 +156,26 @@ def elbo(vae: VAE, X, num_samples: int = 1, *, max_elements: int = _DEFAULT_MAX_
         ELBO estimates in nats, on the CPU.
     """
     X = _prepare(vae, X, num_samples)
-    parts = _reduce_weights(vae, X, num_samples, max_elements, lambda lw: lw.sum(0))
-    return torch.cat([p.sum(0) for p in parts]).cpu() / num_samples
+    sums = [
+        torch.stack([b.sum(0) for b in blocks]).sum(0)
+        for blocks in _weight_chunks(vae, X, num_samples, max_elements)
+    ]
+    return torch.cat(sums).cpu() / num_samples
 
 
 def log_likelihood(
-    vae: VAE, X, num_samples: int = 1000, *, max_elements: int = _DEFAULT_MAX_ELEMENTS
+    vae: VAE,
+    X,
+    num_samples: int = 1000,
+    *,
+    max_elements: int = _DEFAULT_MAX_ELEMENTS,
+    guide=None,
 ):
     """Importance-weighted estimate of log p(x) (Burda et al. 2015).
 
     ``log (1/K) sum_k p(x, z_k) / q(z_k | x)`` with ``z_k ~ q(z | x)``: a stochastic lower
-    bound on log p(x) whose expectation grows with K.
+    bound on log p(x) whose expectation grows with K. :func:`estimate_log_likelihood` adds
+    standard errors and Pareto-k diagnostics.
 
     Parameters
     ----------
@@ -170,6 +185,9 @@ def log_likelihood(
         K, importance samples per data point.
     max_elements : int
         Bound on the floats in one chunk of (K, N, max(D, k)) work.
+    guide : callable, optional
+        A different proposal: a Pyro guide ``guide(x, num_data=None)`` with a ``"z"`` site
+        (default: the VAE's own guide).
 
     Returns
     -------
@@ -177,8 +195,255 @@ def log_likelihood(
         Estimates in nats, on the CPU.
     """
     X = _prepare(vae, X, num_samples)
-    parts = _reduce_weights(vae, X, num_samples, max_elements, lambda lw: lw.logsumexp(0))
-    return torch.cat([p.logsumexp(0) for p in parts]).cpu() - math.log(num_samples)
+    lse = [
+        torch.stack([b.logsumexp(0) for b in blocks]).logsumexp(0)
+        for blocks in _weight_chunks(vae, X, num_samples, max_elements, guide)
+    ]
+    return torch.cat(lse).cpu() - math.log(num_samples)
+
+
+@dataclass
+class LikelihoodEstimate:
+    """An importance-sampling estimate of log p(x) with its diagnostics (all in nats).
+
+    Attributes
+    ----------
+    log_px : torch.Tensor, shape (N,)
+        Per-point estimates: ``log mean_k w_k``, or its Pareto-smoothed version.
+    mc_se : torch.Tensor, shape (N,)
+        Per-point Monte Carlo standard error of ``log_px`` (delta method,
+        ``sqrt((mean w^2 / (mean w)^2 - 1) / K)``).
+    khat : torch.Tensor or None, shape (N,)
+        Pareto shape estimates of the importance weights (PSIS, Vehtari et al. 2024); above
+        0.7 the estimate of that point is unreliable.
+    num_samples : int
+        K.
+    data_dim : int
+        D, for bits per dimension.
+    """
+
+    log_px: torch.Tensor
+    mc_se: torch.Tensor
+    khat: torch.Tensor | None
+    num_samples: int
+    data_dim: int
+
+    @property
+    def mean(self) -> float:
+        """Mean log-likelihood per data point."""
+        return float(self.log_px.mean())
+
+    @property
+    def sem(self) -> float:
+        """Standard error of :attr:`mean`: spread over data points and Monte Carlo error."""
+        n = self.log_px.shape[0]
+        var_data = float(self.log_px.var()) if n > 1 else 0.0
+        return math.sqrt(var_data / n + float((self.mc_se**2).mean()) / n)
+
+    @property
+    def khat_share(self) -> float | None:
+        """Share of points with k-hat > 0.7 (None without PSIS)."""
+        return None if self.khat is None else float((self.khat > 0.7).double().mean())
+
+    def bits_per_dim(self, levels: int | None = None) -> float:
+        """``-(mean - D log levels) / (D log 2)``; ``levels=None`` for discrete (binary) data."""
+        offset = 0.0 if levels is None else self.data_dim * math.log(levels)
+        return -(self.mean - offset) / (self.data_dim * math.log(2.0))
+
+    def summary(self) -> dict:
+        return {
+            "mean": self.mean,
+            "sem": self.sem,
+            "mc_se_mean": float(self.mc_se.mean()),
+            "khat_share_gt_0.7": self.khat_share,
+            "num_samples": self.num_samples,
+        }
+
+
+def _psis(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pareto-smoothed log weights (unnormalized) and k-hat, via ``arviz.psislw``.
+
+    log_w: (K, n). Returns smoothed (K, n) and k-hat (n,).
+    """
+    import warnings
+
+    import arviz  # lazy: only PSIS needs it
+
+    lw = log_w.double().cpu().T.numpy()  # (n, K): arviz takes samples last
+    shift = lw.max(axis=1, keepdims=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # arviz warns per point about large k-hat
+        smoothed, khat = arviz.psislw(lw - shift, normalize=False)
+    smoothed = torch.from_numpy(np.asarray(smoothed) + shift).T
+    return smoothed, torch.from_numpy(np.atleast_1d(np.asarray(khat, dtype=np.float64)))
+
+
+def estimate_log_likelihood(
+    vae: VAE,
+    X,
+    num_samples: int = 1000,
+    *,
+    psis: bool = True,
+    smoothed: bool = False,
+    guide=None,
+    max_elements: int = _DEFAULT_MAX_ELEMENTS,
+) -> LikelihoodEstimate:
+    """Importance-weighted log p(x) with Monte Carlo standard errors and PSIS k-hat.
+
+    Parameters
+    ----------
+    vae : VAE
+    X : array-like, shape (N, D)
+    num_samples : int
+        K, importance samples per data point.
+    psis : bool
+        Compute Pareto k-hat per point with ``arviz.psislw`` (keeps the K weights of one chunk
+        of points in memory at a time).
+    smoothed : bool
+        Report the Pareto-smoothed estimate ``log mean_k w~_k`` instead of the plain one.
+    guide : callable, optional
+        A different proposal (see :func:`log_likelihood`).
+    max_elements : int
+        Bound on the floats in one chunk of (K, N, max(D, k)) work.
+
+    Returns
+    -------
+    LikelihoodEstimate
+    """
+    if smoothed and not psis:
+        raise ValueError("smoothed=True needs psis=True")
+    X = _prepare(vae, X, num_samples)
+    log_k = math.log(num_samples)
+    est, se, khats = [], [], []
+    for blocks in _weight_chunks(vae, X, num_samples, max_elements, guide):
+        if psis:
+            lw = torch.cat(blocks).double()
+            sm, khat = _psis(lw)
+            khats.append(khat)
+            lw_used = sm if smoothed else lw.cpu()
+            lse1 = lw_used.logsumexp(0)
+            lse2 = (2 * lw_used).logsumexp(0)
+        else:
+            lse1 = torch.stack([b.double().logsumexp(0) for b in blocks]).logsumexp(0).cpu()
+            lse2 = torch.stack([(2 * b.double()).logsumexp(0) for b in blocks]).logsumexp(0)
+            lse2 = lse2.cpu()
+        est.append(lse1 - log_k)
+        # mean w^2 / (mean w)^2 = K exp(lse2 - 2 lse1)
+        ratio = torch.exp(lse2 - 2 * lse1 + log_k)
+        se.append(((ratio - 1.0).clamp_min(0.0) / num_samples).sqrt())
+    return LikelihoodEstimate(
+        log_px=torch.cat(est).float(),
+        mc_se=torch.cat(se).float(),
+        khat=torch.cat(khats).float() if psis else None,
+        num_samples=int(num_samples),
+        data_dim=vae.data_dim,
+    )
+
+
+class _LocalGaussianGuide:
+    """A non-amortized guide: one diagonal Gaussian q_n(z) per data point (fixed rows of X)."""
+
+    def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor):
+        self.loc, self.log_scale = loc, log_scale
+
+    def __call__(self, x, num_data=None):
+        n = x.shape[0]
+        with pyro.plate("data", size=n if num_data is None else num_data, subsample_size=n):
+            return pyro.sample(
+                "z", pyro.distributions.Normal(self.loc, self.log_scale.exp()).to_event(1)
+            )
+
+
+def _local_elbo(vae: VAE, x, loc, log_scale, num_samples: int, eps=None) -> torch.Tensor:
+    """Reparameterized ELBO of each point under q_n = N(loc_n, exp(log_scale_n)^2), (N,)."""
+    if eps is None:
+        eps = torch.randn(num_samples, *loc.shape, device=loc.device)
+    z = loc + eps * log_scale.exp()
+    log_joint = vae.decode(z).log_prob(x) + vae.prior.log_prob(z)
+    entropy = (log_scale + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+    return log_joint.mean(0) + entropy
+
+
+def inference_gaps(
+    vae: VAE,
+    X,
+    *,
+    num_samples: int = 1000,
+    steps: int = 500,
+    lr: float = 0.05,
+    elbo_samples: int = 1000,
+    train_samples: int = 8,
+) -> dict:
+    """Approximation and amortization gaps (Cremer et al. 2018), per data point and on average.
+
+    * ``elbo_amortized``: the ELBO of the encoder's q(z | x);
+    * ``elbo_optimal``: the ELBO of the best diagonal Gaussian found for each point separately,
+      by optimizing local parameters (loc_n, log_scale_n), started at the encoder's output, with
+      Adam on a reparameterized ELBO (the variational-EM E-step, non-amortized);
+    * ``log_px``: exact for a linear-Gaussian model, else the importance-weighted estimate
+      with ``num_samples`` draws from the optimized local q;
+    * ``approximation_gap = log_px - elbo_optimal`` (the cost of the Gaussian family) and
+      ``amortization_gap = elbo_optimal - elbo_amortized`` (the cost of sharing an encoder).
+
+    Parameters
+    ----------
+    vae : VAE
+    X : array-like, shape (N, D)
+    num_samples : int
+        Importance samples per point for log p(x).
+    steps, lr, train_samples : int, float, int
+        Adam steps, learning rate and samples per step of the local optimization.
+    elbo_samples : int
+        Samples per point for the reported ELBOs.
+
+    Returns
+    -------
+    dict
+        Per-point tensors (N,) under ``log_px``, ``elbo_amortized``, ``elbo_optimal``,
+        ``approximation_gap``, ``amortization_gap``, and their means under ``mean``, in nats.
+    """
+    X = _prepare(vae, X, num_samples)
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            loc0, scale0 = vae.encode(X)
+            amortized = _local_elbo(vae, X, loc0, scale0.log(), elbo_samples)
+        loc = loc0.detach().clone().requires_grad_(True)
+        log_scale = scale0.detach().log().clone().requires_grad_(True)
+        opt = torch.optim.Adam([loc, log_scale], lr=lr)
+        for _ in range(int(steps)):
+            opt.zero_grad()
+            loss = -_local_elbo(vae, X, loc, log_scale, train_samples).sum()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            # choose per point between the optimized and the encoder's q with common random
+            # numbers, then estimate the chosen one's ELBO afresh (no selection bias)
+            eps = torch.randn(elbo_samples, *loc.shape, device=loc.device)
+            better = _local_elbo(vae, X, loc, log_scale, 0, eps) >= _local_elbo(
+                vae, X, loc0, scale0.log(), 0, eps
+            )
+            loc_best = torch.where(better[:, None], loc, loc0)
+            ls_best = torch.where(better[:, None], log_scale, scale0.log())
+            optimal = _local_elbo(vae, X, loc_best, ls_best, elbo_samples)
+    finally:
+        for p in vae.parameters():
+            p.requires_grad_(True)
+    if isinstance(vae, LinearVAE):
+        log_px = exact_log_likelihood(vae, X.cpu().double()).float()
+    else:
+        guide = _LocalGaussianGuide(loc_best.detach(), ls_best.detach())
+        log_px = log_likelihood(vae, X, num_samples, guide=guide)
+    out = {
+        "log_px": log_px.cpu(),
+        "elbo_amortized": amortized.cpu(),
+        "elbo_optimal": optimal.cpu(),
+    }
+    out["approximation_gap"] = out["log_px"] - out["elbo_optimal"]
+    out["amortization_gap"] = out["elbo_optimal"] - out["elbo_amortized"]
+    out["mean"] = {key: float(v.mean()) for key, v in out.items()}
+    return out
 
 
 # ---------------------------------------------------------------------- exact, linear models

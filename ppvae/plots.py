@@ -15,7 +15,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["image_grid", "latent_scatter", "ppca_check", "training_curve"]
+__all__ = ["image_grid", "latent_scatter", "loglik_scatter", "ppca_check", "training_curve"]
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -185,4 +185,23 @@ def ppca_check(X: torch.Tensor, ppca, linear_vae, result: dict, path: str | os.P
     ax2.set_ylabel("mean KL(q(z_j|x) || p(z_j)) (nats)")
     ax2.set_title(f"Active units: {result['active_units']}")
     ax2.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def loglik_scatter(
+    a: torch.Tensor, b: torch.Tensor, path: str | os.PathLike, *, xlabel: str, ylabel: str
+) -> Path:
+    """Per-sample log-likelihoods of two models against each other, with the diagonal."""
+    a = a.detach().double().cpu().numpy()
+    b = b.detach().double().cpu().numpy()
+    fig = Figure(figsize=(5.0, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(a, b, s=5, alpha=0.5)
+    lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="equal")
+    above = float((b > a).mean())
+    ax.set_title(f"Test images: second model higher on {100 * above:.0f}%")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
     return _save(fig, path)

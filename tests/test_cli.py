@@ -84,6 +84,43 @@ def test_fit_with_a_chosen_prior_and_likelihood(tmp_path):
     assert m["prior"] == "vamp" and math.isfinite(m["test_log_likelihood_iw"])
 
 
+def test_compare_writes_table_scatter_and_inference_data(tmp_path, capsys):
+    import arviz as az
+
+    out = tmp_path / "cmp"
+    argv = [
+        "compare",
+        "--epochs",
+        "3",
+        "--linear-epochs",
+        "30",
+        "--iw-samples",
+        "20",
+        "--eval-points",
+        "50",
+        "--gap-points",
+        "10",
+        "--hidden",
+        "16",
+        "--latent-dim",
+        "3",
+    ]
+    assert main([*argv, "--out", str(out)]) == 0
+    r = json.loads((out / "compare.json").read_text())
+    assert set(r["models"]) == {"PPCA", "LinearVAE", "VAE (standard prior, gaussian)"}
+    vae = r["models"]["VAE (standard prior, gaussian)"]
+    for key in ("iw", "iw_sem", "khat_share_gt_0.7", "bits_per_dim", "elbo"):
+        assert math.isfinite(vae["test"][key])
+    assert math.isfinite(vae["approximation_gap"]) and math.isfinite(vae["amortization_gap"])
+    idata = az.from_netcdf(str(out / "log_likelihood.nc"))
+    ll = idata.log_likelihood
+    assert set(ll.data_vars) == {"ppca", "linear_vae", "vae"}
+    assert ll["ppca"].shape == (1, 1, 359)
+    assert int(ll["vae"].notnull().sum()) == 50  # IW estimates on the evaluation subset
+    assert (out / "loglik_scatter.png").exists()
+    assert "k>0.7" in capsys.readouterr().out
+
+
 def test_check_ppca_writes_its_comparison(tmp_path, capsys):
     out = tmp_path / "check"
     argv = ["check-ppca", "--epochs", "20", "--n-train", "300", "--latent-dim", "2"]
