@@ -262,6 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=200,
         help="test points on which the inference gaps are computed",
     )
+    cmp_p.add_argument(
+        "--nuts-points",
+        type=_nonneg_int,
+        default=3,
+        help="test points whose VAE posterior is also sampled by NUTS",
+    )
+    cmp_p.add_argument(
+        "--nuts-samples",
+        type=_positive_int,
+        default=500,
+        help="NUTS warm-up steps and draws per chain (2 chains)",
+    )
     return parser
 
 
@@ -847,6 +859,26 @@ def cmd_compare(args) -> int:
     vae_scores["fit_seconds"] = h.seconds
     rows[f"VAE ({args.prior} prior, {args.likelihood})"] = vae_scores
 
+    nuts = []
+    if args.nuts_points:
+        nuts = evaluate.nuts_posterior(
+            vae,
+            ds.test[: args.nuts_points],
+            num_samples=args.nuts_samples,
+            warmup_steps=args.nuts_samples,
+            seed=args.seed,
+        )
+        vae_scores["nuts"] = [
+            {
+                "r_hat_max": r["r_hat_max"],
+                "ess_bulk_min": r["ess_bulk_min"],
+                "nuts_mean": r["nuts_mean"].tolist(),
+                "q_mean": r["q_mean"].tolist(),
+                "nuts_var": r["nuts_var"].tolist(),
+                "q_var": r["q_var"].tolist(),
+            }
+            for r in nuts
+        ]
     per_sample = {
         "ppca": ppca_test.numpy(),
         "linear_vae": lin_exact_test.numpy(),
@@ -864,6 +896,8 @@ def cmd_compare(args) -> int:
         ylabel=f"VAE test log p(x) (IW, K={args.iw_samples}, nats)",
     ).name
     netcdf = _write_inference_data(per_sample, idx, out / "log_likelihood.nc")
+    if nuts and k >= 2:
+        plots.nuts_vs_guide(nuts, out / "nuts_vs_guide.png")
     result = {
         "command": "compare",
         "dataset": ds.name,

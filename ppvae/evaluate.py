@@ -39,6 +39,7 @@ __all__ = [
     "linear_gaussian_params",
     "log_importance_weights",
     "log_likelihood",
+    "nuts_posterior",
 ]
 
 _DEFAULT_MAX_ELEMENTS = 2**23  # floats held per chunk of (K, N, D): 32 MiB in float32
@@ -444,6 +445,95 @@ def inference_gaps(
     out["amortization_gap"] = out["elbo_optimal"] - out["elbo_amortized"]
     out["mean"] = {key: float(v.mean()) for key, v in out.items()}
     return out
+
+
+def nuts_posterior(
+    vae: VAE,
+    X,
+    *,
+    num_samples: int = 500,
+    warmup_steps: int = 500,
+    num_chains: int = 2,
+    seed: int = 0,
+) -> list[dict]:
+    """Gold-standard posteriors p(z | x) by NUTS for a few points, next to the guide's q(z | x).
+
+    For each row x of X, ``pyro.infer.MCMC`` with ``NUTS`` samples z from
+    ``p(z) p(x | z)`` with the decoder fixed (global latents at the prior's point estimates),
+    running ``num_chains`` chains one after another from different seeds. ArviZ summarizes
+    them (r-hat, bulk and tail ESS).
+
+    Parameters
+    ----------
+    vae : VAE
+    X : array-like, shape (M, D)
+        A few data points (each costs one MCMC run per chain).
+    num_samples, warmup_steps, num_chains : int
+        Per chain.
+    seed : int
+
+    Returns
+    -------
+    list of dict, one per point
+        ``samples`` (chains, draws, k) tensor, ``nuts_mean``/``nuts_var`` (k,),
+        ``q_mean``/``q_var`` (k,), ``r_hat_max``, ``ess_bulk_min``, ``ess_tail_min``, and
+        ``summary`` (the ArviZ summary as a dict of columns).
+    """
+    import arviz as az
+    from pyro.infer import MCMC, NUTS
+
+    X = _prepare(vae, X, 1)
+    fixed = global_point_estimates(vae)
+    was_training = vae.training
+    vae.eval()
+    params = list(vae.parameters())
+    for p in params:
+        p.requires_grad_(False)
+
+    def z_model(x):
+        z = pyro.sample("z", vae.prior.distribution())
+        pyro.sample("x", vae.decode(z), obs=x)
+
+    model = poutine.condition(z_model, data=fixed) if fixed else z_model
+    results = []
+    try:
+        for i in range(X.shape[0]):
+            x = X[i]
+            chains = []
+            for c in range(num_chains):
+                pyro.set_rng_seed(seed + 1000 * i + c)
+                mcmc = MCMC(
+                    NUTS(model),
+                    num_samples=num_samples,
+                    warmup_steps=warmup_steps,
+                    disable_progbar=True,
+                )
+                mcmc.run(x)
+                chains.append(mcmc.get_samples()["z"].detach().cpu())
+            samples = torch.stack(chains)  # (chains, draws, k)
+            idata = az.from_dict(posterior={"z": samples.numpy()})
+            summary = az.summary(idata, kind="all")
+            with torch.no_grad():
+                q_loc, q_scale = vae.encode(x[None])
+            flat = samples.reshape(-1, samples.shape[-1])
+            results.append(
+                {
+                    "samples": samples,
+                    "nuts_mean": flat.mean(0),
+                    "nuts_var": flat.var(0),
+                    "q_mean": q_loc[0].cpu(),
+                    "q_var": (q_scale[0] ** 2).cpu(),
+                    "r_hat_max": float(summary["r_hat"].max()),
+                    "ess_bulk_min": float(summary["ess_bulk"].min()),
+                    "ess_tail_min": float(summary["ess_tail"].min()),
+                    "summary": summary.to_dict(orient="list"),
+                }
+            )
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        vae.train(was_training)
+    return results
 
 
 # ---------------------------------------------------------------------- exact, linear models

@@ -15,7 +15,14 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["image_grid", "latent_scatter", "loglik_scatter", "ppca_check", "training_curve"]
+__all__ = [
+    "image_grid",
+    "latent_scatter",
+    "loglik_scatter",
+    "nuts_vs_guide",
+    "ppca_check",
+    "training_curve",
+]
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -204,4 +211,36 @@ def loglik_scatter(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def nuts_vs_guide(results: list[dict], path: str | os.PathLike) -> Path:
+    """NUTS samples of p(z | x) with the guide's q(z | x) as 1- and 2-sigma ellipses.
+
+    One panel per data point, latent dimensions 1 and 2 (``results`` from
+    :func:`ppvae.evaluate.nuts_posterior`).
+    """
+    theta = np.linspace(0, 2 * np.pi, 200)
+    fig = Figure(figsize=(4.2 * len(results), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(results), squeeze=False)[0]
+    for i, (ax, r) in enumerate(zip(axes, results, strict=True)):
+        z = r["samples"].reshape(-1, r["samples"].shape[-1]).numpy()
+        ax.scatter(z[:, 0], z[:, 1], s=3, alpha=0.3, label="NUTS p(z|x)")
+        m = r["q_mean"].numpy()
+        sd = r["q_var"].sqrt().numpy()
+        for k_sigma, style in ((1, "-"), (2, "--")):
+            ax.plot(
+                m[0] + k_sigma * sd[0] * np.cos(theta),
+                m[1] + k_sigma * sd[1] * np.sin(theta),
+                "C1" + style,
+                lw=1.5,
+                label=f"q(z|x) {k_sigma} sd",
+            )
+        ax.set_xlabel("z1")
+        ax.set_ylabel("z2")
+        ax.set_title(
+            f"point {i}: r-hat {r['r_hat_max']:.3f}, ESS {r['ess_bulk_min']:.0f}", fontsize=9
+        )
+        if i == 0:
+            ax.legend(fontsize=7)
     return _save(fig, path)

@@ -104,6 +104,10 @@ def test_compare_writes_table_scatter_and_inference_data(tmp_path, capsys):
         "16",
         "--latent-dim",
         "3",
+        "--nuts-points",
+        "1",
+        "--nuts-samples",
+        "60",
     ]
     assert main([*argv, "--out", str(out)]) == 0
     r = json.loads((out / "compare.json").read_text())
@@ -117,7 +121,8 @@ def test_compare_writes_table_scatter_and_inference_data(tmp_path, capsys):
     assert set(ll.data_vars) == {"ppca", "linear_vae", "vae"}
     assert ll["ppca"].shape == (1, 1, 359)
     assert int(ll["vae"].notnull().sum()) == 50  # IW estimates on the evaluation subset
-    assert (out / "loglik_scatter.png").exists()
+    assert (out / "loglik_scatter.png").exists() and (out / "nuts_vs_guide.png").exists()
+    assert len(vae["nuts"]) == 1 and math.isfinite(vae["nuts"][0]["r_hat_max"])
     assert "k>0.7" in capsys.readouterr().out
 
 

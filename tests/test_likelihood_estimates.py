@@ -116,3 +116,21 @@ def test_inference_gaps(trained_linear, digits):
     torch.testing.assert_close(
         g["log_px"], g["elbo_amortized"] + g["amortization_gap"] + g["approximation_gap"]
     )
+
+
+def test_nuts_gold_standard_matches_the_exact_posterior(digits, tmp_path):
+    ppca = PPCA(2).fit(digits.train.double())
+    vae = _linear_vae_at(ppca)  # its guide is the exact posterior (W has orthogonal columns)
+    x = digits.test[:1]
+    r = evaluate.nuts_posterior(vae, x, num_samples=300, warmup_steps=200)[0]
+    post = ppca.posterior(x.double())
+    exact_mean = post.mean[0].float()
+    exact_var = post.covariance_matrix[0].diagonal().float()
+    assert r["r_hat_max"] < 1.05 and r["ess_bulk_min"] > 100
+    # Monte Carlo error of the NUTS mean is sd / sqrt(ESS)
+    mc_err = (exact_var / r["ess_bulk_min"]).sqrt()
+    assert bool(((r["nuts_mean"] - exact_mean).abs() < 4 * mc_err).all())
+    # variance: relative error of a variance from ESS draws is about sqrt(2 / ESS) < 0.15
+    assert bool(((r["nuts_var"] / exact_var - 1).abs() < 0.45).all())
+    torch.testing.assert_close(r["q_mean"], exact_mean, atol=1e-4, rtol=1e-4)
+    assert ppvae.plots.nuts_vs_guide([r], tmp_path / "n.png").exists()
