@@ -123,7 +123,8 @@ def _chunks(n: int, k: int, width: int, max_elements: int) -> tuple[int, int]:
 
 def _weight_chunks(vae, X, num_samples, max_elements, guide=None):
     """Yield, for each chunk of data points, the list of (k_chunk, n_chunk) log-weight blocks."""
-    width = max(vae.data_dim, vae.latent_dim)
+    # floats per (sample, point): the data dimension, or a mixture prior's components x k
+    width = max(vae.data_dim, vae.latent_dim, vae.prior.eval_width)
     n_chunk, k_chunk = _chunks(X.shape[0], num_samples, width, max_elements)
     was_training = vae.training
     vae.eval()

@@ -62,6 +62,11 @@ class Prior(nn.Module):
     name = "prior"
     analytic_kl = False
 
+    @property
+    def eval_width(self) -> int:
+        """Floats that ``log_prob`` touches per z (for chunking evaluation memory)."""
+        return self.latent_dim
+
     def __init__(self, latent_dim: int):
         super().__init__()
         if isinstance(latent_dim, bool) or int(latent_dim) != latent_dim or latent_dim < 1:
@@ -159,6 +164,10 @@ class MixtureOfGaussians(Prior):
         return F.softplus(self.raw_scales) + 1e-3
 
     @property
+    def eval_width(self) -> int:
+        return self.n_components * self.latent_dim
+
+    @property
     def weights(self) -> torch.Tensor:
         return torch.softmax(self.logits, dim=0)
 
@@ -191,6 +200,10 @@ class VampPrior(Prior):
         self.n_pseudo_inputs = int(n_pseudo_inputs)
         self._encode = None
         self.pseudo_inputs = None
+
+    @property
+    def eval_width(self) -> int:
+        return self.n_pseudo_inputs * self.latent_dim
 
     def attach(self, vae) -> None:
         if self.pseudo_inputs is None:
