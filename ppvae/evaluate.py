@@ -435,8 +435,20 @@ def inference_gaps(
     if isinstance(vae, LinearVAE):
         log_px = exact_log_likelihood(vae, X.cpu().double()).float()
     else:
-        guide = _LocalGaussianGuide(loc_best.detach(), ls_best.detach())
-        log_px = log_likelihood(vae, X, num_samples, guide=guide)
+        # one call per chunk of rows, each with the local guide of exactly those rows
+        width = max(vae.data_dim, vae.latent_dim, vae.prior.eval_width)
+        rows, _ = _chunks(X.shape[0], num_samples, width, _DEFAULT_MAX_ELEMENTS)
+        log_px = torch.cat(
+            [
+                log_likelihood(
+                    vae,
+                    X[i : i + rows],
+                    num_samples,
+                    guide=_LocalGaussianGuide(loc_best[i : i + rows], ls_best[i : i + rows]),
+                )
+                for i in range(0, X.shape[0], rows)
+            ]
+        )
     out = {
         "log_px": log_px.cpu(),
         "elbo_amortized": amortized.cpu(),
