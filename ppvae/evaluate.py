@@ -375,6 +375,7 @@ def inference_gaps(
     lr: float = 0.05,
     elbo_samples: int = 1000,
     train_samples: int = 8,
+    max_elements: int = _DEFAULT_MAX_ELEMENTS,
 ) -> dict:
     """Approximation and amortization gaps (Cremer et al. 2018), per data point and on average.
 
@@ -397,6 +398,8 @@ def inference_gaps(
         Adam steps, learning rate and samples per step of the local optimization.
     elbo_samples : int
         Samples per point for the reported ELBOs.
+    max_elements : int
+        Bound on the floats in one chunk of the importance-sampling work.
 
     Returns
     -------
@@ -437,7 +440,7 @@ def inference_gaps(
     else:
         # one call per chunk of rows, each with the local guide of exactly those rows
         width = max(vae.data_dim, vae.latent_dim, vae.prior.eval_width)
-        rows, _ = _chunks(X.shape[0], num_samples, width, _DEFAULT_MAX_ELEMENTS)
+        rows, _ = _chunks(X.shape[0], num_samples, width, max_elements)
         log_px = torch.cat(
             [
                 log_likelihood(
@@ -445,6 +448,7 @@ def inference_gaps(
                     X[i : i + rows],
                     num_samples,
                     guide=_LocalGaussianGuide(loc_best[i : i + rows], ls_best[i : i + rows]),
+                    max_elements=max_elements,
                 )
                 for i in range(0, X.shape[0], rows)
             ]

@@ -116,6 +116,11 @@ def test_inference_gaps(trained_linear, digits):
     torch.testing.assert_close(
         g["log_px"], g["elbo_amortized"] + g["amortization_gap"] + g["approximation_gap"]
     )
+    # many chunks of points: each chunk is scored with its own rows' local guide
+    small = evaluate.inference_gaps(
+        vae, digits.test[:30], num_samples=20, steps=5, max_elements=20 * 64 * 7
+    )
+    assert small["log_px"].shape == (30,) and bool(torch.isfinite(small["log_px"]).all())
 
 
 def test_nuts_gold_standard_matches_the_exact_posterior(digits, tmp_path):
