@@ -105,7 +105,7 @@ def test_inference_gaps(trained_linear, digits):
     # linear VAE near the PPCA MLE: its amortized Gaussian posterior is (nearly) exact
     g = evaluate.inference_gaps(trained_linear, digits.test[:60], steps=200)
     assert abs(g["mean"]["approximation_gap"]) < 0.02
-    assert 0 <= g["mean"]["amortization_gap"] < 0.02
+    assert abs(g["mean"]["amortization_gap"]) < 0.02  # fresh MC estimates: either sign
     # a briefly trained nonlinear VAE has real gaps, both positive on average
     torch.manual_seed(0)
     vae = ppvae.VAE(64, 4, hidden=(32,))
