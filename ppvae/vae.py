@@ -1,7 +1,7 @@
 """The variational autoencoder as a Pyro program: ``model`` is p(z) p(x | z), ``guide`` is q(z | x).
 
 Both take a minibatch ``x`` of shape (B, D) and the size N of the whole data set, and run inside
-``pyro.plate("data", size=N, subsample_size=B)``, so that Pyro scales every per-sample term by
+``pyro.plate("data", size=N, subsample=rows)``, so that Pyro scales every per-sample term by
 N / B and the minibatch ELBO is an unbiased estimate of the full-data ELBO (in nats)::
 
     ELBO = sum_n  E_q(z_n|x_n) [ log p(x_n | z_n) + log p(z_n) - log q(z_n | x_n) ]
@@ -24,6 +24,18 @@ from .nets import ConvDecoder, ConvEncoder, GaussianEncoder, LinearGaussianEncod
 from .priors import Prior, make_prior
 
 __all__ = ["VAE", "LinearVAE"]
+
+
+def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
+    """The plate over data points: a minibatch ``x`` of B rows out of ``num_data`` (default B).
+
+    Sites inside it are scaled by N/B. The minibatch is passed as ``subsample`` (its row
+    indices), so the plate does not draw a random permutation of N at every step: the
+    training loop has already chosen the rows, and the global RNG stays free for the guide.
+    """
+    n = x.shape[0] if num_data is None else int(num_data)
+    rows = torch.arange(x.shape[0], device=x.device)
+    return pyro.plate("data", size=n, subsample=rows, device=x.device)
 
 
 class VAE(nn.Module):
@@ -113,8 +125,7 @@ class VAE(nn.Module):
 
     # ------------------------------------------------------------------ Pyro program
     def _plate(self, x: torch.Tensor, num_data: int | None) -> pyro.plate:
-        n = x.shape[0] if num_data is None else int(num_data)
-        return pyro.plate("data", size=n, subsample_size=x.shape[0], device=x.device)
+        return data_plate(x, num_data)
 
     def model(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
         """Generative model p(z) p(x | z) with ``x`` observed at site ``"x"``.
