@@ -1,9 +1,16 @@
 """ppvae: variational autoencoders as Pyro programs, checked against exact probabilistic PCA."""
 
 from . import evaluate, plots
+from .autoencoders import (
+    Autoencoder,
+    ContractiveAutoencoder,
+    DenoisingAutoencoder,
+    SparseAutoencoder,
+    StackedAutoencoder,
+)
 from .checkpoints import load, save
 from .data import Dataset, binarize, check_data, dequantize, load_dataset
-from .infer import History, TrainingInterrupted, fit
+from .infer import History, TrainingInterrupted, finetune, fit, pretrain
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace, Likelihood
 from .nets import ConvDecoder, ConvEncoder, GaussianEncoder, MLPDecoder
 from .ppca import PPCA
@@ -22,11 +29,14 @@ __version__ = "0.1.0"
 __all__ = [
     "PPCA",
     "VAE",
+    "Autoencoder",
     "Bernoulli",
     "ContinuousBernoulli",
+    "ContractiveAutoencoder",
     "ConvDecoder",
     "ConvEncoder",
     "Dataset",
+    "DenoisingAutoencoder",
     "Gaussian",
     "GaussianEncoder",
     "HierarchicalGaussian",
@@ -38,6 +48,8 @@ __all__ = [
     "MLPDecoder",
     "MixtureOfGaussians",
     "Prior",
+    "SparseAutoencoder",
+    "StackedAutoencoder",
     "StandardNormal",
     "TrainingInterrupted",
     "VampPrior",
@@ -46,9 +58,11 @@ __all__ = [
     "check_data",
     "dequantize",
     "evaluate",
+    "finetune",
     "fit",
     "load",
     "load_dataset",
     "plots",
+    "pretrain",
     "save",
 ]

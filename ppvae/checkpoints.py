@@ -16,11 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .autoencoders import AUTOENCODERS
 from .vae import VAE, LinearVAE
 
 __all__ = ["load", "load_checkpoint", "rng_state", "save", "set_rng_state"]
 
-MODEL_CLASSES: dict[str, type] = {"VAE": VAE, "LinearVAE": LinearVAE}
+MODEL_CLASSES: dict[str, type] = {
+    "VAE": VAE,
+    "LinearVAE": LinearVAE,
+    **{cls.__name__: cls for cls in AUTOENCODERS.values()},
+}
 MODEL_FORMAT = "ppvae.model"
 CHECKPOINT_FORMAT = "ppvae.checkpoint"
 FORMAT_VERSION = 1

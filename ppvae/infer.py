@@ -28,6 +28,7 @@ from pyro.infer.util import zero_grads
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
+from .autoencoders import StackedAutoencoder
 from .checkpoints import (
     CHECKPOINT_FORMAT,
     FORMAT_VERSION,
@@ -47,7 +48,9 @@ __all__ = [
     "History",
     "LatentScale",
     "TrainingInterrupted",
+    "finetune",
     "fit",
+    "pretrain",
     "resolve_device",
 ]
 
@@ -108,7 +111,8 @@ def _make_elbo(elbo: ELBO | str | None, num_particles: int, vae: VAE) -> ELBO:
         return elbo
     key = str(elbo).lower()
     if key == "auto":  # analytic KL only where the prior/guide pair has a closed form
-        key = "meanfield" if getattr(vae.prior, "analytic_kl", False) else "trace"
+        prior = getattr(vae, "prior", None)
+        key = "meanfield" if getattr(prior, "analytic_kl", False) else "trace"
     if key not in ELBOS:
         raise ValueError(f"unknown elbo {elbo!r}; choose one of auto, {', '.join(ELBOS)}")
     return ELBOS[key](num_particles=num_particles)
@@ -232,8 +236,9 @@ def fit(
     resume: bool = False,
     metadata: dict | None = None,
     progress: bool | None = None,
+    labels: torch.Tensor | None = None,
 ) -> History:
-    """Train a VAE by SVI.
+    """Train a VAE (or any ppvae Pyro program: an autoencoder, a classifier head) by SVI.
 
     Parameters
     ----------
@@ -306,8 +311,7 @@ def fit(
         Ctrl-C; a checkpoint of the exact position is written first when ``checkpoint_dir``
         is set.
     """
-    if not isinstance(vae, VAE):
-        raise TypeError(f"fit expects a ppvae VAE, got {type(vae).__name__}")
+    _check_program(vae)
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     defaults = type(vae).training_defaults
@@ -346,6 +350,16 @@ def fit(
         test = check_data(test, name="test", data_dim=vae.data_dim, dtype=torch.float32)
         vae.likelihood.check_support(test, "test")
         test = test.to(dev)
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        if labels.shape != train.shape[:1] or labels.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"labels must be integers of shape ({train.shape[0]},), got "
+                f"{labels.dtype} of shape {tuple(labels.shape)}"
+            )
+        labels = labels.long().to(dev)
+        if test is not None:
+            raise ValueError("test ELBOs are not computed for a labelled fit; pass test=None")
     loss_fn = _make_elbo(elbo, int(num_particles), vae)
 
     n = train.shape[0]
@@ -366,6 +380,8 @@ def fit(
         "kl_warmup_epochs": int(kl_warmup_epochs),
         "data": _fingerprint(train),
     }
+    if labels is not None:
+        fit_config["labels"] = _fingerprint(labels[:, None])
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
     gen = torch.Generator(device=dev)
     history = History()
@@ -452,11 +468,13 @@ def fit(
                     where = f"epoch {epoch + 1}, step {b + 1} of {n_batches}"
                     saved = f"; checkpoint saved to {ckpt_path}" if ckpt_path else ""
                     raise TrainingInterrupted(f"interrupted at {where}{saved}")
-                xb = train if perm is None else train[perm[b * bs : (b + 1) * bs]]
+                rows = None if perm is None else perm[b * bs : (b + 1) * bs]
+                xb = train if rows is None else train[rows]
                 if binarize == "dynamic":
                     xb = torch.bernoulli(xb, generator=gen)
+                extra = {} if labels is None else {"y": labels if rows is None else labels[rows]}
                 try:
-                    loss = svi.step(xb, num_data=n)
+                    loss = svi.step(xb, num_data=n, **extra)
                 except FloatingPointError as exc:
                     kept = (
                         f"; the last good checkpoint {ckpt_path} (epoch {epoch}) is kept"
@@ -485,6 +503,95 @@ def fit(
             )
         history.seconds = time.perf_counter() - start
     return history
+
+
+def pretrain(
+    stack: StackedAutoencoder,
+    train: torch.Tensor,
+    *,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> list[History]:
+    """Greedy layer-wise pretraining of a :class:`~ppvae.autoencoders.StackedAutoencoder`.
+
+    Layer l is trained by :func:`fit` as the autoencoder
+    :meth:`~ppvae.autoencoders.StackedAutoencoder.layer_program` ``(l)`` on the features of the
+    layers below, which stay frozen (they are neither registered with Pyro nor differentiated).
+
+    Returns
+    -------
+    list of History
+        One per layer, bottom first.
+    """
+    stack.to(resolve_device(device))
+    return [
+        fit(
+            stack.layer_program(depth),
+            train,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed + depth,
+            device=device,
+            progress=progress,
+        )
+        for depth in range(len(stack.layers))
+    ]
+
+
+def finetune(
+    stack: StackedAutoencoder,
+    train: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> History:
+    """Supervised fine-tuning of the whole stack and its softmax head.
+
+    Maximizes ``sum_i log p(y_i | x_i)`` (the :class:`~ppvae.autoencoders.StackedClassifier`
+    program); ``History.train_elbo`` is then minus the cross-entropy in nats per example.
+    """
+    labels = torch.as_tensor(labels)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= stack.n_classes):
+        raise ValueError(
+            f"labels must lie in [0, {stack.n_classes}), found "
+            f"{int(labels.min())}..{int(labels.max())}"
+        )
+    return fit(
+        stack.classifier_program(),
+        train,
+        labels=labels,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+
+
+def _check_program(program) -> None:
+    """``fit`` trains any module with Pyro ``model``/``guide`` methods and a ``likelihood``."""
+    missing = [
+        attr
+        for attr in ("model", "guide", "likelihood", "data_dim", "training_defaults")
+        if not hasattr(program, attr)
+    ]
+    if not isinstance(program, torch.nn.Module) or missing:
+        raise TypeError(
+            f"fit expects a ppvae model (a VAE, an autoencoder or another torch.nn.Module with "
+            f"Pyro model/guide methods), got {type(program).__name__}"
+            + (f" lacking {', '.join(missing)}" if missing else "")
+        )
 
 
 def _check_resumable(payload: dict, vae: VAE, fit_config: dict, epochs: int, path) -> None:

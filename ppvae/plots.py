@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = [
+    "feature_tiles",
     "image_grid",
     "latent_scatter",
     "loglik_scatter",
@@ -109,10 +110,47 @@ def image_grid(
     return _save(fig, path)
 
 
+def feature_tiles(
+    weights: torch.Tensor,
+    image_shape: tuple[int, int],
+    path: str | os.PathLike,
+    *,
+    max_tiles: int = 64,
+    title: str = "",
+) -> Path:
+    """First-layer filters as image tiles: one row of ``weights`` (units, D) per tile.
+
+    Each tile is scaled symmetrically by its own largest absolute weight (blue negative, red
+    positive), so the pattern each unit responds to is visible whatever its norm.
+    """
+    w = weights.detach().cpu().double()[:max_tiles]
+    h, wd = image_shape
+    if w.shape[1] != h * wd:
+        raise ValueError(f"weights have {w.shape[1]} inputs, not {h} x {wd}")
+    n = w.shape[0]
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    fig = Figure(figsize=(0.9 * cols + 0.6, 0.9 * rows + 0.6))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i < n:
+            tile = w[i].reshape(h, wd).numpy()
+            lim = max(float(np.abs(tile).max()), 1e-12)
+            ax.imshow(tile, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        else:
+            ax.set_axis_off()
+    fig.suptitle(title or f"{n} first-layer filters (input weights, per-tile scale)", fontsize=10)
+    return _save(fig, path)
+
+
 def latent_scatter(
     panels: dict[str, torch.Tensor],
     labels: torch.Tensor | None,
     path: str | os.PathLike,
+    *,
+    code_name: str = "posterior means",
 ) -> Path:
     """Scatter 2-D views of latent codes, one panel per model, coloured by label.
 
@@ -124,6 +162,8 @@ def latent_scatter(
     panels : dict
         Title -> codes of shape (N, k), e.g. posterior means.
     labels : tensor of shape (N,), optional
+    code_name : str
+        What the codes are, for the axis labels.
     """
     n_points = {int(z.shape[0]) for z in panels.values()}
     if len(n_points) != 1:
@@ -142,7 +182,7 @@ def latent_scatter(
             zc = z - z.mean(0)
             _, _, vt = np.linalg.svd(zc, full_matrices=False)
             z2 = zc @ vt[:2].T
-            xlabel, ylabel = "PC 1 of posterior means", "PC 2 of posterior means"
+            xlabel, ylabel = f"PC 1 of {code_name}", f"PC 2 of {code_name}"
         elif z.shape[1] == 2:
             z2, xlabel, ylabel = z, "z1", "z2"
         else:

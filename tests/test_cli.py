@@ -157,9 +157,32 @@ def test_fit_saves_a_loadable_model(tmp_path):
     assert (out / "reconstructions.png").exists() and (out / "latent_scatter.png").exists()
 
 
+@pytest.mark.parametrize("model", ["ae", "dae", "sae", "cae", "stacked"])
+def test_fit_an_autoencoder_writes_model_figures_and_metrics(model, tmp_path, capsys):
+    out = tmp_path / model
+    argv = ["fit", "--model", model, *TINY, "--out", str(out)]
+    assert main(argv) == 0
+    back = ppvae.load(out / "model.pt")
+    assert type(back).kind == model
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["model"] == model and math.isfinite(m["test_reconstruction_error"])
+    for fig in ("reconstructions", "features", "latent_scatter", "training_curve"):
+        assert (out / m["figures"][fig]).exists(), fig
+    if model == "stacked":
+        assert 0.0 <= m["test_accuracy"] <= 1.0
+        assert back.hidden == (16, 3)
+    else:
+        assert (out / "checkpoint.pt").exists()
+    assert "wrote" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [
+        (["fit", "--model", "sae", "--rho", "2", "--epochs", "0"], "rho"),
+        (["fit", "--model", "dae", "--noise-level", "1.5", "--epochs", "0"], "masking"),
+        (["fit", "--model", "ae", "--likelihood", "laplace", "--epochs", "0"], "squared error"),
+        (["fit", "--model", "pca"], "invalid choice"),
         (["run", "--dataset", "cifar"], "invalid choice"),
         (["run", "--dataset", "mnist", "--data-root", "/nonexistent/x"], "missing"),
         (["run", "--dataset", "mnist"], "needs a data root"),
