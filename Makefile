@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 OUT ?= runs/default
 ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench notebooks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ppca_check.py --data-root ../shared/data
+
+# Rebuild the notebooks from notebooks/src and execute them at full size, saving outputs.
+notebooks: $(STAMP)
+	$(PY) notebooks/_build.py && $(PY) notebooks/_execute.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
