@@ -41,7 +41,7 @@ from torch import nn
 
 from .likelihoods import Bernoulli, Gaussian, Likelihood
 from .nets import ACTIVATIONS, _activation, _check_widths, mlp
-from .vae import data_plate
+from .vae import data_plate, register_module
 
 __all__ = [
     "AUTOENCODERS",
@@ -202,7 +202,7 @@ class Autoencoder(nn.Module):
         num_data : int, optional
             N, the size of the data set the minibatch comes from (scales the loss by N/B).
         """
-        pyro.module(self.pyro_name, self)
+        register_module(self, self.pyro_name, self)
         plate = data_plate(x, num_data)
         with plate:
             flat = dist.ImproperUniform(constraints.real, (), (self.latent_dim,))
@@ -213,7 +213,7 @@ class Autoencoder(nn.Module):
 
     def guide(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
         """The code as a point mass: ``z = f(corrupt(x))`` at site ``"z"``."""
-        pyro.module(self.pyro_name, self)
+        register_module(self, self.pyro_name, self)
         with data_plate(x, num_data):
             return pyro.sample("z", dist.Delta(self.encoder(self.corrupt(x))).to_event(1))
 
@@ -478,9 +478,9 @@ class StackedAutoencoder(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Encode through the whole stack and decode back down with the pretraining decoders."""
         h = self.features(x)
-        for dec in reversed(self.decoders[1:]):
-            h = torch.sigmoid(dec(h)) if self.activation == "sigmoid" else dec(h)
-        return self.decoders[0](h)
+        for dec in reversed(self.decoders):  # linear, as pretrained (Gaussian mean = dec(z))
+            h = dec(h)
+        return h
 
     def reconstruction_error(self, x: torch.Tensor, target: torch.Tensor | None = None):
         """Mean over rows of ``||target - reconstruct(x)||^2`` (target defaults to x), a float."""
@@ -541,7 +541,7 @@ class LayerwiseAutoencoder(nn.Module):
             return self.stack.features(x, self.depth)
 
     def model(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        pyro.module(self.pyro_name, self.trained)
+        register_module(self, self.pyro_name, self.trained)
         h_in = self.inputs(x)
         with data_plate(x, num_data):
             flat = dist.ImproperUniform(constraints.real, (), (self.latent_dim,))
@@ -550,7 +550,7 @@ class LayerwiseAutoencoder(nn.Module):
         return z
 
     def guide(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        pyro.module(self.pyro_name, self.trained)
+        register_module(self, self.pyro_name, self.trained)
         h_in = self.inputs(x)
         if self.noise_level > 0:
             h_in = h_in * (torch.rand_like(h_in) >= self.noise_level)
@@ -580,12 +580,12 @@ class StackedClassifier(nn.Module):
     def model(
         self, x: torch.Tensor, num_data: int | None = None, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        pyro.module(self.pyro_name, self._trained())
+        register_module(self, self.pyro_name, self._trained())
         with data_plate(x, num_data):
             return pyro.sample("y", dist.Categorical(logits=self.stack.logits(x)), obs=y)
 
     def guide(self, x: torch.Tensor, num_data: int | None = None, y: torch.Tensor | None = None):
-        pyro.module(self.pyro_name, self._trained())
+        register_module(self, self.pyro_name, self._trained())
 
 
 AUTOENCODERS: dict[str, type[nn.Module]] = {
