@@ -9,7 +9,7 @@ from .autoencoders import (
     StackedAutoencoder,
 )
 from .checkpoints import load, save
-from .data import Dataset, binarize, check_data, dequantize, load_dataset
+from .data import Dataset, MemmapDataset, binarize, check_data, dequantize, load_dataset
 from .infer import History, TrainingInterrupted, finetune, fit, pretrain
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace, Likelihood
 from .nets import ConvDecoder, ConvEncoder, GaussianEncoder, MLPDecoder
@@ -46,6 +46,7 @@ __all__ = [
     "Likelihood",
     "LinearVAE",
     "MLPDecoder",
+    "MemmapDataset",
     "MixtureOfGaussians",
     "Prior",
     "SparseAutoencoder",

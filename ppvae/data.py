@@ -25,6 +25,7 @@ import torch
 __all__ = [
     "DATASETS",
     "Dataset",
+    "MemmapDataset",
     "binarize",
     "check_data",
     "dequantize",
@@ -432,3 +433,47 @@ def as_image_shape(image_shape: Sequence[int] | None, data_dim: int) -> tuple[in
         return tuple(int(s) for s in image_shape[-2:])  # type: ignore[return-value]
     side = round(data_dim**0.5)
     return (side, side) if side * side == data_dim else None
+
+
+class MemmapDataset(torch.utils.data.Dataset):
+    """Rows of a raw binary matrix on disk (e.g. uint8 pixels), read on demand through
+    ``numpy.memmap``, for training on data larger than memory (``fit(vae, MemmapDataset(...))``).
+
+    Parameters
+    ----------
+    path : path
+        A file of ``n_rows * n_cols`` values of ``dtype``, row-major, no header.
+    n_cols : int
+        D, the values per row; the row count follows from the file size.
+    dtype : numpy dtype
+        Of the stored values (default uint8).
+    scale : float
+        Multiplies the values on reading (default 1/255: uint8 pixels to [0, 1]).
+
+    ``dataset[rows]`` with a ``LongTensor`` (or list) of indices returns the float32 batch of
+    shape (B, D) in one read; an integer index returns one row of shape (D,).
+    """
+
+    def __init__(self, path, n_cols: int, dtype=np.uint8, scale: float = 1.0 / 255.0):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        itemsize = np.dtype(dtype).itemsize
+        size = path.stat().st_size
+        if n_cols < 1 or size == 0 or size % (itemsize * n_cols):
+            raise ValueError(
+                f"{path}: {size} bytes is not a whole number of rows of {n_cols} {np.dtype(dtype)}"
+            )
+        self.path, self.n_cols, self.scale = path, int(n_cols), float(scale)
+        self.data = np.memmap(
+            path, dtype=dtype, mode="r", shape=(size // itemsize // n_cols, n_cols)
+        )
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.numpy()
+        rows = np.asarray(self.data[index], dtype=np.float32)
+        return torch.from_numpy(rows * np.float32(self.scale))

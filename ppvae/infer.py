@@ -17,15 +17,24 @@ import os
 import signal
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import (
+    ELBO,
+    SVI,
+    JitTrace_ELBO,
+    JitTraceMeanField_ELBO,
+    Trace_ELBO,
+    TraceMeanField_ELBO,
+)
 from pyro.infer.util import zero_grads
 from pyro.poutine.messenger import Messenger
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .autoencoders import StackedAutoencoder
@@ -54,10 +63,50 @@ __all__ = [
     "resolve_device",
 ]
 
+
+class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
+    """``JitTraceMeanField_ELBO`` that compiles once.
+
+    In pyro-ppl 1.9.2 the parent stores its compiled loss under ``_differentiable_loss`` but
+    tests ``_loss_and_surrogate_loss`` before building it, so it re-traces on every call (4-6x
+    slower than no JIT). Same objective. The compiled function is keyed, as in the parent, on
+    the non-tensor keyword arguments (here ``num_data``) and on model and guide identity, and
+    also on the shapes of the tensor arguments: a trace bakes in the N/B scale of its
+    minibatch size B, so a shorter last minibatch must get its own trace.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        kwargs["_pyro_model_id"] = id(model)
+        kwargs["_pyro_guide_id"] = id(guide)
+        kwargs["_pyro_shapes"] = tuple(
+            tuple(a.shape) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)
+        )
+        if getattr(self, "_differentiable_loss", None) is None:
+            weakself = weakref.ref(self)
+
+            @pyro.ops.jit.trace(
+                ignore_warnings=self.ignore_jit_warnings, jit_options=self.jit_options
+            )
+            def differentiable_loss(*args, **kwargs):
+                kwargs.pop("_pyro_model_id")
+                kwargs.pop("_pyro_guide_id")
+                kwargs.pop("_pyro_shapes")
+                self = weakself()
+                loss = 0.0
+                for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+                    _, loss_particle = self._differentiable_loss_particle(model_trace, guide_trace)
+                    loss = loss + loss_particle / self.num_particles
+                return loss
+
+            self._differentiable_loss = differentiable_loss
+        return self._differentiable_loss(*args, **kwargs)
+
+
 ELBOS = {
     "trace": Trace_ELBO,
     "meanfield": TraceMeanField_ELBO,
     "jit": JitTrace_ELBO,
+    "jit-meanfield": CachedJitTraceMeanField_ELBO,
 }
 
 
@@ -162,6 +211,101 @@ class GuardedSVI(SVI):
         return loss
 
 
+VALIDATE_STEPS = False
+"""Default of ``fit(validate=None)``: Pyro's per-site validation inside the training loop.
+
+``fit`` validates the data once, up front (shape, finiteness, the likelihood's support), so
+the per-step checks are redundant there and cost ~10% of a small step; the test suite turns
+them back on by setting this to True.
+"""
+
+
+class _GuardedStep:
+    """One SVI step on ``loss.differentiable_loss`` with a single torch Adam over all parameters.
+
+    The objective is Pyro's (the ELBO estimator's ``differentiable_loss`` of model and guide,
+    what ``ELBOModule`` computes); what differs from ``pyro.infer.SVI`` is the plumbing: no
+    parameter-capturing trace per step, one ``torch.optim.Adam`` (multi-tensor) instead of one
+    optimizer per parameter, and one fused finiteness check (a single host sync) of the loss and
+    all gradient norms. A non-finite value leaves the parameters and the optimizer untouched
+    and raises ``FloatingPointError`` naming the first offending parameter.
+    """
+
+    def __init__(self, program, model, guide, loss, *, lr, betas, schedule, clip_norm, validate):
+        self.program, self.model, self.guide, self.loss = program, model, guide, loss
+        self.lr, self.betas, self.schedule = lr, tuple(betas), schedule
+        self.clip_norm, self.validate = clip_norm, bool(validate)
+        self.params: list[torch.Tensor] | None = None
+        self.names: dict[int, str] = {}
+        self.optimizer = self.scheduler = None
+        self.pending_state: dict | None = None
+
+    def _build(self) -> None:
+        """Parameters are known after the first call (Pyro may create some lazily)."""
+        named = dict(self.program.named_parameters())
+        for name, value in sorted(pyro.get_param_store().named_parameters()):
+            named.setdefault(name, value)
+        seen, params = set(), []
+        for name, p in named.items():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+                self.names[id(p)] = name
+        self.params = params
+        self.optimizer = torch.optim.Adam(params, lr=self.lr, betas=self.betas)
+        if self.schedule is not None:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        if self.pending_state is not None:
+            self.load_state_dict(self.pending_state)
+            self.pending_state = None
+
+    def step(self, *args, **kwargs) -> torch.Tensor:
+        """Loss (a 0-d tensor, minus the minibatch ELBO scaled to N) before the update."""
+        with pyro.validation_enabled(self.validate):
+            loss = self.loss.differentiable_loss(self.model, self.guide, *args, **kwargs)
+        if self.params is None:
+            self._build()
+            self.program.params_held = True  # registered once; see vae.register_module
+        loss.backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        check = loss.detach()
+        if grads:
+            check = check + torch.stack(torch._foreach_norm(grads)).sum()
+        if not bool(torch.isfinite(check)):
+            bad = f"loss {float(loss)}" if not torch.isfinite(loss) else "gradient"
+            for p in self.params:
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                    bad = f"gradient of {self.names[id(p)]}"
+                    break
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"non-finite {bad}")
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def state_dict(self) -> dict:
+        if self.optimizer is None:
+            return self.pending_state or {}
+        return {
+            "adam": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        try:
+            self.optimizer.load_state_dict(state["adam"])
+            if self.scheduler is not None and state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"the checkpoint's optimizer state does not fit: {exc}") from None
+
+
 class LatentScale(Messenger):
     """Multiply the log-density scale of the named latent sites by ``factor``.
 
@@ -177,6 +321,20 @@ class LatentScale(Messenger):
     def _process_message(self, msg):
         if msg["type"] == "sample" and msg["name"] in self.names and not msg["is_observed"]:
             msg["scale"] = msg["scale"] * self.factor
+
+
+class _ReleaseParams:
+    """On leaving ``fit``, let the program register its parameters with Pyro again."""
+
+    def __init__(self, program):
+        self.program = program
+
+    def __enter__(self):
+        self.program.params_held = False
+        return self
+
+    def __exit__(self, *exc):
+        self.program.params_held = False
 
 
 class _SigintFlag:
@@ -237,6 +395,7 @@ def fit(
     metadata: dict | None = None,
     progress: bool | None = None,
     labels: torch.Tensor | None = None,
+    validate: bool | None = None,
 ) -> History:
     """Train a VAE (or any ppvae Pyro program: an autoencoder, a classifier head) by SVI.
 
@@ -340,21 +499,23 @@ def fit(
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     dev = resolve_device(device)
-    train = check_data(train, name="train", data_dim=vae.data_dim, dtype=torch.float32)
-    if binarize == "dynamic":
-        if bool((train < 0).any()) or bool((train > 1).any()):
-            raise ValueError("train: dynamic binarization needs intensities in [0, 1]")
+    stream = None
+    if isinstance(train, (Dataset, DataLoader)):
+        stream = _Stream(train, vae, binarize)
+        n = len(stream)
     else:
-        vae.likelihood.check_support(train, "train")
+        train = check_data(train, name="train", data_dim=vae.data_dim, dtype=torch.float32)
+        _check_train_support(train, vae, binarize, "train")
+        n = train.shape[0]
     if test is not None:
         test = check_data(test, name="test", data_dim=vae.data_dim, dtype=torch.float32)
         vae.likelihood.check_support(test, "test")
         test = test.to(dev)
     if labels is not None:
         labels = torch.as_tensor(labels)
-        if labels.shape != train.shape[:1] or labels.dtype not in (torch.int64, torch.int32):
+        if labels.shape != (n,) or labels.dtype not in (torch.int64, torch.int32):
             raise ValueError(
-                f"labels must be integers of shape ({train.shape[0]},), got "
+                f"labels must be integers of shape ({n},), got "
                 f"{labels.dtype} of shape {tuple(labels.shape)}"
             )
         labels = labels.long().to(dev)
@@ -362,7 +523,6 @@ def fit(
             raise ValueError("test ELBOs are not computed for a labelled fit; pass test=None")
     loss_fn = _make_elbo(elbo, int(num_particles), vae)
 
-    n = train.shape[0]
     bs = min(int(batch_size), n)
     n_batches = math.ceil(n / bs)
     fit_config = {
@@ -378,11 +538,12 @@ def fit(
         "clip_norm": clip_norm,
         "kl_weight": float(kl_weight),
         "kl_warmup_epochs": int(kl_warmup_epochs),
-        "data": _fingerprint(train),
     }
-    if labels is not None:
-        fit_config["labels"] = _fingerprint(labels[:, None])
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
+    if ckpt_path is not None:  # a float64 pass over the data: only where a checkpoint needs it
+        fit_config["data"] = stream.fingerprint() if stream else _fingerprint(train)
+        if labels is not None:
+            fit_config["labels"] = _fingerprint(labels[:, None])
     gen = torch.Generator(device=dev)
     history = History()
     progress_state = {"epoch": 0, "step": 0, "perm": None, "partial": 0.0}
@@ -395,24 +556,18 @@ def fit(
     else:
         pyro.set_rng_seed(seed)
         gen.manual_seed(seed)
+        if stream is not None:
+            stream.gen.manual_seed(seed)
     vae.to(dev)
-    train = train.to(dev)
+    if stream is None:
+        train = train.to(dev)
 
     total_steps = max(1, int(epochs) * n_batches)
-    if lr_decay == 1.0:
-        optim = pyro.optim.Adam({"lr": lr, "betas": betas})
-    else:
-        optim = pyro.optim.LambdaLR(
-            {
-                "optimizer": torch.optim.Adam,
-                "optim_args": {"lr": lr, "betas": betas},
-                "lr_lambda": _HoldThenDecay(total_steps, lr_decay, decay_start),
-            }
-        )
-    scheduled = isinstance(optim, pyro.optim.PyroLRScheduler)
+    schedule = None if lr_decay == 1.0 else _HoldThenDecay(total_steps, lr_decay, decay_start)
     if resume:
-        optim.set_state(payload["optimizer"])
         set_rng_state(payload["rng"], gen)
+        if stream is not None and payload.get("stream_rng") is not None:
+            stream.gen.set_state(payload["stream_rng"])
         if progress_state["perm"] is not None:
             progress_state["perm"] = progress_state["perm"].to(dev)
 
@@ -424,8 +579,9 @@ def fit(
                 "format": CHECKPOINT_FORMAT,
                 "format_version": FORMAT_VERSION,
                 **_model_entry(vae),
-                "optimizer": optim.get_state(),
+                "optimizer": stepper.state_dict(),
                 "rng": rng_state(gen),
+                "stream_rng": None if stream is None else stream.gen.get_state(),
                 "progress": {
                     **progress_state,
                     "perm": None
@@ -439,12 +595,24 @@ def fit(
             ckpt_path,
         )
 
-    with pyro.get_param_store().scope(), _SigintFlag() as sigint:
+    with pyro.get_param_store().scope(), _SigintFlag() as sigint, _ReleaseParams(vae):
         weighted = kl_weight != 1.0 or kl_warmup_epochs > 0
         latent_scale = LatentScale("z")
         model = latent_scale(vae.model) if weighted else vae.model
         guide = latent_scale(vae.guide) if weighted else vae.guide
-        svi = GuardedSVI(model, guide, optim, loss=loss_fn, clip_norm=clip_norm)
+        stepper = _GuardedStep(
+            vae,
+            model,
+            guide,
+            loss_fn,
+            lr=lr,
+            betas=betas,
+            schedule=schedule,
+            clip_norm=clip_norm,
+            validate=VALIDATE_STEPS if validate is None else validate,
+        )
+        if resume:
+            stepper.pending_state = payload["optimizer"]
         bar = tqdm(
             range(progress_state["epoch"], int(epochs)),
             desc="SVI",
@@ -456,7 +624,9 @@ def fit(
         start = time.perf_counter() - history.seconds
         for epoch in bar:
             if progress_state["perm"] is None and n_batches > 1:
-                progress_state["perm"] = torch.randperm(n, device=dev, generator=gen)
+                progress_state["perm"] = torch.randperm(
+                    n, device="cpu" if stream else dev, generator=stream.gen if stream else gen
+                )
             perm = progress_state["perm"]
             latent_scale.factor = kl_weight * (
                 min(1.0, (epoch + 1) / kl_warmup_epochs) if kl_warmup_epochs else 1.0
@@ -469,12 +639,15 @@ def fit(
                     saved = f"; checkpoint saved to {ckpt_path}" if ckpt_path else ""
                     raise TrainingInterrupted(f"interrupted at {where}{saved}")
                 rows = None if perm is None else perm[b * bs : (b + 1) * bs]
-                xb = train if rows is None else train[rows]
+                if stream is not None:
+                    xb = stream.batch(rows, b).to(dev, non_blocking=True)
+                else:
+                    xb = train if rows is None else train[rows]
                 if binarize == "dynamic":
                     xb = torch.bernoulli(xb, generator=gen)
                 extra = {} if labels is None else {"y": labels if rows is None else labels[rows]}
                 try:
-                    loss = svi.step(xb, num_data=n, **extra)
+                    loss = stepper.step(xb, num_data=n, **extra)
                 except FloatingPointError as exc:
                     kept = (
                         f"; the last good checkpoint {ckpt_path} (epoch {epoch}) is kept"
@@ -486,9 +659,7 @@ def fit(
                         "Usual remedies: a lower learning rate (--lr), gradient clipping "
                         "(--clip-norm), or checking the data for extreme values"
                     ) from None
-                if scheduled:
-                    optim.step()
-                progress_state["partial"] += loss
+                progress_state["partial"] += float(loss)
                 progress_state["step"] = b + 1
                 history.steps += 1
             history.train_elbo.append(-progress_state["partial"] / (n_batches * n))
@@ -577,6 +748,66 @@ def finetune(
         device=device,
         progress=progress,
     )
+
+
+def _check_train_support(x: torch.Tensor, program, binarize, what: str) -> None:
+    if binarize == "dynamic":
+        if bool((x < 0).any()) or bool((x > 1).any()):
+            raise ValueError(f"{what}: dynamic binarization needs intensities in [0, 1]")
+    else:
+        program.likelihood.check_support(x, what)
+
+
+class _Stream:
+    """Training data that stays where it is (a memory-mapped file, a database): a
+    ``torch.utils.data.Dataset`` indexed batch by batch in ``fit``'s own seeded order.
+
+    The dataset's ``__getitem__`` receives a ``LongTensor`` of row indices and may
+    return the (B, D) batch at once (fast for NumPy memmaps); otherwise rows are fetched one
+    by one and stacked. Each batch is validated (shape, finiteness, the likelihood's support)
+    before it is used, and the error names the batch. A ``DataLoader`` contributes its dataset:
+    the order is fit's, so that a resumed run continues exactly where it stopped.
+    """
+
+    def __init__(self, data, program, binarize):
+        self.dataset = data.dataset if isinstance(data, DataLoader) else data
+        self.program, self.binarize = program, binarize
+        try:
+            self.n = len(self.dataset)
+        except TypeError:
+            raise ValueError("a streamed training set must have a length (len(dataset))") from None
+        if self.n == 0:
+            raise ValueError("train: the dataset is empty")
+        self.gen = torch.Generator()  # CPU: the permutation indexes host data
+        self._batched = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _fetch(self, rows: torch.Tensor) -> torch.Tensor:
+        if self._batched is None or self._batched:
+            try:
+                x = torch.as_tensor(self.dataset[rows])
+                if x.dim() == 2 and x.shape[0] == len(rows):
+                    self._batched = True
+                    return x
+            except Exception:  # any failure: fall back to row-by-row access
+                if self._batched:
+                    raise
+            self._batched = False
+        return torch.stack([torch.as_tensor(self.dataset[int(i)]).reshape(-1) for i in rows])
+
+    def batch(self, rows: torch.Tensor | None, index: int) -> torch.Tensor:
+        rows = torch.arange(self.n) if rows is None else rows
+        x = self._fetch(rows)
+        what = f"train batch {index + 1}"
+        x = check_data(x, name=what, data_dim=self.program.data_dim, dtype=torch.float32)
+        _check_train_support(x, self.program, self.binarize, what)
+        return x
+
+    def fingerprint(self) -> list[float]:
+        head = self._fetch(torch.arange(min(self.n, 1024)))
+        return [float(self.n), *_fingerprint(head.float())[1:]]
 
 
 def _check_program(program) -> None:

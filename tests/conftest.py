@@ -15,8 +15,9 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture(autouse=True)
 def _pyro_validation():
-    """Every test runs with Pyro's argument and support validation on."""
+    """Every test runs with Pyro's argument and support validation on, inside fit too."""
     pyro.enable_validation(True)
+    ppvae.infer.VALIDATE_STEPS = True
     pyro.clear_param_store()
     yield
     pyro.clear_param_store()

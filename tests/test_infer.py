@@ -1,5 +1,6 @@
 import os
 
+import pyro
 import pytest
 import torch
 
@@ -145,3 +146,65 @@ def test_load_rejects_bad_files(tmp_path, digits):
     torch.save(payload, mism)
     with pytest.raises(ValueError, match="weights do not match"):
         ppvae.load(mism)
+
+
+def test_cached_jit_meanfield_compiles_once_per_shape_and_matches_the_eager_loss():
+    from pyro.infer import TraceMeanField_ELBO
+
+    from ppvae.infer import CachedJitTraceMeanField_ELBO
+
+    torch.manual_seed(0)
+    vae = ppvae.VAE(10, 2, hidden=(8,))
+    x = torch.rand(30, 10)
+    jit = CachedJitTraceMeanField_ELBO(ignore_jit_warnings=True)
+    model, guide = vae.model, vae.guide
+    for rows in (30, 7):  # compile (tracing draws its own noise)
+        jit.differentiable_loss(model, guide, x[:rows], num_data=300)
+    for rows in (30, 7, 30, 7):  # a shorter last minibatch runs its own trace, scaled N/7
+        xb = x[:rows]
+        pyro.set_rng_seed(1)
+        eager = TraceMeanField_ELBO().differentiable_loss(model, guide, xb, num_data=300)
+        pyro.set_rng_seed(1)
+        compiled = jit.differentiable_loss(model, guide, xb, num_data=300)
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-4)
+    assert len(jit._differentiable_loss.compiled) == 2
+
+
+def test_fit_streams_a_memmapped_file_exactly_like_the_tensor(tmp_path, digits):
+    """Same seeded order and batches: a MemmapDataset run equals the in-memory run."""
+    raw = (digits.train * 255).round().to(torch.uint8)
+    path = tmp_path / "digits.u8"
+    raw.numpy().tofile(path)
+    data = ppvae.MemmapDataset(path, n_cols=64)
+    assert len(data) == len(raw) and data[torch.tensor([3, 1])].shape == (2, 64)
+    X = data[torch.arange(len(raw))]  # the same float32 values (x * (1/255) rounding)
+    torch.testing.assert_close(X, raw.float() / 255)
+    runs = []
+    for train in (X, data, torch.utils.data.DataLoader(data, batch_size=100)):
+        torch.manual_seed(0)
+        vae = ppvae.VAE(64, 3, hidden=(16,))
+        h = ppvae.fit(vae, train, epochs=2, batch_size=100, seed=4, progress=False)
+        runs.append((h.train_elbo, vae.state_dict()))
+    for elbo, state in runs[1:]:
+        assert elbo == runs[0][0]
+        for k, v in state.items():
+            assert torch.equal(v, runs[0][1][k]), k
+
+
+def test_a_bad_streamed_batch_is_named_before_its_step(tmp_path):
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return 50
+
+        def __getitem__(self, i):
+            row = torch.rand(8)
+            if int(i) == 37:
+                row[2] = float("nan")
+            return row
+
+    vae = ppvae.VAE(8, 2, hidden=(4,))
+    with pytest.raises(ValueError, match="train batch"):
+        ppvae.fit(vae, Rows(), epochs=1, batch_size=10, progress=False)
+    with pytest.raises(ValueError, match="whole number of rows"):
+        (tmp_path / "bad.u8").write_bytes(b"\x00" * 10)
+        ppvae.MemmapDataset(tmp_path / "bad.u8", n_cols=3)

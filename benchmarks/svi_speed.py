@@ -1,0 +1,208 @@
+"""SVI step throughput: hand-written PyTorch vs Pyro's classic SVI vs ``ppvae.fit``.
+
+In one process, in interleaved repetitions, at 1 and 2 threads, times
+
+* (a) a hand-written PyTorch VAE step: the same networks (the VAE's own encoder and decoder
+  modules), the same objective (minus the minibatch ELBO scaled to N, analytic KL), Adam;
+* (b) Pyro's classic loop: ``SVI(vae.model, vae.guide, pyro.optim.Adam, Trace_ELBO())`` with
+  validation on, as in Pyro's tutorials;
+* (c) ``ppvae.fit``: a whole epoch of ``fit`` (shuffling, indexing, guarded step, history)
+  divided by its number of steps;
+
+for the 784-400-20 MLP VAE (Bernoulli) at batch 128 and for the LinearVAE on digits,
+full-batch. Prints JSON with steps/s (median over repetitions) and the ratios c/a and b/c
+(time per step, so c/a = 1.05 means fit is 5% slower than the hand-written loop).
+
+Usage: python benchmarks/svi_speed.py [--reps 5] [--steps 200] [--threads 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from torch.nn import functional as F
+
+import ppvae
+from ppvae import VAE, LinearVAE
+
+
+def _kl_std_normal(loc, scale):
+    return 0.5 * (loc.pow(2) + scale.pow(2) - 1.0 - 2.0 * scale.log()).sum(-1)
+
+
+def hand_written_mlp(vae: VAE, X: torch.Tensor, batch: int):
+    """(a) for the MLP: returns a function running ``steps`` steps."""
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    n = X.shape[0]
+
+    def run(steps: int) -> None:
+        perm = torch.randperm(n)
+        for s in range(steps):
+            i = (s * batch) % (n - batch + 1)
+            xb = X[perm[i : i + batch]]
+            loc, scale = vae.encoder(xb)
+            z = loc + scale * torch.randn_like(loc)
+            logits = vae.decoder(z)
+            ll = -F.binary_cross_entropy_with_logits(logits, xb, reduction="none").sum(-1)
+            loss = -(n / xb.shape[0]) * (ll - _kl_std_normal(loc, scale)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return run
+
+
+def hand_written_linear(vae: LinearVAE, X: torch.Tensor):
+    """(a) for the LinearVAE, full batch: Gaussian likelihood, analytic KL."""
+    opt = torch.optim.Adam(vae.parameters(), lr=0.05, betas=(0.9, 0.9))
+    D = X.shape[1]
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            loc, scale = vae.encode(X)
+            z = loc + scale * torch.randn_like(loc)
+            mean = vae.decoder(z)
+            sigma = vae.likelihood.scale
+            ll = -0.5 * (X - mean).pow(2).sum(-1) / sigma**2 - D * (sigma.log() + half_log_2pi)
+            loss = -(ll - _kl_std_normal(loc, scale)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return run
+
+
+def classic_svi(vae, X: torch.Tensor, batch: int, lr: float):
+    """(b) Pyro's tutorial loop, validation on."""
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
+    n = X.shape[0]
+
+    def run(steps: int) -> None:
+        pyro.enable_validation(True)
+        perm = torch.randperm(n)
+        for s in range(steps):
+            i = (s * batch) % (n - batch + 1)
+            svi.step(X[perm[i : i + batch]], num_data=n)
+        pyro.enable_validation(False)
+
+    return run
+
+
+SETUP_SECONDS: dict[str, list[float]] = {}
+
+
+def ppvae_fit(vae, X: torch.Tensor, batch: int, tag: str, **kwargs):
+    """(c) ppvae.fit over ``steps`` steps; returns the seconds of its training loop.
+
+    ``History.seconds`` times the loop (steps, shuffling, indexing, the per-epoch history),
+    not the one-off setup before it (validating the data, building the objective), which
+    is recorded separately under ``fit_setup_seconds``.
+    """
+
+    def run(steps: int) -> float:
+        n_batches = max(1, X.shape[0] // batch)
+        epochs = max(1, steps // n_batches)
+        t = time.perf_counter()
+        h = fit(vae, X, epochs=epochs, batch_size=batch, progress=False, **kwargs)
+        SETUP_SECONDS.setdefault(tag, []).append(time.perf_counter() - t - h.seconds)
+        return h.seconds * steps / h.steps
+
+    return run
+
+    return run
+
+
+def fit(*args, **kwargs):
+    return ppvae.fit(*args, **kwargs)
+
+
+def measure(runners: dict, steps: int, reps: int) -> dict:
+    times = {name: [] for name in runners}
+    for run in runners.values():  # warm-up (allocations, JIT traces)
+        run(min(steps, 10))
+    for _ in range(reps):
+        for name, run in runners.items():  # interleaved: drift hits every method alike
+            t = time.perf_counter()
+            loop_seconds = run(steps)
+            times[name].append(loop_seconds or time.perf_counter() - t)
+    return {name: steps / statistics.median(ts) for name, ts in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=200, help="MLP steps per repetition")
+    p.add_argument("--linear-steps", type=int, default=100)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = p.parse_args()
+    pyro.enable_validation(False)
+    torch.manual_seed(0)
+    batch = 128
+    X_mlp = (torch.rand(args.steps * batch, 784) < 0.2).float()  # binary pixels
+    digits = ppvae.load_dataset("digits", seed=0).train
+    results = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        vaes = {k: VAE(784, 20, hidden=(400,), likelihood="bernoulli") for k in "abcd"}
+        mlp = measure(
+            {
+                "a_hand_written": hand_written_mlp(vaes["a"], X_mlp, batch),
+                "b_pyro_classic_svi": classic_svi(vaes["b"], X_mlp, batch, 1e-3),
+                "c_ppvae_fit": ppvae_fit(vaes["c"], X_mlp, batch, "mlp"),
+                "c_ppvae_fit_jit": ppvae_fit(
+                    vaes["d"], X_mlp, batch, "mlp_jit", elbo="jit-meanfield"
+                ),
+            },
+            args.steps,
+            args.reps,
+        )
+        lins = {k: LinearVAE(64, 8) for k in "abc"}
+        lin = measure(
+            {
+                "a_hand_written": hand_written_linear(lins["a"], digits),
+                "b_pyro_classic_svi": classic_svi(lins["b"], digits, digits.shape[0], 0.05),
+                "c_ppvae_fit": ppvae_fit(lins["c"], digits, digits.shape[0], "linear"),
+            },
+            args.linear_steps,
+            args.reps,
+        )
+        for name, r in (("mlp_784_400_20_batch128", mlp), ("linear_vae_digits_full_batch", lin)):
+            results[f"{name}_threads{threads}"] = {
+                "steps_per_s": {k: round(v, 2) for k, v in r.items()},
+                "c_over_a": round(r["a_hand_written"] / r["c_ppvae_fit"], 3),
+                "b_over_c": round(r["c_ppvae_fit"] / r["b_pyro_classic_svi"], 3),
+            }
+            if "c_ppvae_fit_jit" in r:
+                results[f"{name}_threads{threads}"]["c_jit_over_a"] = round(
+                    r["a_hand_written"] / r["c_ppvae_fit_jit"], 3
+                )
+    print(
+        json.dumps(
+            {
+                "benchmark": "svi_speed",
+                "ratios": "time per step: c/a = fit vs hand-written, b/c = classic SVI vs fit",
+                "results": results,
+                "fit_setup_seconds": {
+                    k: round(statistics.median(v), 4) for k, v in SETUP_SECONDS.items()
+                },
+                "torch": torch.__version__,
+                "pyro": pyro.__version__,
+                "machine": platform.machine(),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
