@@ -28,7 +28,14 @@ from .autoencoders import (
 )
 from .checkpoints import read_training_checkpoint, save
 from .data import DATASETS, as_image_shape, load_dataset
-from .infer import TrainingInterrupted, finetune, fit, pretrain, resolve_device
+from .infer import (
+    TrainingInterrupted,
+    distributed_world,
+    finetune,
+    fit,
+    pretrain,
+    resolve_device,
+)
 from .likelihoods import LIKELIHOODS, Bernoulli
 from .ppca import PPCA
 from .priors import PRIORS
@@ -217,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="vae",
         choices=["vae", *AUTOENCODERS],
         help="vae, or an autoencoder: ae, dae, sae, cae, stacked",
+    )
+    fit_p.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=1,
+        help="train with N processes on torch.distributed (gloo on CPU, NCCL on CUDA), each "
+        "taking 1/N of every minibatch; torchrun -m ppvae fit ... works as well",
     )
     ae_opts = fit_p.add_argument_group("autoencoder options (--model ae/dae/sae/cae/stacked)")
     ae_opts.add_argument(
@@ -641,7 +655,8 @@ _RESUMABLE_OVERRIDES = ("epochs", "device")
 
 
 def _cli_record(args) -> dict:
-    keep = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "resume"}
+    keep = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("resume",)}
+    keep["world_size"] = distributed_world()[0]
     keep["hidden"] = list(keep["hidden"])
     return keep
 
@@ -696,6 +711,8 @@ def cmd_fit(args) -> int:
         resume=args.resume is not None,
         metadata={"cli": _cli_record(args)},
     )
+    if distributed_world()[1] != 0:  # rank 0 evaluates and writes the outputs
+        return 0
     torch.manual_seed(args.seed)
     test_elbo = float(evaluate.elbo(vae, ds.test, num_samples=10).mean())
     test_iw = evaluate.log_likelihood(vae, ds.test, num_samples=args.iw_samples)
@@ -847,6 +864,8 @@ def _fit_autoencoder(args) -> int:
             resume=args.resume is not None,
             metadata={"cli": _cli_record(args)},
         )
+        if distributed_world()[1] != 0:
+            return 0
         model.cpu()
         metrics["fit_seconds"] = history.seconds
         summary = ""
@@ -1218,10 +1237,71 @@ _DEFAULTS = {
 }
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _distributed_worker(rank: int, argv: list[str], nproc: int, port: int) -> None:
+    """One process of ``ppvae fit --nproc N`` (torch.multiprocessing.spawn target)."""
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(nproc),
+    )
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+    status = main(argv)
+    if status:
+        raise SystemExit(status)
+
+
+def _launch(argv: list[str], nproc: int) -> int:
+    import torch.multiprocessing as mp
+
+    try:
+        mp.spawn(_distributed_worker, args=(argv, nproc, _free_port()), nprocs=nproc)
+    except mp.ProcessRaisedException as exc:
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "a worker failed"
+        print(f"ppvae: error: distributed training failed: {last}", file=sys.stderr)
+        return 1
+    except mp.ProcessExitedException as exc:
+        print(f"ppvae: error: a training process exited with {exc.exit_code}", file=sys.stderr)
+        return exc.exit_code or 1
+    return 0
+
+
+def _init_distributed(args) -> bool:
+    """Join the process group described by torchrun-style environment variables, if any."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return False
+    cuda = str(args.device).startswith("cuda")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    import os
+
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if getattr(args, "nproc", 1) > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _launch(argv, args.nproc)
+    joined = False
     for key in ("epochs", "device"):
         setattr(args, f"_{key}_given", getattr(args, key) is not None)
     if args.device is None:
@@ -1230,6 +1310,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is None:
             setattr(args, key, value)
     try:
+        joined = _init_distributed(args)
         return COMMANDS[args.command](args)
     except (UserError, ValueError, FileNotFoundError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
@@ -1245,3 +1326,6 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as exc:
         print(f"ppvae {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()

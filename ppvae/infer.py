@@ -57,6 +57,7 @@ __all__ = [
     "History",
     "LatentScale",
     "TrainingInterrupted",
+    "distributed_world",
     "finetune",
     "fit",
     "pretrain",
@@ -233,6 +234,14 @@ class _GuardedStep:
 
     def __init__(self, program, model, guide, loss, *, lr, betas, schedule, clip_norm, validate):
         self.program, self.model, self.guide, self.loss = program, model, guide, loss
+        self.objective = None
+        if distributed_world()[0] > 1:
+            # Gradients are averaged over ranks during backward: with equal local batches of
+            # B/R rows, each scaled N/(B/R) by the plate, the average is the gradient of the
+            # single-process loss on the union of the R batches.
+            self.objective = torch.nn.parallel.DistributedDataParallel(
+                _Objective(program, model, guide, loss), find_unused_parameters=True
+            )
         self.lr, self.betas, self.schedule = lr, tuple(betas), schedule
         self.clip_norm, self.validate = clip_norm, bool(validate)
         self.params: list[torch.Tensor] | None = None
@@ -262,7 +271,10 @@ class _GuardedStep:
     def step(self, *args, **kwargs) -> torch.Tensor:
         """Loss (a 0-d tensor, minus the minibatch ELBO scaled to N) before the update."""
         with pyro.validation_enabled(self.validate):
-            loss = self.loss.differentiable_loss(self.model, self.guide, *args, **kwargs)
+            if self.objective is not None:
+                loss = self.objective(*args, **kwargs)
+            else:
+                loss = self.loss.differentiable_loss(self.model, self.guide, *args, **kwargs)
         if self.params is None:
             self._build()
             self.program.params_held = True  # registered once; see vae.register_module
@@ -401,10 +413,13 @@ def fit(
 
     Parameters
     ----------
-    vae : VAE
-        The model; trained in place.
-    train : array-like, shape (N, D)
-        Training data.
+    vae : VAE or another ppvae Pyro program
+        The model (a VAE, an autoencoder, a layer-wise or classifier program); trained in
+        place.
+    train : array-like of shape (N, D), or torch.utils.data.Dataset / DataLoader
+        Training data: in memory (moved to ``device`` once and indexed in place), or streamed
+        batch by batch from a dataset (e.g. :class:`~ppvae.MemmapDataset`) in the same seeded
+        order.
     epochs : int
         Passes over the training data (in total, counting those of a resumed run).
     batch_size : int
@@ -415,7 +430,7 @@ def fit(
         Seeds Pyro, torch, NumPy and Python RNGs and the shuffling.
     test : array-like, shape (M, D), optional
         Held-out data whose ELBO is recorded after every epoch.
-    elbo : pyro.infer.ELBO or {"trace", "meanfield", "jit"}, optional
+    elbo : pyro.infer.ELBO or {"trace", "meanfield", "jit", "jit-meanfield"}, optional
         The ELBO estimator (default: the model's ``training_defaults``: ``"auto"`` for a VAE,
         i.e. ``TraceMeanField_ELBO`` (analytic KL) when ``vae.prior.analytic_kl`` and
         ``Trace_ELBO`` otherwise; ``TraceMeanField_ELBO`` for a :class:`~ppvae.LinearVAE`).
@@ -455,6 +470,10 @@ def fit(
         JSON-able extras stored in the checkpoint (the CLI stores its arguments).
     progress : bool, optional
         Show a progress bar (default: when writing to a terminal).
+    labels : tensor of shape (N,), optional
+        Integer labels passed to model and guide as ``y`` (the stacked autoencoder's classifier).
+    validate : bool, optional
+        Pyro's per-site validation inside the loop (default: :data:`VALIDATE_STEPS`, off).
 
     Returns
     -------
@@ -522,8 +541,13 @@ def fit(
         if test is not None:
             raise ValueError("test ELBOs are not computed for a labelled fit; pass test=None")
     loss_fn = _make_elbo(elbo, int(num_particles), vae)
+    world, rank = distributed_world()
+    if world > 1 and stream is not None:
+        raise ValueError("distributed training reads in-memory tensors; pass a tensor")
 
     bs = min(int(batch_size), n)
+    if bs < world:
+        raise ValueError(f"batch_size {bs} is smaller than the {world} processes sharing it")
     n_batches = math.ceil(n / bs)
     fit_config = {
         "batch_size": bs,
@@ -554,7 +578,7 @@ def fit(
         history = History(**payload["history"])
         progress_state = dict(payload["progress"])
     else:
-        pyro.set_rng_seed(seed)
+        pyro.set_rng_seed(seed + rank)  # per-rank guide noise; the shuffling below is shared
         gen.manual_seed(seed)
         if stream is not None:
             stream.gen.manual_seed(seed)
@@ -572,7 +596,7 @@ def fit(
             progress_state["perm"] = progress_state["perm"].to(dev)
 
     def write_checkpoint() -> None:
-        if ckpt_path is None:
+        if ckpt_path is None or rank != 0:  # one writer
             return
         atomic_torch_save(
             {
@@ -619,7 +643,7 @@ def fit(
             unit="epoch",
             initial=progress_state["epoch"],
             total=int(epochs),
-            disable=_no_bar(progress),
+            disable=True if rank != 0 else _no_bar(progress),
         )
         start = time.perf_counter() - history.seconds
         for epoch in bar:
@@ -639,6 +663,8 @@ def fit(
                     saved = f"; checkpoint saved to {ckpt_path}" if ckpt_path else ""
                     raise TrainingInterrupted(f"interrupted at {where}{saved}")
                 rows = None if perm is None else perm[b * bs : (b + 1) * bs]
+                if world > 1:  # this rank's share of the global minibatch
+                    rows = (torch.arange(n, device=dev) if rows is None else rows)[rank::world]
                 if stream is not None:
                     xb = stream.batch(rows, b).to(dev, non_blocking=True)
                 else:
@@ -662,15 +688,20 @@ def fit(
                 progress_state["partial"] += float(loss)
                 progress_state["step"] = b + 1
                 history.steps += 1
-            history.train_elbo.append(-progress_state["partial"] / (n_batches * n))
-            if test is not None:
+            partial = progress_state["partial"]
+            if world > 1:  # each rank's loss estimates the same full-data loss: average them
+                total = torch.tensor([partial], dtype=torch.float64, device=dev)
+                torch.distributed.all_reduce(total)
+                partial = float(total) / world
+            history.train_elbo.append(-partial / (n_batches * n))
+            if test is not None and rank == 0:
                 history.test_elbo.append(_mean_elbo(loss_fn, vae, test))
             progress_state.update(epoch=epoch + 1, step=0, perm=None, partial=0.0)
             history.seconds = time.perf_counter() - start
             write_checkpoint()
             bar.set_postfix(
                 train_elbo=f"{history.train_elbo[-1]:.2f}",
-                **({"test_elbo": f"{history.test_elbo[-1]:.2f}"} if test is not None else {}),
+                **({"test_elbo": f"{history.test_elbo[-1]:.2f}"} if history.test_elbo else {}),
             )
         history.seconds = time.perf_counter() - start
     return history
@@ -748,6 +779,26 @@ def finetune(
         device=device,
         progress=progress,
     )
+
+
+def distributed_world() -> tuple[int, int]:
+    """(world size, rank) of an initialized ``torch.distributed`` group, else (1, 0)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+class _Objective(torch.nn.Module):
+    """The negative ELBO as a module (Pyro's ``ELBOModule`` for method-based programs), so
+    that ``DistributedDataParallel`` can wrap it and all-reduce the program's gradients."""
+
+    def __init__(self, program, model, guide, loss):
+        super().__init__()
+        self.program = program
+        self._model, self._guide, self._loss = model, guide, loss
+
+    def forward(self, *args, **kwargs):
+        return self._loss.differentiable_loss(self._model, self._guide, *args, **kwargs)
 
 
 def _check_train_support(x: torch.Tensor, program, binarize, what: str) -> None:
