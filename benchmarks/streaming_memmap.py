@@ -3,7 +3,7 @@
 Writes the file (MNIST's training images tiled, from --data-root; random pixels without it)
 in chunks, then runs one epoch of ``ppvae.fit`` on ``ppvae.MemmapDataset`` (784-400-20 VAE,
 Bernoulli, dynamic binarization) and prints JSON with the peak resident memory of the process
-(``ru_maxrss``, which counts the file's pages as they are mapped in), wall time and steps/s.
+(``ru_maxrss``), wall time and steps/s.
 The in-memory float32 copy of the same matrix alone would take 2.9 GiB.
 
 Usage: python benchmarks/streaming_memmap.py --data-root ../shared/data [--rows 1000000]
