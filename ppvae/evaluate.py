@@ -376,14 +376,39 @@ class _LocalGaussianGuide:
             )
 
 
-def _local_elbo(vae: VAE, x, loc, log_scale, num_samples: int, eps=None) -> torch.Tensor:
-    """Reparameterized ELBO of each point under q_n = N(loc_n, exp(log_scale_n)^2), (N,)."""
-    if eps is None:
-        eps = torch.randn(num_samples, *loc.shape, device=loc.device)
-    z = loc + eps * log_scale.exp()
-    log_joint = vae.decode(z).log_prob(x) + vae.prior.log_prob(z)
-    entropy = (log_scale + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
-    return log_joint.mean(0) + entropy
+def _local_elbo(
+    vae: VAE,
+    x,
+    loc,
+    log_scale,
+    num_samples: int,
+    eps=None,
+    max_elements: int = _DEFAULT_MAX_ELEMENTS,
+) -> torch.Tensor:
+    """Reparameterized ELBO of each point under q_n = N(loc_n, exp(log_scale_n)^2), (N,).
+
+    ``mean_k [log p(x, z_k) - log q(z_k)]`` with ``z_k = loc + eps_k * scale``: log q is
+    evaluated at the sample rather than replaced by the analytic entropy, so the estimate's
+    variance vanishes as q approaches p(z | x) (with the entropy in closed form, the noise of
+    log p(x, z) stays, ~0.06 nats per image at K = 1000 on a LinearVAE). The gradient with
+    respect to loc and log_scale is the same. Samples are processed in chunks of at most
+    ``max_elements`` floats of (K, N, D) work.
+    """
+    n = x.shape[0]
+    k_total = eps.shape[0] if eps is not None else int(num_samples)
+    width = max(vae.data_dim, vae.latent_dim, vae.prior.eval_width)
+    per = max(1, max_elements // max(1, n * width))
+    scale = log_scale.exp()
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    total = 0.0
+    for j in range(0, k_total, per):
+        m = min(per, k_total - j)
+        e = eps[j : j + m] if eps is not None else torch.randn(m, *loc.shape, device=loc.device)
+        z = loc + e * scale
+        log_q = (-0.5 * e.pow(2) - log_scale - half_log_2pi).sum(-1)
+        log_w = vae.decode(z).log_prob(x) + vae.prior.log_prob(z) - log_q
+        total = total + log_w.sum(0)
+    return total / k_total
 
 
 def inference_gaps(
@@ -433,7 +458,9 @@ def inference_gaps(
     try:
         with torch.no_grad():
             loc0, scale0 = vae.encode(X)
-            amortized = _local_elbo(vae, X, loc0, scale0.log(), elbo_samples)
+            amortized = _local_elbo(
+                vae, X, loc0, scale0.log(), elbo_samples, max_elements=max_elements
+            )
         loc = loc0.detach().clone().requires_grad_(True)
         log_scale = scale0.detach().log().clone().requires_grad_(True)
         opt = torch.optim.Adam([loc, log_scale], lr=lr)
@@ -446,12 +473,14 @@ def inference_gaps(
             # choose per point between the optimized and the encoder's q with common random
             # numbers, then estimate the chosen one's ELBO afresh (no selection bias)
             eps = torch.randn(elbo_samples, *loc.shape, device=loc.device)
-            better = _local_elbo(vae, X, loc, log_scale, 0, eps) >= _local_elbo(
-                vae, X, loc0, scale0.log(), 0, eps
-            )
+            better = _local_elbo(
+                vae, X, loc, log_scale, 0, eps, max_elements=max_elements
+            ) >= _local_elbo(vae, X, loc0, scale0.log(), 0, eps, max_elements=max_elements)
             loc_best = torch.where(better[:, None], loc, loc0)
             ls_best = torch.where(better[:, None], log_scale, scale0.log())
-            optimal = _local_elbo(vae, X, loc_best, ls_best, elbo_samples)
+            optimal = _local_elbo(
+                vae, X, loc_best, ls_best, elbo_samples, max_elements=max_elements
+            )
     finally:
         for p in vae.parameters():
             p.requires_grad_(True)

@@ -54,3 +54,4 @@ def test_a_short_two_process_vae_run_converges(tmp_path):
     elbo = metrics["history"]["train_elbo"]
     assert elbo[-1] > elbo[0] + 20, elbo  # nats per image; digits start near -60
     assert metrics["history"]["steps"] == 40 * 13
+    assert isinstance(vae, ppvae.VAE) and vae.latent_dim == 4  # rank 0 saved the model

@@ -103,9 +103,17 @@ def test_estimates_work_for_every_prior_and_likelihood(digits):
 
 def test_inference_gaps(trained_linear, digits):
     # linear VAE near the PPCA MLE: its amortized Gaussian posterior is (nearly) exact
-    g = evaluate.inference_gaps(trained_linear, digits.test[:60], steps=200)
-    assert abs(g["mean"]["approximation_gap"]) < 0.02
-    assert abs(g["mean"]["amortization_gap"]) < 0.02  # fresh MC estimates: either sign
+    x = digits.test[:60]
+    g = evaluate.inference_gaps(trained_linear, x, steps=200)
+    assert abs(g["mean"]["approximation_gap"]) < 0.005
+    assert abs(g["mean"]["amortization_gap"]) < 0.005  # fresh MC estimates: either sign
+    # the per-point ELBO estimate (log q at the sample, not the analytic entropy) has almost
+    # no variance when q is near p(z|x): it matches the closed-form ELBO point by point
+    loc, scale = trained_linear.encode(x)
+    exact = evaluate.elbo_decomposition(
+        trained_linear, x.double(), loc.detach().double(), scale.detach().double()
+    )["elbo"]
+    assert float((g["elbo_amortized"].double() - exact).abs().max()) < 0.01
     # a briefly trained nonlinear VAE has real gaps, both positive on average
     torch.manual_seed(0)
     vae = ppvae.VAE(64, 4, hidden=(32,))
