@@ -679,6 +679,24 @@ def _resume_args(args) -> argparse.Namespace:
     return merged
 
 
+def _checkpointed_fit(model, ds, args, out: Path, device, bern: bool, **options):
+    """``ppvae fit``'s training: checkpoints in OUT, resumable, settings recorded."""
+    return fit(
+        model,
+        ds.train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=device,
+        binarize="dynamic" if bern else None,
+        checkpoint_dir=out,
+        resume=args.resume is not None,
+        metadata={"cli": _cli_record(args)},
+        **options,
+    )
+
+
 def cmd_fit(args) -> int:
     if args.resume is not None:
         args = _resume_args(args)
@@ -696,20 +714,8 @@ def cmd_fit(args) -> int:
     out = _out_dir(args)
     args.out = str(out)
     print(f"ppvae fit: {ds} -> {out}", file=sys.stderr)
-    history = fit(
-        vae,
-        ds.train,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        test=ds.test,
-        device=device,
-        binarize="dynamic" if bern else None,
-        **_fit_options(args),
-        checkpoint_dir=out,
-        resume=args.resume is not None,
-        metadata={"cli": _cli_record(args)},
+    history = _checkpointed_fit(
+        vae, ds, args, out, device, bern, test=ds.test, **_fit_options(args)
     )
     if distributed_world()[1] != 0:  # rank 0 evaluates and writes the outputs
         return 0
@@ -851,19 +857,7 @@ def _fit_autoencoder(args) -> int:
         )
         summary = f"test accuracy {acc:.4f} ({n_lab} labels)"
     else:
-        history = fit(
-            model,
-            ds.train,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            device=device,
-            binarize="dynamic" if bern else None,
-            checkpoint_dir=out,
-            resume=args.resume is not None,
-            metadata={"cli": _cli_record(args)},
-        )
+        history = _checkpointed_fit(model, ds, args, out, device, bern)
         if distributed_world()[1] != 0:
             return 0
         model.cpu()
