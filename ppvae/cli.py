@@ -36,7 +36,7 @@ from .infer import (
     pretrain,
     resolve_device,
 )
-from .likelihoods import LIKELIHOODS, Bernoulli
+from .likelihoods import LIKELIHOODS
 from .ppca import PPCA
 from .priors import PRIORS
 from .vae import VAE, LinearVAE
@@ -766,7 +766,7 @@ def cmd_fit(args) -> int:
 
 
 def _make_autoencoder(args, data_dim: int):
-    common = {"hidden": args.hidden}
+    common = {"hidden": args.hidden, "likelihood": args.likelihood}
     try:
         if args.model == "stacked":
             noise = 0.0 if args.noise_level is None else args.noise_level
@@ -816,8 +816,6 @@ def _fit_autoencoder(args) -> int:
         )
     torch.manual_seed(args.seed)
     model = _make_autoencoder(args, ds.data_dim)
-    if bern:
-        model.likelihood = Bernoulli()
     out = _out_dir(args)
     args.out = str(out)
     print(f"ppvae fit --model {args.model}: {ds} -> {out}", file=sys.stderr)

@@ -114,6 +114,11 @@ def _prepare(vae: VAE, X, num_samples: int) -> torch.Tensor:
     return X.to(device)
 
 
+def _eval_width(vae) -> int:
+    """Floats per (sample, point) of evaluation work: D, k, or a mixture prior's components x k."""
+    return max(vae.data_dim, vae.latent_dim, vae.prior.eval_width)
+
+
 def _chunks(n: int, k: int, width: int, max_elements: int) -> tuple[int, int]:
     """Rows per chunk and samples per chunk so that k_chunk * n_chunk * width <= max."""
     k_chunk = max(1, min(k, max_elements // max(width, 1)))
@@ -138,8 +143,7 @@ _TRIM = _malloc_trim()
 
 def _weight_chunks(vae, X, num_samples, max_elements, guide=None):
     """Yield, for each chunk of data points, the list of (k_chunk, n_chunk) log-weight blocks."""
-    # floats per (sample, point): the data dimension, or a mixture prior's components x k
-    width = max(vae.data_dim, vae.latent_dim, vae.prior.eval_width)
+    width = _eval_width(vae)
     n_chunk, k_chunk = _chunks(X.shape[0], num_samples, width, max_elements)
     was_training = vae.training
     vae.eval()
@@ -396,7 +400,7 @@ def _local_elbo(
     """
     n = x.shape[0]
     k_total = eps.shape[0] if eps is not None else int(num_samples)
-    width = max(vae.data_dim, vae.latent_dim, vae.prior.eval_width)
+    width = _eval_width(vae)
     per = max(1, max_elements // max(1, n * width))
     scale = log_scale.exp()
     half_log_2pi = 0.5 * math.log(2 * math.pi)
@@ -488,7 +492,7 @@ def inference_gaps(
         log_px = exact_log_likelihood(vae, X.cpu().double()).float()
     else:
         # one call per chunk of rows, each with the local guide of exactly those rows
-        width = max(vae.data_dim, vae.latent_dim, vae.prior.eval_width)
+        width = _eval_width(vae)
         rows, _ = _chunks(X.shape[0], num_samples, width, max_elements)
         log_px = torch.cat(
             [

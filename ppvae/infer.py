@@ -1,7 +1,7 @@
 """Training by stochastic variational inference, with resumable checkpoints.
 
-:func:`fit` runs ``pyro.infer.SVI`` (``Trace_ELBO``, or ``TraceMeanField_ELBO`` where the prior's
-KL has a closed form) over shuffled minibatches.
+:func:`fit` steps Pyro's ELBO estimators (``Trace_ELBO``, or ``TraceMeanField_ELBO`` where the
+prior's KL has a closed form) over shuffled minibatches with one torch Adam optimizer.
 Each step's loss is the negative minibatch ELBO scaled to the whole training set, so the
 history reports ``-loss / N``: the ELBO in nats per sample.
 
@@ -23,16 +23,13 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.infer import (
     ELBO,
-    SVI,
     JitTrace_ELBO,
     JitTraceMeanField_ELBO,
     Trace_ELBO,
     TraceMeanField_ELBO,
 )
-from pyro.infer.util import zero_grads
 from pyro.poutine.messenger import Messenger
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -53,7 +50,6 @@ from .vae import VAE
 
 __all__ = [
     "ELBOS",
-    "GuardedSVI",
     "History",
     "LatentScale",
     "TrainingInterrupted",
@@ -178,40 +174,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by Ctrl-C (SIGINT) after saving a checkpoint at a step boundary."""
 
 
-class GuardedSVI(SVI):
-    """``pyro.infer.SVI`` whose step refuses non-finite losses and gradients.
-
-    The parameters are left untouched when the loss or any gradient is NaN or infinite, so the
-    model stays at its last good state. With ``clip_norm``, the gradients' global 2-norm is
-    clipped before the optimizer step.
-    """
-
-    def __init__(self, model, guide, optim, loss, clip_norm: float | None = None):
-        super().__init__(model, guide, optim, loss)
-        self.clip_norm = clip_norm
-
-    def step(self, *args, **kwargs) -> float:
-        with poutine.trace(param_only=True) as param_capture:
-            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-        loss = float(loss)
-        bad = None if math.isfinite(loss) else f"loss {loss}"
-        if bad is None:
-            for site_name, site in param_capture.trace.nodes.items():
-                grad = site["value"].unconstrained().grad
-                if grad is not None and not bool(torch.isfinite(grad).all()):
-                    bad = f"gradient of {site_name}"
-                    break
-        if bad is not None:
-            zero_grads(params)
-            raise FloatingPointError(f"non-finite {bad}")
-        if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(list(params), self.clip_norm)
-        self.optim(params)
-        zero_grads(params)
-        return loss
-
-
 VALIDATE_STEPS = False
 """Default of ``fit(validate=None)``: Pyro's per-site validation inside the training loop.
 
@@ -222,7 +184,7 @@ them back on by setting this to True.
 
 
 class _GuardedStep:
-    """One SVI step on ``loss.differentiable_loss`` with a single torch Adam over all parameters.
+    """One guarded SVI step on ``loss.differentiable_loss``, one torch Adam over all parameters.
 
     The objective is Pyro's (the ELBO estimator's ``differentiable_loss`` of model and guide,
     what ``ELBOModule`` computes); what differs from ``pyro.infer.SVI`` is the plumbing: no
@@ -280,10 +242,8 @@ class _GuardedStep:
             self.program.params_held = True  # registered once; see vae.register_module
         loss.backward()
         grads = [p.grad for p in self.params if p.grad is not None]
-        check = loss.detach()
-        if grads:
-            check = check + torch.stack(torch._foreach_norm(grads)).sum()
-        if not bool(torch.isfinite(check)):
+        norms = torch.stack(torch._foreach_norm(grads)) if grads else loss.new_zeros(1)
+        if not bool(torch.isfinite(loss.detach() + norms.sum())):  # the one host sync
             bad = f"loss {float(loss)}" if not torch.isfinite(loss) else "gradient"
             for p in self.params:
                 if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
@@ -291,8 +251,9 @@ class _GuardedStep:
                     break
             self.optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(f"non-finite {bad}")
-        if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        if self.clip_norm is not None and grads:  # clip_grad_norm_, reusing the norms above
+            coef = (self.clip_norm / (torch.linalg.vector_norm(norms) + 1e-6)).clamp(max=1.0)
+            torch._foreach_mul_(grads, coef)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
@@ -655,8 +616,11 @@ def fit(
             latent_scale.factor = kl_weight * (
                 min(1.0, (epoch + 1) / kl_warmup_epochs) if kl_warmup_epochs else 1.0
             )
+            # minus the epoch's summed minibatch ELBOs, kept on the device (read once per epoch)
+            epoch_loss = torch.tensor(progress_state["partial"], dtype=torch.float64, device=dev)
             for b in range(progress_state["step"], n_batches):
                 if sigint.raised:
+                    progress_state["partial"] = float(epoch_loss)
                     history.seconds = time.perf_counter() - start
                     write_checkpoint()
                     where = f"epoch {epoch + 1}, step {b + 1} of {n_batches}"
@@ -685,14 +649,13 @@ def fit(
                         "Usual remedies: a lower learning rate (--lr), gradient clipping "
                         "(--clip-norm), or checking the data for extreme values"
                     ) from None
-                progress_state["partial"] += float(loss)
+                epoch_loss += loss
                 progress_state["step"] = b + 1
                 history.steps += 1
-            partial = progress_state["partial"]
             if world > 1:  # each rank's loss estimates the same full-data loss: average them
-                total = torch.tensor([partial], dtype=torch.float64, device=dev)
-                torch.distributed.all_reduce(total)
-                partial = float(total) / world
+                torch.distributed.all_reduce(epoch_loss)
+                epoch_loss /= world
+            partial = float(epoch_loss)
             history.train_elbo.append(-partial / (n_batches * n))
             if test is not None and rank == 0:
                 history.test_elbo.append(_mean_elbo(loss_fn, vae, test))
