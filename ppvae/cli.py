@@ -29,6 +29,7 @@ from .autoencoders import (
 from .checkpoints import read_training_checkpoint, save
 from .data import DATASETS, as_image_shape, load_dataset
 from .infer import (
+    ELBOS,
     TrainingInterrupted,
     distributed_world,
     finetune,
@@ -156,6 +157,13 @@ def _common_options() -> argparse.ArgumentParser:
         type=_nonneg_int,
         default=0,
         help="epochs over which the KL weight rises linearly to --kl-weight",
+    )
+    g.add_argument(
+        "--elbo",
+        default=None,
+        choices=("auto", *ELBOS),
+        help="ELBO estimator of the VAE (default: auto, analytic KL where the prior has one; "
+        "compiled by torch.jit.trace for VAEs built from ppvae's own parts)",
     )
     g.add_argument(
         "--clip-norm",
@@ -386,6 +394,7 @@ def _fit_options(args) -> dict:
     if not (args.kl_weight >= 0 and math.isfinite(args.kl_weight)):
         raise UserError(f"--kl-weight must be a finite number >= 0, got {args.kl_weight}")
     return {
+        "elbo": getattr(args, "elbo", None),  # absent from runs saved before --elbo existed
         "clip_norm": args.clip_norm,
         "kl_weight": args.kl_weight,
         "kl_warmup_epochs": args.kl_warmup,
@@ -807,6 +816,8 @@ def _fit_autoencoder(args) -> int:
         )
     if args.model == "stacked" and args.likelihood != "gaussian":
         raise UserError("--model stacked pretrains with the squared error (--likelihood gaussian)")
+    if getattr(args, "elbo", None) is not None:
+        raise UserError(f"--elbo chooses the VAE's estimator; --model {args.model} has no KL term")
     device = resolve_device(args.device)
     bern = args.likelihood == "bernoulli"
     ds = _load(args, binarize="dynamic" if bern else None)

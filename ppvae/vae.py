@@ -239,13 +239,14 @@ class LinearVAE(VAE):
     Notes
     -----
     :func:`ppvae.fit` trains it, by default, with its own ``training_defaults``: analytic KL
-    (``TraceMeanField_ELBO``), Adam with a short second-moment memory (beta2 = 0.9, so that
+    (``TraceMeanField_ELBO``, compiled once per minibatch shape; see ``elbo="auto"`` in
+    :func:`ppvae.fit`), Adam with a short second-moment memory (beta2 = 0.9, so that
     steps do not shrink as the full-batch gradients do), a learning rate of 0.05 for the first
     half of the run, then decaying exponentially to 5e-5.
     """
 
     training_defaults: ClassVar[dict] = {
-        "elbo": "meanfield",
+        "elbo": "auto",
         "lr": 0.05,
         "betas": (0.9, 0.9),
         "lr_decay": 1e-3,

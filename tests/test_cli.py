@@ -149,9 +149,12 @@ def test_check_ppca_writes_its_comparison(tmp_path, capsys):
 
 def test_fit_saves_a_loadable_model(tmp_path):
     out = tmp_path / "fit"
-    assert main(["fit", *TINY, "--likelihood", "bernoulli", "--out", str(out)]) == 0
+    argv = ["fit", *TINY, "--likelihood", "bernoulli", "--elbo", "trace", "--out", str(out)]
+    assert main(argv) == 0
     vae = ppvae.load(out / "model.pt")
     assert vae.latent_dim == 3 and vae.likelihood.name == "bernoulli"
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["fit_config"]["elbo"] == "trace"  # --elbo reaches fit
     m = json.loads((out / "metrics.json").read_text())
     assert m["binarize"] == "dynamic" and math.isfinite(m["test_log_likelihood_iw"])
     assert (out / "reconstructions.png").exists() and (out / "latent_scatter.png").exists()
@@ -197,6 +200,8 @@ def test_fit_an_autoencoder_writes_model_figures_and_metrics(model, tmp_path, ca
         (["fit", "--prior", "flat"], "invalid choice"),
         (["fit", "--resume", "/nonexistent/run"], "no such checkpoint file"),
         (["fit", "--clip-norm", "0"], "positive number"),
+        (["fit", "--elbo", "renyi"], "invalid choice"),
+        (["fit", "--model", "ae", "--elbo", "trace", "--epochs", "0"], "no KL term"),
         (["run", "--no-such-option"], "unrecognized arguments"),
     ],
 )
