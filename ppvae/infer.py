@@ -670,14 +670,29 @@ def fit(
     total_steps = max(1, int(epochs) * n_batches)
     schedule = None if lr_decay == 1.0 else _HoldThenDecay(total_steps, lr_decay, decay_start)
     if resume:
-        set_rng_state(payload["rng"], gen)
+        ranks_rng = payload.get("rank_rng")
+        if world > 1 and ranks_rng is not None and len(ranks_rng) == world:
+            set_rng_state(ranks_rng[rank], gen)  # each rank's own guide noise continues
+        else:
+            set_rng_state(payload["rng"], gen)
+            if world > 1 and rank > 0:  # only rank 0's state was saved (an interrupted epoch,
+                # or another world size): fresh noise per rank, not a copy of rank 0's
+                pyro.set_rng_seed(seed + rank + 1009 * (1 + progress_state["epoch"]))
         if stream is not None and payload.get("stream_rng") is not None:
             stream.gen.set_state(payload["stream_rng"])
         if progress_state["perm"] is not None:
             progress_state["perm"] = progress_state["perm"].to(dev)
 
-    def write_checkpoint() -> None:
-        if ckpt_path is None or rank != 0:  # one writer
+    def write_checkpoint(every_rank_here: bool) -> None:
+        """Rank 0 writes. With ``every_rank_here`` (the end of an epoch, which all ranks
+        reach) the ranks' own RNG states are gathered too, for a bit-exact resume."""
+        if ckpt_path is None:
+            return
+        ranks_rng = None
+        if world > 1 and every_rank_here:  # a collective call: all ranks or none
+            ranks_rng = [None] * world
+            torch.distributed.all_gather_object(ranks_rng, rng_state(gen))
+        if rank != 0:  # one writer
             return
         atomic_torch_save(
             {
@@ -686,6 +701,7 @@ def fit(
                 **_model_entry(vae),
                 "optimizer": stepper.state_dict(),
                 "rng": rng_state(gen),
+                "rank_rng": ranks_rng,
                 "stream_rng": None if stream is None else stream.gen.get_state(),
                 "progress": {
                     **progress_state,
@@ -745,7 +761,7 @@ def fit(
                 if sigint.raised:
                     progress_state["partial"] = float(epoch_loss)
                     history.seconds = time.perf_counter() - start
-                    write_checkpoint()
+                    write_checkpoint(every_rank_here=False)
                     where = f"epoch {epoch + 1}, step {b + 1} of {n_batches}"
                     saved = f"; checkpoint saved to {ckpt_path}" if ckpt_path else ""
                     raise TrainingInterrupted(f"interrupted at {where}{saved}")
@@ -787,7 +803,7 @@ def fit(
             progress_state.update(epoch=epoch + 1, step=0, perm=None, partial=0.0)
             history.seconds = time.perf_counter() - start
             history.compile_seconds = compiled_before + getattr(loss_fn, "compile_seconds", 0.0)
-            write_checkpoint()
+            write_checkpoint(every_rank_here=True)
             bar.set_postfix(
                 train_elbo=f"{history.train_elbo[-1]:.2f}",
                 **({"test_elbo": f"{history.test_elbo[-1]:.2f}"} if history.test_elbo else {}),

@@ -55,3 +55,24 @@ def test_a_short_two_process_vae_run_converges(tmp_path):
     assert elbo[-1] > elbo[0] + 20, elbo  # nats per image; digits start near -60
     assert metrics["history"]["steps"] == 40 * 13
     assert isinstance(vae, ppvae.VAE) and vae.latent_dim == 4  # rank 0 saved the model
+
+
+def test_a_resumed_two_process_run_continues_each_rank_s_own_noise(tmp_path):
+    """Guide noise is seeded per rank, and each epoch's checkpoint gathers every rank's RNG
+    state: 2 epochs, then a resume to 4, equal 4 epochs in one go. (When the ranks resumed
+    from rank 0's state alone, rank 1 drew rank 0's noise and the runs parted.)"""
+    extra = ["--batch-size", "32", "--hidden", "16", "--latent-dim", "3", "--iw-samples", "5"]
+    full, _ = _fit(tmp_path, "full", 2, [*extra, "--epochs", "4"])
+    _fit(tmp_path, "half", 2, [*extra, "--epochs", "2"])
+    out = tmp_path / "half"
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert len(ckpt["rank_rng"]) == 2
+    assert not torch.equal(ckpt["rank_rng"][0]["torch"], ckpt["rank_rng"][1]["torch"])
+    cmd = [sys.executable, "-m", "ppvae", "fit", "--resume", str(out), "--epochs", "4"]
+    proc = subprocess.run(
+        [*cmd, "--nproc", "2"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    resumed = ppvae.load(out / "model.pt")
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
