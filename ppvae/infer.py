@@ -308,9 +308,9 @@ class _GuardedStep:
         self.program, self.model, self.guide, self.loss = program, model, guide, loss
         self.objective = None
         if distributed_world()[0] > 1:
-            # Gradients are averaged over ranks during backward: with equal local batches of
-            # B/R rows, each scaled N/(B/R) by the plate, the average is the gradient of the
-            # single-process loss on the union of the R batches.
+            # Gradients are averaged over ranks during backward: each rank's loss is scaled
+            # R x N / B (the plate's N / b_r times ``share``), so the average is the gradient
+            # of the single-process loss on the union of the R shares of the minibatch.
             self.objective = torch.nn.parallel.DistributedDataParallel(
                 _Objective(program, model, guide, loss), find_unused_parameters=True
             )
@@ -343,13 +343,21 @@ class _GuardedStep:
             self.load_state_dict(self.pending_state)
             self.pending_state = None
 
-    def step(self, *args, **kwargs) -> torch.Tensor:
-        """Loss (a 0-d tensor, minus the minibatch ELBO scaled to N) before the update."""
+    def step(self, *args, share: float = 1.0, **kwargs) -> torch.Tensor:
+        """Loss (a 0-d tensor, minus the minibatch ELBO scaled to N) before the update.
+
+        ``share``: world size x this rank's rows / the global minibatch's rows. The plate
+        scales a rank's loss by N / (its rows); times ``share`` that is world x N / B, so the
+        gradient averaged over ranks is the single-process gradient on the union even when
+        the minibatch does not split evenly.
+        """
         with pyro.validation_enabled(self.validate):
             if self.objective is not None:
                 loss = self.objective(*args, **kwargs)
             else:
                 loss = self.loss.differentiable_loss(self.model, self.guide, *args, **kwargs)
+        if share != 1.0:
+            loss = loss * share
         if self.params is None:
             self._build()
             if not isinstance(self.loss, _TraceKeyed):  # a new trace must see the registration
@@ -623,12 +631,16 @@ def fit(
             raise ValueError("test ELBOs are not computed for a labelled fit; pass test=None")
     loss_fn = _make_elbo(elbo, int(num_particles), vae)
     world, rank = distributed_world()
-    if world > 1 and stream is not None:
-        raise ValueError("distributed training reads in-memory tensors; pass a tensor")
 
     bs = min(int(batch_size), n)
     if bs < world:
         raise ValueError(f"batch_size {bs} is smaller than the {world} processes sharing it")
+    if 0 < n % bs < world:
+        raise ValueError(
+            f"the last minibatch ({n} rows, batch_size {bs}) holds {n % bs} rows, fewer than "
+            f"the {world} processes sharing it; choose a batch_size that leaves none or at "
+            f"least {world}"
+        )
     n_batches = math.ceil(n / bs)
     fit_config = {
         "batch_size": bs,
@@ -650,6 +662,11 @@ def fit(
         if labels is not None:
             fit_config["labels"] = _fingerprint(labels[:, None])
     gen = torch.Generator(device=dev)
+    if stream is not None and dev.type == "cpu":
+        # One generator shuffles and binarizes, in the same order as for an in-memory tensor:
+        # a streamed run then equals the in-memory one bit for bit. (On CUDA the permutation
+        # of host rows is drawn on the CPU, and the in-memory one on the device.)
+        stream.gen = gen
     history = History()
     progress_state = {"epoch": 0, "step": 0, "perm": None, "partial": 0.0}
     if resume:
@@ -766,17 +783,24 @@ def fit(
                     saved = f"; checkpoint saved to {ckpt_path}" if ckpt_path else ""
                     raise TrainingInterrupted(f"interrupted at {where}{saved}")
                 rows = None if perm is None else perm[b * bs : (b + 1) * bs]
+                n_rows = n if rows is None else len(rows)
                 if world > 1:  # this rank's share of the global minibatch
-                    rows = (torch.arange(n, device=dev) if rows is None else rows)[rank::world]
+                    every = torch.arange(n, device="cpu" if stream else dev)
+                    rows = (every if rows is None else rows)[rank::world]
                 if stream is not None:
                     xb = stream.batch(rows, b).to(dev, non_blocking=True)
                 else:
                     xb = train if rows is None else train[rows]
                 if binarize == "dynamic":
-                    xb = torch.bernoulli(xb, generator=gen)
+                    # Uniforms for the whole global minibatch on every rank, this rank's rows
+                    # kept: the binarization is the single-process one, and the shared
+                    # generator (it also shuffles) advances alike on all ranks.
+                    u = torch.rand((n_rows, xb.shape[1]), generator=gen, device=dev)
+                    xb = (u[rank::world] < xb).to(xb.dtype)
                 extra = {} if labels is None else {"y": labels if rows is None else labels[rows]}
                 try:
-                    loss = stepper.step(xb, num_data=n, **extra)
+                    share = world * xb.shape[0] / n_rows
+                    loss = stepper.step(xb, num_data=n, share=share, **extra)
                 except FloatingPointError as exc:
                     kept = (
                         f"; the last good checkpoint {ckpt_path} (epoch {epoch}) is kept"

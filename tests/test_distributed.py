@@ -76,3 +76,56 @@ def test_a_resumed_two_process_run_continues_each_rank_s_own_noise(tmp_path):
     resumed = ppvae.load(out / "model.pt")
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+_STREAM_WORKER = '''
+import os, sys
+import torch
+import ppvae
+
+def work(rank, path, out, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    data = ppvae.MemmapDataset(path, n_cols=64)
+    params = []
+    for train in (data, data[torch.arange(len(data))]):  # streamed, then in memory
+        torch.manual_seed(0)
+        ae = ppvae.Autoencoder(64, 4, hidden=(16,), likelihood="bernoulli")
+        ppvae.fit(ae, train, epochs=2, batch_size=45, binarize="dynamic", seed=1, progress=False)
+        params.append(ae.state_dict())
+    if rank == 0:
+        torch.save(params, out)
+    torch.distributed.destroy_process_group()
+
+if __name__ == "__main__":
+    torch.multiprocessing.spawn(work, args=(sys.argv[1], sys.argv[2], int(sys.argv[3])), nprocs=2)
+'''
+
+
+def test_two_processes_stream_a_memmapped_file_and_binarize_as_one_process(tmp_path, digits):
+    """Streaming works under torch.distributed: each rank reads only its rows of each
+    minibatch from the file. Dynamic binarization draws the uniforms of the whole minibatch
+    on every rank (so the shared shuffling generator stays in step even when B = 45 splits
+    23 + 22); with the deterministic autoencoder, the streamed and the in-memory 2-process
+    runs each equal their 1-process run on the union of the ranks' rows, to 1e-6 (float32
+    rounding of gradients averaged in another order)."""
+    from ppvae.cli import _free_port
+
+    raw = (digits.train[:200] * 255).round().to(torch.uint8)
+    path = tmp_path / "digits.u8"
+    raw.numpy().tofile(path)
+    script = tmp_path / "worker.py"
+    script.write_text(_STREAM_WORKER)
+    out = tmp_path / "params.pt"
+    cmd = [sys.executable, str(script), str(path), str(out), str(_free_port())]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = ppvae.MemmapDataset(path, n_cols=64)
+    runs = torch.load(out, weights_only=True)
+    for two, train in zip(runs, (data, data[torch.arange(200)]), strict=True):
+        torch.manual_seed(0)
+        one = ppvae.Autoencoder(64, 4, hidden=(16,), likelihood="bernoulli")
+        ppvae.fit(one, train, epochs=2, batch_size=45, binarize="dynamic", seed=1, progress=False)
+        for k, a in one.state_dict().items():
+            torch.testing.assert_close(two[k], a, rtol=1e-6, atol=1e-6, msg=k)

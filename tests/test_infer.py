@@ -241,16 +241,19 @@ def test_fit_streams_a_memmapped_file_exactly_like_the_tensor(tmp_path, digits):
     assert len(data) == len(raw) and data[torch.tensor([3, 1])].shape == (2, 64)
     X = data[torch.arange(len(raw))]  # the same float32 values (x * (1/255) rounding)
     torch.testing.assert_close(X, raw.float() / 255)
-    runs = []
-    for train in (X, data, torch.utils.data.DataLoader(data, batch_size=100)):
-        torch.manual_seed(0)
-        vae = ppvae.VAE(64, 3, hidden=(16,))
-        h = ppvae.fit(vae, train, epochs=2, batch_size=100, seed=4, progress=False)
-        runs.append((h.train_elbo, vae.state_dict()))
-    for elbo, state in runs[1:]:
-        assert elbo == runs[0][0]
-        for k, v in state.items():
-            assert torch.equal(v, runs[0][1][k]), k
+    for likelihood, binarize in (("gaussian", None), ("bernoulli", "dynamic")):
+        runs = []
+        for train in (X, data, torch.utils.data.DataLoader(data, batch_size=100)):
+            torch.manual_seed(0)
+            vae = ppvae.VAE(64, 3, hidden=(16,), likelihood=likelihood)
+            h = ppvae.fit(
+                vae, train, epochs=2, batch_size=100, seed=4, binarize=binarize, progress=False
+            )
+            runs.append((h.train_elbo, vae.state_dict()))
+        for elbo, state in runs[1:]:
+            assert elbo == runs[0][0], likelihood
+            for k, v in state.items():
+                assert torch.equal(v, runs[0][1][k]), (likelihood, k)
 
 
 def test_a_bad_streamed_batch_is_named_before_its_step(tmp_path):
