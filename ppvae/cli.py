@@ -1240,21 +1240,12 @@ _DEFAULTS = {
 }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _distributed_worker(rank: int, argv: list[str], nproc: int, port: int) -> None:
+def _distributed_worker(rank: int, argv: list[str], nproc: int, rendezvous: str) -> None:
     """One process of ``ppvae fit --nproc N`` (torch.multiprocessing.spawn target)."""
     import os
 
     os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
+        PPVAE_INIT_METHOD=rendezvous,
         RANK=str(rank),
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(nproc),
@@ -1266,10 +1257,15 @@ def _distributed_worker(rank: int, argv: list[str], nproc: int, port: int) -> No
 
 
 def _launch(argv: list[str], nproc: int) -> int:
+    import tempfile
+
     import torch.multiprocessing as mp
 
+    # A file rendezvous: a TCP port picked in advance can be taken before rank 0 binds it.
+    folder = tempfile.TemporaryDirectory(prefix="ppvae-rendezvous-")
+    rendezvous = f"file://{Path(folder.name) / 'init'}"
     try:
-        mp.spawn(_distributed_worker, args=(argv, nproc, _free_port()), nprocs=nproc)
+        mp.spawn(_distributed_worker, args=(argv, nproc, rendezvous), nprocs=nproc)
     except mp.ProcessRaisedException as exc:
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "a worker failed"
         print(f"ppvae: error: distributed training failed: {last}", file=sys.stderr)
@@ -1277,6 +1273,8 @@ def _launch(argv: list[str], nproc: int) -> int:
     except mp.ProcessExitedException as exc:
         print(f"ppvae: error: a training process exited with {exc.exit_code}", file=sys.stderr)
         return exc.exit_code or 1
+    finally:
+        folder.cleanup()
     return 0
 
 
@@ -1291,7 +1289,16 @@ def _init_distributed(args) -> bool:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         args.device = f"cuda:{local}"
-    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    method = os.environ.get("PPVAE_INIT_METHOD")  # set by --nproc; torchrun uses env://
+    if method:
+        torch.distributed.init_process_group(
+            "nccl" if cuda else "gloo",
+            init_method=method,
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+        )
+    else:
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
     return True
 
 

@@ -79,13 +79,14 @@ def test_a_resumed_two_process_run_continues_each_rank_s_own_noise(tmp_path):
 
 
 _STREAM_WORKER = '''
-import os, sys
+import sys
 import torch
 import ppvae
 
-def work(rank, path, out, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+def work(rank, path, out, rendezvous):
+    torch.distributed.init_process_group(
+        "gloo", init_method=rendezvous, rank=rank, world_size=2
+    )
     torch.set_num_threads(1)
     data = ppvae.MemmapDataset(path, n_cols=64)
     params = []
@@ -99,7 +100,7 @@ def work(rank, path, out, port):
     torch.distributed.destroy_process_group()
 
 if __name__ == "__main__":
-    torch.multiprocessing.spawn(work, args=(sys.argv[1], sys.argv[2], int(sys.argv[3])), nprocs=2)
+    torch.multiprocessing.spawn(work, args=tuple(sys.argv[1:4]), nprocs=2)
 '''
 
 
@@ -110,15 +111,14 @@ def test_two_processes_stream_a_memmapped_file_and_binarize_as_one_process(tmp_p
     23 + 22); with the deterministic autoencoder, the streamed and the in-memory 2-process
     runs each equal their 1-process run on the union of the ranks' rows, to 1e-6 (float32
     rounding of gradients averaged in another order)."""
-    from ppvae.cli import _free_port
-
     raw = (digits.train[:200] * 255).round().to(torch.uint8)
     path = tmp_path / "digits.u8"
     raw.numpy().tofile(path)
     script = tmp_path / "worker.py"
     script.write_text(_STREAM_WORKER)
     out = tmp_path / "params.pt"
-    cmd = [sys.executable, str(script), str(path), str(out), str(_free_port())]
+    rendezvous = f"file://{tmp_path / 'rendezvous'}"
+    cmd = [sys.executable, str(script), str(path), str(out), rendezvous]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = ppvae.MemmapDataset(path, n_cols=64)

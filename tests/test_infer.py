@@ -273,3 +273,29 @@ def test_a_bad_streamed_batch_is_named_before_its_step(tmp_path):
     with pytest.raises(ValueError, match="whole number of rows"):
         (tmp_path / "bad.u8").write_bytes(b"\x00" * 10)
         ppvae.MemmapDataset(tmp_path / "bad.u8", n_cols=3)
+
+
+def test_one_jit_estimator_serves_several_fits(digits):
+    """Each fit opens a fresh param store, which a trace reads by name: fit resets the
+    estimator's traces instead of replaying ones bound to the previous store."""
+    from ppvae.infer import CachedJitTraceMeanField_ELBO
+
+    loss = CachedJitTraceMeanField_ELBO()
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        vae = ppvae.VAE(64, 2, hidden=(8,))
+        h = ppvae.fit(vae, digits.train[:100], epochs=2, batch_size=50, elbo=loss)
+        assert 0 < h.compile_seconds <= h.seconds and len(loss._compiled) == 1
+
+
+def test_resume_accepts_the_same_estimator_compiled_or_not(tmp_path, digits):
+    X = digits.train[:100]
+    torch.manual_seed(0)
+    vae = ppvae.LinearVAE(64, 2)
+    ppvae.fit(vae, X, epochs=2, elbo="meanfield", lr_decay=1.0, checkpoint_dir=tmp_path)
+    h = ppvae.fit(vae, X, epochs=3, lr_decay=1.0, checkpoint_dir=tmp_path, resume=True)
+    assert h.epochs == 3  # elbo="auto" compiles the same analytic-KL estimator
+    with pytest.raises(ValueError, match="elbo='trace'"):
+        ppvae.fit(
+            vae, X, epochs=4, elbo="trace", lr_decay=1.0, checkpoint_dir=tmp_path, resume=True
+        )
