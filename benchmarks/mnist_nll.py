@@ -37,7 +37,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--iw-samples", type=int, default=5000)
     p.add_argument("--n-test", type=int, default=None, help="test subset (default: all 10,000)")
-    p.add_argument("--elbo", default="jit-meanfield", help="fit's ELBO estimator")
+    p.add_argument(
+        "--elbo", default="auto", help="fit's ELBO estimator (default: fit's own, compiled)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
