@@ -659,10 +659,11 @@ def fit(
     if bs < world:
         raise ValueError(f"batch_size {bs} is smaller than the {world} processes sharing it")
     if 0 < n % bs < world:
+        left = n % bs
         raise ValueError(
-            f"the last minibatch ({n} rows, batch_size {bs}) holds {n % bs} rows, fewer than "
-            f"the {world} processes sharing it; choose a batch_size that leaves none or at "
-            f"least {world}"
+            f"the last minibatch ({n} rows, batch_size {bs}) holds {left} "
+            f"row{'' if left == 1 else 's'}, fewer than the {world} processes sharing it; "
+            f"choose a batch_size that leaves no remainder or one of at least {world}"
         )
     n_batches = math.ceil(n / bs)
     fit_config = {

@@ -299,3 +299,16 @@ def test_resume_accepts_the_same_estimator_compiled_or_not(tmp_path, digits):
         ppvae.fit(
             vae, X, epochs=4, elbo="trace", lr_decay=1.0, checkpoint_dir=tmp_path, resume=True
         )
+
+
+def test_a_last_minibatch_smaller_than_the_world_is_refused_up_front(digits, monkeypatch):
+    """With 2 processes, 101 rows in batches of 50 leave a last minibatch of 1 row: one
+    process would get none. fit says so before any step (no process group is needed)."""
+    import ppvae.infer
+
+    monkeypatch.setattr(ppvae.infer, "distributed_world", lambda: (2, 0))
+    vae = ppvae.VAE(64, 2, hidden=(8,))
+    with pytest.raises(ValueError, match="holds 1 row, fewer than the 2 processes"):
+        ppvae.fit(vae, digits.train[:101], epochs=1, batch_size=50)
+    with pytest.raises(ValueError, match="smaller than the 2 processes"):
+        ppvae.fit(vae, digits.train[:101], epochs=1, batch_size=1)
