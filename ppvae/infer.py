@@ -125,8 +125,11 @@ class _TraceKeyed:
         self.compile_seconds = 0.0  # spent compiling, in total
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        shapes = tuple((tuple(a.shape), a.dtype, a.device) for a in tensors)
+        shapes = tuple(
+            (tuple(a.shape), a.dtype, a.device)
+            for a in (*args, *kwargs.values())
+            if isinstance(a, torch.Tensor)
+        )
         options = tuple(
             (k, v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
             for k, v in sorted(kwargs.items())
@@ -134,17 +137,22 @@ class _TraceKeyed:
         )
         key = (_identity(model), _identity(guide), shapes, options, self.trace_key)
         entry = self._compiled.get(key)
-        if entry is not None:
-            compiled, model, guide = entry  # the objects the trace was keyed on
-            if compiled is None:  # this key failed to compile; see ``fallback``
-                return super().differentiable_loss(model, guide, *args, **kwargs)
-            return compiled.differentiable_loss(model, guide, *args, **kwargs)
+        if entry is None:  # the references to model and guide keep the ids unique
+            entry = self._compiled[key] = (self._compile(model, guide, args, kwargs), model, guide)
+        compiled, model, guide = entry  # the objects the trace was keyed on
+        if compiled is None:  # this key failed to compile; see ``fallback``
+            return super().differentiable_loss(model, guide, *args, **kwargs)
+        return compiled.differentiable_loss(model, guide, *args, **kwargs)
+
+    def _compile(self, model, guide, args, kwargs):
+        """A compiled instance for this key, or None where ``fallback`` allows failure."""
         compiled = self._jit_base(**self._init_kwargs)
         tic = time.perf_counter()
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         cuda = sorted({a.device.index or 0 for a in tensors if a.device.type == "cuda"})
         try:
             # Compiling runs the program twice; on forked RNG states, so that the compiled
-            # call below draws the same noise as an eager step would (seeded runs, resumes).
+            # call after it draws the same noise as an eager step would (seeded runs, resumes).
             with torch.random.fork_rng(devices=cuda), warnings.catch_warnings():
                 # torch 2.14 flags torch.jit.trace as deprecated
                 warnings.filterwarnings(
@@ -160,14 +168,11 @@ class _TraceKeyed:
                 f"{type(self).__name__}: the program could not be traced ({exc}); "
                 "running the eager estimator instead (same objective)",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             compiled = None
         self.compile_seconds += time.perf_counter() - tic
-        self._compiled[key] = (compiled, model, guide)  # the references keep the ids unique
-        if compiled is None:
-            return super().differentiable_loss(model, guide, *args, **kwargs)
-        return compiled.differentiable_loss(model, guide, *args, **kwargs)
+        return compiled
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
@@ -787,6 +792,7 @@ def fit(
         def clock() -> None:
             history.seconds = time.perf_counter() - start
             history.compile_seconds = compiled_before + getattr(loss_fn, "compile_seconds", 0.0)
+
         for epoch in bar:
             if progress_state["perm"] is None and n_batches > 1:
                 progress_state["perm"] = torch.randperm(
