@@ -39,6 +39,7 @@ import torch
 from pyro.distributions import constraints
 from torch import nn
 
+from .errors import InputError
 from .likelihoods import Bernoulli, Gaussian, Likelihood
 from .nets import ACTIVATIONS, _activation, _check_widths, mlp
 from .vae import data_plate, register_module
@@ -69,7 +70,7 @@ def _make_reconstruction(likelihood: str | Likelihood, data_dim: int, scale: flo
         return Gaussian(data_dim, scale=float(scale))
     if likelihood == "bernoulli":
         return Bernoulli()
-    raise ValueError(
+    raise InputError(
         f"unknown autoencoder likelihood {likelihood!r}; choose 'gaussian' (squared error with "
         "fixed scale) or 'bernoulli' (cross-entropy), or pass a Likelihood"
     )
@@ -151,16 +152,16 @@ class Autoencoder(nn.Module):
     ):
         super().__init__()
         if int(data_dim) < 1 or int(latent_dim) < 1:
-            raise ValueError(
+            raise InputError(
                 f"data_dim and latent_dim must be positive, got {data_dim}, {latent_dim}"
             )
         for act in (code_activation, output_activation):
             if act not in (None, "none", "linear") and act not in ACTIVATIONS:
-                raise ValueError(
+                raise InputError(
                     f"unknown activation {act!r}; choose one of {', '.join(ACTIVATIONS)}"
                 )
         if not float(scale) > 0:
-            raise ValueError(f"scale must be positive, got {scale!r}")
+            raise InputError(f"scale must be positive, got {scale!r}")
         self.data_dim, self.latent_dim = int(data_dim), int(latent_dim)
         self.hidden = _check_widths(hidden)
         self.activation = activation
@@ -180,7 +181,7 @@ class Autoencoder(nn.Module):
         if output_activation not in (None, "none", "linear") and not isinstance(
             self.likelihood, Gaussian
         ):
-            raise ValueError("output_activation applies to a Gaussian likelihood's mean only")
+            raise InputError("output_activation applies to a Gaussian likelihood's mean only")
 
     # ------------------------------------------------------------------ Pyro program
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,7 +242,7 @@ class Autoencoder(nn.Module):
     def config(self) -> dict:
         """JSON-able constructor arguments (for :func:`ppvae.save`)."""
         if not isinstance(self.likelihood, (Gaussian, Bernoulli)):
-            raise ValueError("an autoencoder with a custom likelihood cannot be saved by config")
+            raise InputError("an autoencoder with a custom likelihood cannot be saved by config")
         return {
             "data_dim": self.data_dim,
             "latent_dim": self.latent_dim,
@@ -281,11 +282,11 @@ class DenoisingAutoencoder(Autoencoder):
         kwargs.setdefault("name", "dae")
         super().__init__(*args, **kwargs)
         if noise not in ("mask", "gaussian"):
-            raise ValueError(f"noise must be 'mask' or 'gaussian', got {noise!r}")
+            raise InputError(f"noise must be 'mask' or 'gaussian', got {noise!r}")
         if noise == "mask" and not 0 <= noise_level < 1:
-            raise ValueError(f"masking probability must lie in [0, 1), got {noise_level!r}")
+            raise InputError(f"masking probability must lie in [0, 1), got {noise_level!r}")
         if noise == "gaussian" and not noise_level > 0:
-            raise ValueError(f"Gaussian noise level must be positive, got {noise_level!r}")
+            raise InputError(f"Gaussian noise level must be positive, got {noise_level!r}")
         self.noise, self.noise_level = noise, float(noise_level)
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
@@ -333,11 +334,11 @@ class SparseAutoencoder(Autoencoder):
         **kwargs,
     ):
         if penalty not in ("kl", "l1"):
-            raise ValueError(f"penalty must be 'kl' or 'l1', got {penalty!r}")
+            raise InputError(f"penalty must be 'kl' or 'l1', got {penalty!r}")
         if penalty == "kl" and not 0 < rho < 1:
-            raise ValueError(f"rho must lie in (0, 1), got {rho!r}")
+            raise InputError(f"rho must lie in (0, 1), got {rho!r}")
         if not (beta >= 0 and l1 >= 0):
-            raise ValueError(f"penalty weights must be >= 0, got beta={beta!r}, l1={l1!r}")
+            raise InputError(f"penalty weights must be >= 0, got beta={beta!r}, l1={l1!r}")
         kwargs.setdefault("name", "sae")
         kwargs.setdefault("code_activation", "sigmoid" if penalty == "kl" else "relu")
         if penalty == "l1":
@@ -376,7 +377,7 @@ class ContractiveAutoencoder(Autoencoder):
 
     def __init__(self, *args, lam: float = 0.1, **kwargs):
         if not lam >= 0:
-            raise ValueError(f"lam must be >= 0, got {lam!r}")
+            raise InputError(f"lam must be >= 0, got {lam!r}")
         kwargs.setdefault("name", "cae")
         kwargs.setdefault("code_activation", "sigmoid")
         super().__init__(*args, **kwargs)
@@ -431,11 +432,11 @@ class StackedAutoencoder(nn.Module):
         super().__init__()
         widths = _check_widths(hidden)
         if not widths:
-            raise ValueError("a stacked autoencoder needs at least one hidden layer")
+            raise InputError("a stacked autoencoder needs at least one hidden layer")
         if int(n_classes) < 2:
-            raise ValueError(f"n_classes must be at least 2, got {n_classes!r}")
+            raise InputError(f"n_classes must be at least 2, got {n_classes!r}")
         if not 0 <= noise_level < 1:
-            raise ValueError(f"noise_level must lie in [0, 1), got {noise_level!r}")
+            raise InputError(f"noise_level must lie in [0, 1), got {noise_level!r}")
         act = _activation(activation)
         self.data_dim, self.hidden, self.n_classes = int(data_dim), widths, int(n_classes)
         self.latent_dim = widths[-1]
@@ -515,7 +516,7 @@ class LayerwiseAutoencoder(nn.Module):
     def __init__(self, stack: StackedAutoencoder, depth: int):
         super().__init__()
         if not 0 <= depth < len(stack.layers):
-            raise ValueError(f"depth must lie in [0, {len(stack.layers)}), got {depth!r}")
+            raise InputError(f"depth must lie in [0, {len(stack.layers)}), got {depth!r}")
         self.depth = int(depth)
         self.data_dim = stack.data_dim
         self.latent_dim = stack.hidden[depth]

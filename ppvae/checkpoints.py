@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .autoencoders import AUTOENCODERS
+from .errors import InputError, MissingFileError
 from .vae import VAE, LinearVAE
 
 __all__ = ["load", "load_checkpoint", "rng_state", "save", "set_rng_state"]
@@ -51,7 +52,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
 def _model_entry(model: VAE) -> dict:
     cls = type(model).__name__
     if cls not in MODEL_CLASSES:
-        raise ValueError(f"cannot save a {cls}; known classes: {', '.join(MODEL_CLASSES)}")
+        raise InputError(f"cannot save a {cls}; known classes: {', '.join(MODEL_CLASSES)}")
     return {
         "class": cls,
         "config": model.config(),
@@ -88,27 +89,27 @@ def save(model: VAE, path: str | os.PathLike, *, history=None, metadata: dict | 
 
 def _read(path: Path, fmt: str, what: str, map_location) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"no such {what} file: {path}")
+        raise MissingFileError(f"no such {what} file: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated, tampered, or not a torch file at all
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a readable ppvae {what} file ({first[:200]})") from None
+        raise InputError(f"{path}: not a readable ppvae {what} file ({first[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else None
-        raise ValueError(
+        raise InputError(
             f"{path}: not a ppvae {what} file (no '{fmt}' header"
             + (f"; it is a '{found}' file" if found else "")
             + ")"
         )
     if payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise InputError(
             f"{path}: {what} file format version {payload.get('format_version')!r} is not "
             f"supported (this ppvae reads version {FORMAT_VERSION})"
         )
     for key in ("class", "config", "state_dict"):
         if key not in payload:
-            raise ValueError(f"{path}: {what} file is missing its {key!r} entry")
+            raise InputError(f"{path}: {what} file is missing its {key!r} entry")
     return payload
 
 
@@ -121,11 +122,11 @@ def build_model(payload: dict, path) -> VAE:
     """Rebuild a model from a payload's class, configuration and state dict."""
     cls = MODEL_CLASSES.get(payload["class"])
     if cls is None:
-        raise ValueError(f"{path}: unknown model class {payload['class']!r}")
+        raise InputError(f"{path}: unknown model class {payload['class']!r}")
     try:
         model = cls(**payload["config"])
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: invalid model configuration ({exc})") from None
+        raise InputError(f"{path}: invalid model configuration ({exc})") from None
     load_weights(model, payload["state_dict"], path)
     return model
 
@@ -137,7 +138,7 @@ def load_weights(model: VAE, state_dict: dict, path) -> None:
     except RuntimeError as exc:
         lines = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in lines[:3])
-        raise ValueError(
+        raise InputError(
             f"{path}: weights do not match the model configuration ({detail[:300]})"
         ) from None
 
@@ -168,7 +169,7 @@ def read_training_checkpoint(path: str | os.PathLike, map_location="cpu") -> dic
     payload = _read(Path(path), CHECKPOINT_FORMAT, "checkpoint", map_location)
     for key in ("optimizer", "rng", "progress", "fit_config", "history"):
         if key not in payload:
-            raise ValueError(f"{path}: checkpoint file is missing its {key!r} entry")
+            raise InputError(f"{path}: checkpoint file is missing its {key!r} entry")
     return payload
 
 

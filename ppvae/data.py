@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError, MissingFileError, WrongTypeError
+
 __all__ = [
     "DATASETS",
     "Dataset",
@@ -139,34 +141,34 @@ def check_data(
         try:
             arr = np.asarray(X)
         except Exception as exc:  # ragged lists and the like
-            raise TypeError(f"{name}: cannot be read as a numeric array ({exc})") from None
+            raise WrongTypeError(f"{name}: cannot be read as a numeric array ({exc})") from None
         if arr.dtype == object or not (
             np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
         ):
-            raise TypeError(f"{name}: expected numeric data, got dtype {arr.dtype}")
+            raise WrongTypeError(f"{name}: expected numeric data, got dtype {arr.dtype}")
         X = torch.from_numpy(np.ascontiguousarray(arr))
     if X.is_complex():
-        raise TypeError(f"{name}: complex data are not supported")
+        raise WrongTypeError(f"{name}: complex data are not supported")
     if not X.is_floating_point() or X.dtype in (torch.float16, torch.bfloat16):
         X = X.to(torch.float32)
     if dtype is not None:
         X = X.to(dtype)
     if X.dim() != 2:
-        raise ValueError(
+        raise InputError(
             f"{name}: expected a 2-D array of shape (N, D), got shape {tuple(X.shape)}"
         )
     if X.shape[0] < min_rows:
-        raise ValueError(f"{name}: expected at least {min_rows} row(s), got {X.shape[0]}")
+        raise InputError(f"{name}: expected at least {min_rows} row(s), got {X.shape[0]}")
     if X.shape[1] == 0:
-        raise ValueError(f"{name}: has no columns")
+        raise InputError(f"{name}: has no columns")
     if data_dim is not None and X.shape[1] != data_dim:
-        raise ValueError(f"{name}: expected {data_dim} columns, got {X.shape[1]}")
+        raise InputError(f"{name}: expected {data_dim} columns, got {X.shape[1]}")
     bad = torch.isinf(X) if allow_nan else ~torch.isfinite(X)
     if bool(bad.any()):
         n_bad = int(bad.sum())
         row, col = (int(i) for i in bad.nonzero()[0])
         kind = "infinite" if allow_nan else "NaN or infinite"
-        raise ValueError(f"{name}: {n_bad} {kind} value(s), first at row {row}, column {col}")
+        raise InputError(f"{name}: {n_bad} {kind} value(s), first at row {row}, column {col}")
     return X
 
 
@@ -189,7 +191,7 @@ def dequantize(values: torch.Tensor, levels: int, generator: torch.Generator) ->
     """
     v = values.to(torch.float32)
     if bool((v < 0).any()) or bool((v > levels - 1).any()):
-        raise ValueError(f"pixel values must lie in [0, {levels - 1}] to dequantize")
+        raise InputError(f"pixel values must lie in [0, {levels - 1}] to dequantize")
     u = torch.rand(v.shape, generator=generator, dtype=torch.float32)
     return (v + u) / levels
 
@@ -212,7 +214,7 @@ def binarize(probs: torch.Tensor, generator: torch.Generator | int | None = None
     if isinstance(generator, int):
         generator = torch.Generator(device=probs.device).manual_seed(generator)
     if bool((probs < 0).any()) or bool((probs > 1).any()):
-        raise ValueError("binarize: intensities must lie in [0, 1]")
+        raise InputError("binarize: intensities must lie in [0, 1]")
     return torch.bernoulli(probs, generator=generator)
 
 
@@ -233,24 +235,24 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise MissingFileError(f"no such file: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
             raw = fh.read()
     except (OSError, EOFError) as exc:
-        raise ValueError(f"{path}: cannot be read ({exc}); the file may be truncated") from None
+        raise InputError(f"{path}: cannot be read ({exc}); the file may be truncated") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
+        raise InputError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     ndim = raw[3]
     header = 4 + 4 * ndim
     if ndim == 0 or len(raw) < header:
-        raise ValueError(f"{path}: IDX header is truncated")
+        raise InputError(f"{path}: IDX header is truncated")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(
+        raise InputError(
             f"{path}: expected {expected} data bytes for shape {shape}, "
             f"found {len(raw) - header}; the file is truncated or corrupt"
         )
@@ -266,7 +268,7 @@ def _find_idx(root: Path, folder: str, stem: str) -> Path | None:
 
 def _load_idx_dataset(name: str, root, download: bool):
     if root is None:
-        raise ValueError(f"dataset {name!r} needs a data root (--data-root / root=...)")
+        raise InputError(f"dataset {name!r} needs a data root: pass root=...")
     root = Path(root).expanduser()
     folder = _IDX_FOLDERS[name]
     paths = {key: _find_idx(root, folder, stem) for key, stem in _IDX_FILES.items()}
@@ -276,15 +278,15 @@ def _load_idx_dataset(name: str, root, download: bool):
         paths = {key: _find_idx(root, folder, stem) for key, stem in _IDX_FILES.items()}
         missing = [_IDX_FILES[k] for k, p in paths.items() if p is None]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{name}: missing {', '.join(m + '.gz' for m in missing)} under "
-            f"{root / folder / 'raw'} (pass download=True / --download to fetch them)"
+            f"{root / folder / 'raw'} (pass download=True to fetch them)"
         )
     arrays = {key: read_idx(p) for key, p in paths.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
+            raise InputError(
                 f"{name}: {split} images {images.shape} and labels {labels.shape} do not match"
             )
     image_shape = tuple(int(s) for s in arrays["train_images"].shape[1:])
@@ -317,7 +319,7 @@ def _load_digits(seed: int, test_fraction: float):
     values = bunch.data.astype(np.int64)  # (1797, 64), values 0..16
     labels = bunch.target.astype(np.int64)
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+        raise InputError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     perm = np.random.default_rng(seed).permutation(len(values))
     n_test = round(test_fraction * len(values))
     test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
@@ -328,7 +330,7 @@ def _subset(n: int | None, total: int, rng: np.random.Generator, what: str) -> n
     if n is None or n >= total:
         return np.arange(total)
     if n < 1:
-        raise ValueError(f"{what} must be at least 1, got {n}")
+        raise InputError(f"{what} must be at least 1, got {n}")
     return np.sort(rng.choice(total, size=n, replace=False))
 
 
@@ -382,9 +384,9 @@ def load_dataset(
     """
     key = str(name).lower().replace("_", "-")
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if binarize not in BINARIZE_MODES:
-        raise ValueError(f"binarize must be one of {BINARIZE_MODES}, got {binarize!r}")
+        raise InputError(f"binarize must be one of {BINARIZE_MODES}, got {binarize!r}")
     if key == "digits":
         xtr, ytr, xte, yte, image_shape, levels = _load_digits(seed, test_fraction)
     else:
@@ -462,11 +464,11 @@ class MemmapDataset(torch.utils.data.Dataset):
     def __init__(self, path, n_cols: int, dtype=np.uint8, scale: float = 1.0 / 255.0):
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
+            raise MissingFileError(f"{path}: no such file")
         self.dtype = np.dtype(dtype)
         size = path.stat().st_size
         if n_cols < 1 or size == 0 or size % (self.dtype.itemsize * n_cols):
-            raise ValueError(
+            raise InputError(
                 f"{path}: {size} bytes is not a whole number of rows of {n_cols} {self.dtype}"
             )
         self.path, self.n_cols, self.scale = path, int(n_cols), float(scale)

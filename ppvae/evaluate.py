@@ -24,6 +24,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from .data import check_data
+from .errors import InputError, WrongTypeError
 from .ppca import PPCA
 from .vae import VAE, LinearVAE
 
@@ -94,7 +95,7 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int, guide=No
                 continue
             lp = site["log_prob"]
             if lp.shape != (num_samples, n):
-                raise ValueError(
+                raise InputError(
                     f"site {name!r} has log-prob shape {tuple(lp.shape)}; per-point importance "
                     "weights need every sample site inside the 'data' plate (a prior with "
                     "global latents must provide point_estimates())"
@@ -105,9 +106,9 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int, guide=No
 
 def _prepare(vae: VAE, X, num_samples: int) -> torch.Tensor:
     if not isinstance(vae, VAE):
-        raise TypeError(f"expected a ppvae VAE, got {type(vae).__name__}")
+        raise WrongTypeError(f"expected a ppvae VAE, got {type(vae).__name__}")
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        raise InputError(f"num_samples must be a positive integer, got {num_samples!r}")
     X = check_data(X, name="X", data_dim=vae.data_dim, dtype=torch.float32)
     vae.likelihood.check_support(X, "X")
     device = next(vae.parameters()).device
@@ -337,7 +338,7 @@ def estimate_log_likelihood(
     LikelihoodEstimate
     """
     if smoothed and not psis:
-        raise ValueError("smoothed=True needs psis=True")
+        raise InputError("smoothed=True needs psis=True")
     X = _prepare(vae, X, num_samples)
     log_k = math.log(num_samples)
     est, se, khats = [], [], []
@@ -625,7 +626,7 @@ def linear_gaussian_params(model) -> tuple[torch.Tensor, torch.Tensor, float]:
                 model.W.detach().double().cpu(),
                 float(model.noise_variance),
             )
-    raise ValueError(
+    raise InputError(
         f"expected a PPCA or a LinearVAE (a linear-Gaussian model), got {type(model).__name__}; "
         "exact quantities exist only for linear-Gaussian models"
     )
@@ -678,9 +679,9 @@ def elbo_decomposition(model, X, q_loc, q_scale) -> dict[str, torch.Tensor]:
     s = torch.as_tensor(q_scale).detach().double().cpu().expand_as(m)
     n, k = m.shape
     if n != X.shape[0] or k != W.shape[1]:
-        raise ValueError(f"q_loc has shape {tuple(m.shape)}; expected ({X.shape[0]}, {W.shape[1]})")
+        raise InputError(f"q_loc has shape {tuple(m.shape)}; expected ({X.shape[0]}, {W.shape[1]})")
     if not bool((s > 0).all()):
-        raise ValueError("q_scale must be positive")
+        raise InputError("q_scale must be positive")
     d = W.shape[0]
     resid = X - mean - m @ W.T
     col_sq = (W * W).sum(0)  # ||W_:j||^2
@@ -741,15 +742,15 @@ def compare_to_ppca(linear_vae: LinearVAE, ppca: PPCA, X, kl_threshold: float = 
         ``kl_per_dim`` and the log-likelihoods themselves.
     """
     if not isinstance(linear_vae, LinearVAE):
-        raise ValueError(
+        raise InputError(
             f"compare_to_ppca needs a LinearVAE, got {type(linear_vae).__name__}; "
             "a nonlinear VAE has no closed-form likelihood to compare"
         )
     if not isinstance(ppca, PPCA):
-        raise ValueError(f"expected a fitted PPCA, got {type(ppca).__name__}")
+        raise InputError(f"expected a fitted PPCA, got {type(ppca).__name__}")
     ppca._check_fitted()
     if linear_vae.data_dim != ppca.n_features_in_:
-        raise ValueError(
+        raise InputError(
             f"data_dim mismatch: the LinearVAE has D={linear_vae.data_dim}, "
             f"the PPCA D={ppca.n_features_in_}"
         )

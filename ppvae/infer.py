@@ -47,6 +47,7 @@ from .checkpoints import (
     set_rng_state,
 )
 from .data import check_data
+from .errors import InputError, WrongTypeError
 from .vae import VAE, LinearVAE
 
 __all__ = [
@@ -230,6 +231,8 @@ class History:
     compile_seconds : float
         Part of ``seconds`` spent compiling the program with ``torch.jit.trace`` (a JIT
         estimator compiles once per minibatch shape and KL weight); 0 for an eager one.
+    config : dict
+        The training settings as resolved (defaults filled in from the program), JSON-able.
     """
 
     train_elbo: list[float] = field(default_factory=list)
@@ -237,6 +240,7 @@ class History:
     seconds: float = 0.0
     steps: int = 0
     compile_seconds: float = 0.0
+    config: dict = field(default_factory=dict)
 
     @property
     def epochs(self) -> int:
@@ -251,11 +255,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+        raise InputError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+        raise InputError(f"device {device!r} requested but CUDA is not available here")
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
+        raise InputError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
     return dev
 
 
@@ -273,7 +277,7 @@ def _make_elbo(elbo: ELBO | str | None, num_particles: int, vae: VAE) -> ELBO:
             return loss
         key = "meanfield" if analytic else "trace"
     if key not in ELBOS:
-        raise ValueError(f"unknown elbo {elbo!r}; choose one of auto, {', '.join(ELBOS)}")
+        raise InputError(f"unknown elbo {elbo!r}; choose one of auto, {', '.join(ELBOS)}")
     return ELBOS[key](num_particles=num_particles)
 
 
@@ -299,7 +303,7 @@ def _known_static(vae) -> bool:
 def _check_positive(**kwargs) -> None:
     for name, value in kwargs.items():
         if isinstance(value, bool) or not value > 0:
-            raise ValueError(f"{name} must be positive, got {value!r}")
+            raise InputError(f"{name} must be positive, got {value!r}")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -342,6 +346,7 @@ class _GuardedStep:
         self.names: dict[int, str] = {}
         self.optimizer = self.scheduler = None
         self.pending_state: dict | None = None
+        self.new_lr = False  # set when a resumed run changes the learning rate
 
     def _build(self) -> None:
         """Parameters are known after the first call (Pyro may create some lazily)."""
@@ -365,6 +370,18 @@ class _GuardedStep:
         if self.pending_state is not None:
             self.load_state_dict(self.pending_state)
             self.pending_state = None
+            if self.new_lr:  # resumed with another learning rate: the schedule restarts from it
+                self._set_base_lr(self.lr)
+
+    def _set_base_lr(self, lr: float) -> None:
+        if self.scheduler is not None:
+            self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
+            factor = self.schedule(self.scheduler.last_epoch)
+        else:
+            factor = 1.0
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor
 
     def step(self, *args, share: float = 1.0, **kwargs) -> torch.Tensor:
         """Loss (a 0-d tensor, minus the minibatch ELBO scaled to N) before the update.
@@ -421,7 +438,7 @@ class _GuardedStep:
             if self.scheduler is not None and state.get("scheduler") is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
         except (KeyError, ValueError, TypeError) as exc:
-            raise ValueError(f"the checkpoint's optimizer state does not fit: {exc}") from None
+            raise InputError(f"the checkpoint's optimizer state does not fit: {exc}") from None
 
 
 class LatentScale(Messenger):
@@ -510,6 +527,7 @@ def fit(
     kl_warmup_epochs: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     metadata: dict | None = None,
     progress: bool | None = None,
     labels: torch.Tensor | None = None,
@@ -578,6 +596,10 @@ def fit(
     resume : bool
         Continue from ``checkpoint_dir/checkpoint.pt``. The model, data and settings must be
         those of the interrupted run; the result is then identical to an uninterrupted run.
+    overwrite : bool
+        Start afresh in a ``checkpoint_dir`` that already holds a checkpoint, replacing it;
+        without it (and without ``resume``) such a folder is refused, so that no run is
+        overwritten without being asked.
     metadata : dict, optional
         JSON-able extras stored in the checkpoint (the CLI stores its arguments).
     progress : bool, optional
@@ -606,32 +628,43 @@ def fit(
     """
     _check_program(vae)
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+        raise InputError(f"epochs must be a non-negative integer, got {epochs!r}")
     defaults = type(vae).training_defaults
     lr = defaults["lr"] if lr is None else lr
     betas = tuple(defaults["betas"] if betas is None else betas)
     lr_decay = defaults["lr_decay"] if lr_decay is None else lr_decay
     decay_start = defaults.get("decay_start", 0.0) if decay_start is None else decay_start
     if not 0.0 <= decay_start < 1.0:
-        raise ValueError(f"decay_start must lie in [0, 1), got {decay_start!r}")
+        raise InputError(f"decay_start must lie in [0, 1), got {decay_start!r}")
     elbo = defaults["elbo"] if elbo is None else elbo
     _check_positive(batch_size=batch_size, lr=lr, num_particles=num_particles, lr_decay=lr_decay)
     if clip_norm is not None:
         _check_positive(clip_norm=clip_norm)
     if not (kl_weight >= 0 and math.isfinite(kl_weight)):
-        raise ValueError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}")
+        raise InputError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}")
     if (
         isinstance(kl_warmup_epochs, bool)
         or int(kl_warmup_epochs) != kl_warmup_epochs
         or (kl_warmup_epochs < 0)
     ):
-        raise ValueError(f"kl_warmup_epochs must be an integer >= 0, got {kl_warmup_epochs!r}")
+        raise InputError(f"kl_warmup_epochs must be an integer >= 0, got {kl_warmup_epochs!r}")
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        raise InputError(f"betas must be two numbers in [0, 1), got {betas!r}")
     if binarize not in (None, "dynamic"):
-        raise ValueError(f"binarize must be None or 'dynamic', got {binarize!r}")
+        raise InputError(f"binarize must be None or 'dynamic', got {binarize!r}")
     if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir")
+        raise InputError("resume=True needs checkpoint_dir")
+    if resume and overwrite:
+        raise InputError("resume=True and overwrite=True exclude each other")
+    if (
+        checkpoint_dir is not None
+        and not (resume or overwrite)
+        and (Path(checkpoint_dir) / "checkpoint.pt").exists()
+    ):
+        raise InputError(
+            f"checkpoint_dir {checkpoint_dir} already holds a run's checkpoint.pt; pass "
+            "resume=True to continue it or overwrite=True to start afresh"
+        )
     dev = resolve_device(device)
     stream = None
     if isinstance(train, (Dataset, DataLoader)):
@@ -648,13 +681,13 @@ def fit(
     if labels is not None:
         labels = torch.as_tensor(labels)
         if labels.shape != (n,) or labels.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
+            raise InputError(
                 f"labels must be integers of shape ({n},), got "
                 f"{labels.dtype} of shape {tuple(labels.shape)}"
             )
         labels = labels.long().to(dev)
         if test is not None:
-            raise ValueError("test ELBOs are not computed for a labelled fit; pass test=None")
+            raise InputError("test ELBOs are not computed for a labelled fit; pass test=None")
     loss_fn = _make_elbo(elbo, int(num_particles), vae)
     if isinstance(loss_fn, _TraceKeyed):  # traces of an earlier fit read another param store
         loss_fn.reset()
@@ -662,10 +695,10 @@ def fit(
 
     bs = min(int(batch_size), n)
     if bs < world:
-        raise ValueError(f"batch_size {bs} is smaller than the {world} processes sharing it")
+        raise InputError(f"batch_size {bs} is smaller than the {world} processes sharing it")
     if 0 < n % bs < world:
         left = n % bs
-        raise ValueError(
+        raise InputError(
             f"the last minibatch ({n} rows, batch_size {bs}) holds {left} "
             f"row{'' if left == 1 else 's'}, fewer than the {world} processes sharing it; "
             f"choose a batch_size that leaves no remainder or one of at least {world}"
@@ -709,6 +742,11 @@ def fit(
         gen.manual_seed(seed)
         if stream is not None:
             stream.gen.manual_seed(seed)
+    history.config = {
+        **{k: v for k, v in fit_config.items() if k not in ("data", "labels")},
+        "epochs": int(epochs),
+        "device": str(dev),
+    }
     vae.to(dev)
     if stream is None:
         train = train.to(dev)
@@ -778,6 +816,7 @@ def fit(
         )
         if resume:
             stepper.pending_state = payload["optimizer"]
+            stepper.new_lr = payload["fit_config"].get("lr") != fit_config["lr"]
         bar = tqdm(
             range(progress_state["epoch"], int(epochs)),
             desc="SVI",
@@ -844,8 +883,8 @@ def fit(
                     )
                     raise FloatingPointError(
                         f"{exc} at epoch {epoch + 1}, step {b + 1}: training stopped{kept}. "
-                        "Usual remedies: a lower learning rate (--lr), gradient clipping "
-                        "(--clip-norm), or checking the data for extreme values"
+                        "Usual remedies: a lower learning rate (lr), gradient clipping "
+                        "(clip_norm), or checking the data for extreme values; then resume"
                     ) from None
                 epoch_loss += loss
                 progress_state["step"] = b + 1
@@ -927,7 +966,7 @@ def finetune(
     """
     labels = torch.as_tensor(labels)
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= stack.n_classes):
-        raise ValueError(
+        raise InputError(
             f"labels must lie in [0, {stack.n_classes}), found "
             f"{int(labels.min())}..{int(labels.max())}"
         )
@@ -967,7 +1006,7 @@ class _Objective(torch.nn.Module):
 def _check_train_support(x: torch.Tensor, program, binarize, what: str) -> None:
     if binarize == "dynamic":
         if bool((x < 0).any()) or bool((x > 1).any()):
-            raise ValueError(f"{what}: dynamic binarization needs intensities in [0, 1]")
+            raise InputError(f"{what}: dynamic binarization needs intensities in [0, 1]")
     else:
         program.likelihood.check_support(x, what)
 
@@ -989,9 +1028,9 @@ class _Stream:
         try:
             self.n = len(self.dataset)
         except TypeError:
-            raise ValueError("a streamed training set must have a length (len(dataset))") from None
+            raise InputError("a streamed training set must have a length (len(dataset))") from None
         if self.n == 0:
-            raise ValueError("train: the dataset is empty")
+            raise InputError("train: the dataset is empty")
         self.gen = torch.Generator()  # CPU: the permutation indexes host data
         self._batched = None
 
@@ -1032,36 +1071,41 @@ def _check_program(program) -> None:
         if not hasattr(program, attr)
     ]
     if not isinstance(program, torch.nn.Module) or missing:
-        raise TypeError(
+        raise WrongTypeError(
             f"fit expects a ppvae model (a VAE, an autoencoder or another torch.nn.Module with "
             f"Pyro model/guide methods), got {type(program).__name__}"
             + (f" lacking {', '.join(missing)}" if missing else "")
         )
 
 
+RESUME_MAY_CHANGE = ("lr", "clip_norm")
+"""Settings in a checkpoint's ``fit_config`` that a resumed run may change (besides ``epochs``,
+``device`` and ``progress``, which are not part of it): the usual remedies after a divergence."""
+
+
 def _check_resumable(payload: dict, vae: VAE, fit_config: dict, epochs: int, path) -> None:
     saved = payload["fit_config"]
     if payload["class"] != type(vae).__name__ or payload["config"] != vae.config():
-        raise ValueError(
+        raise InputError(
             f"{path}: the checkpoint is of a different model ({payload['class']} "
             f"{payload['config']}), not {type(vae).__name__} {vae.config()}"
         )
     if not _same_fingerprint(saved["data"], fit_config["data"]):
-        raise ValueError(f"{path}: the checkpoint was written for different training data")
+        raise InputError(f"{path}: the checkpoint was written for different training data")
     for key, value in fit_config.items():
         if key == "elbo" and _objective(saved.get(key), vae) == _objective(value, vae):
             continue  # compiled or eager, auto or named: the same estimator
-        if key != "data" and saved.get(key) != value:
-            raise ValueError(
+        if key not in ("data", *RESUME_MAY_CHANGE) and saved.get(key) != value:
+            raise InputError(
                 f"{path}: cannot resume with {key}={value!r}; the run used {saved.get(key)!r}"
             )
     done = payload["progress"]["epoch"]
     if epochs < done:
-        raise ValueError(
+        raise InputError(
             f"{path}: the checkpoint has {done} epochs done, more than epochs={epochs}"
         )
     if epochs != saved["epochs"] and fit_config["lr_decay"] != 1.0:
-        raise ValueError(
+        raise InputError(
             f"{path}: the learning-rate schedule spans {saved['epochs']} epochs; "
             f"resume with epochs={saved['epochs']}"
         )

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .errors import InputError
+
 __all__ = [
     "LIKELIHOODS",
     "Bernoulli",
@@ -50,7 +52,7 @@ class DiagonalNormal(dist.TorchDistribution):
         self.scale = scale if scale.dim() else scale.reshape(1)
         D = loc.shape[-1]
         if self.scale.shape[-1] not in (1, D) or self.scale.dim() != 1:
-            raise ValueError(f"scale must have shape (), (1,) or ({D},), got {tuple(scale.shape)}")
+            raise InputError(f"scale must have shape (), (1,) or ({D},), got {tuple(scale.shape)}")
         super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
@@ -129,7 +131,7 @@ class Bernoulli(Likelihood):
         bad = (x != 0) & (x != 1)
         if bool(bad.any()):
             v = float(x[bad][0])
-            raise ValueError(
+            raise InputError(
                 f"{what}: the Bernoulli likelihood needs binary data in {{0, 1}}, found {v:g} "
                 f"({int(bad.sum())} non-binary values); binarize the data "
                 "(load_dataset(..., binarize='static'), or fit(..., binarize='dynamic'))"
@@ -169,18 +171,18 @@ class Gaussian(Likelihood):
         self.init_scale = float(init_scale)
         if isinstance(scale, str):
             if scale not in ("isotropic", "diagonal"):
-                raise ValueError(
+                raise InputError(
                     f"Gaussian scale must be 'isotropic', 'diagonal' or a number, got {scale!r}"
                 )
             if not init_scale > min_scale:
-                raise ValueError(f"init_scale must exceed min_scale={min_scale}")
+                raise InputError(f"init_scale must exceed min_scale={min_scale}")
             shape = (1,) if scale == "isotropic" else (self.data_dim,)
             raw = math.log(math.expm1(init_scale - min_scale))  # inverse softplus
             self.raw_scale = nn.Parameter(torch.full(shape, raw))
             self.scale_mode = scale
         else:
             if not float(scale) > 0:
-                raise ValueError(f"a fixed Gaussian scale must be positive, got {scale}")
+                raise InputError(f"a fixed Gaussian scale must be positive, got {scale}")
             self.register_buffer("fixed_scale", torch.tensor(float(scale)))
             self.scale_mode = float(scale)
 
@@ -221,7 +223,7 @@ class ContinuousBernoulli(Likelihood):
     def check_support(self, x: torch.Tensor, what: str = "data") -> None:
         bad = (x < 0) | (x > 1)
         if bool(bad.any()):
-            raise ValueError(
+            raise InputError(
                 f"{what}: the continuous Bernoulli likelihood needs data in [0, 1], found "
                 f"{float(x[bad][0]):g} ({int(bad.sum())} values outside)"
             )
@@ -258,7 +260,7 @@ def make_likelihood(spec: str | dict | Likelihood, data_dim: int) -> Likelihood:
         name, kwargs = spec, {}
     key = str(name).lower()
     if key not in LIKELIHOODS:
-        raise ValueError(
+        raise InputError(
             f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)} "
             "or pass a Likelihood instance"
         )

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .errors import InputError
+
 __all__ = [
     "ACTIVATIONS",
     "ConvDecoder",
@@ -43,7 +45,7 @@ def _activation(name: str) -> type[nn.Module]:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(
+        raise InputError(
             f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}"
         ) from None
 
@@ -51,7 +53,7 @@ def _activation(name: str) -> type[nn.Module]:
 def _check_widths(hidden: Sequence[int]) -> tuple[int, ...]:
     widths = tuple(int(h) for h in hidden)
     if any(h < 1 for h in widths):
-        raise ValueError(f"hidden widths must be positive, got {tuple(hidden)}")
+        raise InputError(f"hidden widths must be positive, got {tuple(hidden)}")
     return widths
 
 
@@ -185,7 +187,7 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape[-1] != 784:
-            raise ValueError(f"ConvEncoder expects 784 = 28 x 28 features, got {x.shape[-1]}")
+            raise InputError(f"ConvEncoder expects 784 = 28 x 28 features, got {x.shape[-1]}")
         flat, lead = _flatten_batch(x, 1)
         h = self.conv(flat.reshape(-1, 1, 28, 28)).flatten(1)
         out = self.head(h).reshape(*lead, 2 * self.latent_dim)

@@ -15,6 +15,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .errors import InputError
+
 __all__ = [
     "feature_tiles",
     "image_grid",
@@ -126,7 +128,7 @@ def feature_tiles(
     w = weights.detach().cpu().double()[:max_tiles]
     h, wd = image_shape
     if w.shape[1] != h * wd:
-        raise ValueError(f"weights have {w.shape[1]} inputs, not {h} x {wd}")
+        raise InputError(f"weights have {w.shape[1]} inputs, not {h} x {wd}")
     n = w.shape[0]
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
@@ -167,9 +169,9 @@ def latent_scatter(
     """
     n_points = {int(z.shape[0]) for z in panels.values()}
     if len(n_points) != 1:
-        raise ValueError(f"latent panels have different numbers of points: {sorted(n_points)}")
+        raise InputError(f"latent panels have different numbers of points: {sorted(n_points)}")
     if labels is not None and int(labels.shape[0]) not in n_points:
-        raise ValueError(
+        raise InputError(
             f"labels: expected {n_points.pop()} labels, one per point, got {int(labels.shape[0])}"
         )
     fig = Figure(figsize=(4.6 * len(panels), 4.2), layout="constrained")

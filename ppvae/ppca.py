@@ -35,6 +35,7 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from .data import check_data
+from .errors import InputError
 
 __all__ = ["PPCA"]
 
@@ -97,13 +98,13 @@ class PPCA:
         random_state: int = 0,
     ):
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+            raise InputError(f"latent_dim must be a positive integer, got {latent_dim!r}")
         if method not in ("closed_form", "em"):
-            raise ValueError(f"method must be 'closed_form' or 'em', got {method!r}")
+            raise InputError(f"method must be 'closed_form' or 'em', got {method!r}")
         if int(max_iter) != max_iter or max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+            raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
         if not tol >= 0:
-            raise ValueError(f"tol must be non-negative, got {tol!r}")
+            raise InputError(f"tol must be non-negative, got {tol!r}")
         self.latent_dim = latent_dim
         self.method = method
         self.max_iter = int(max_iter)
@@ -129,7 +130,7 @@ class PPCA:
         n, d = X.shape
         self._check_latent_dim(d)
         if self.method == "closed_form" and bool(torch.isnan(X).any()):
-            raise ValueError(
+            raise InputError(
                 f"X: {int(torch.isnan(X).sum())} NaN (missing) value(s); the closed form needs "
                 "complete data; PPCA(..., method='em') marginalizes missing values"
             )
@@ -145,7 +146,7 @@ class PPCA:
 
     def _check_latent_dim(self, d: int) -> None:
         if self.latent_dim >= d:
-            raise ValueError(
+            raise InputError(
                 f"latent_dim must be smaller than the data dimension D={d}, got {self.latent_dim}"
             )
 
@@ -158,7 +159,7 @@ class PPCA:
         evecs = evecs.flip(1)
         s2 = float(evals[k:].mean())
         if not s2 > 1e-12 * max(float(evals[0]), 1e-300):
-            raise ValueError(
+            raise InputError(
                 "noise variance is zero: the data lie in a subspace of dimension <= latent_dim "
                 f"({k}); use fewer latent dimensions or more (non-degenerate) data"
             )
@@ -245,9 +246,9 @@ class PPCA:
         W = torch.as_tensor(W)
         mean = torch.as_tensor(mean, dtype=W.dtype)
         if W.dim() != 2 or mean.shape != (W.shape[0],):
-            raise ValueError(f"mean {tuple(mean.shape)} and W {tuple(W.shape)} do not match")
+            raise InputError(f"mean {tuple(mean.shape)} and W {tuple(W.shape)} do not match")
         if not float(noise_variance) > 0:
-            raise ValueError(f"noise_variance must be positive, got {noise_variance}")
+            raise InputError(f"noise_variance must be positive, got {noise_variance}")
         obj = cls(int(W.shape[1]))
         obj.mean_, obj.W_, obj.noise_variance_ = mean, W, float(noise_variance)
         obj.n_features_in_ = int(W.shape[0])
@@ -373,7 +374,7 @@ class PPCA:
         """Draw ``n`` samples from the marginal, shape (n, D)."""
         self._check_fitted()
         if n < 0:
-            raise ValueError(f"n must be non-negative, got {n}")
+            raise InputError(f"n must be non-negative, got {n}")
         d, k = self.W_.shape
         kw = {"dtype": self.W_.dtype, "device": self.W_.device, "generator": generator}
         z = torch.randn(n, k, **kw)
@@ -415,14 +416,14 @@ def _covariance(X: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 def _check_missing(observed: torch.Tensor, check_columns: bool = True) -> None:
     empty_rows = (~observed).all(dim=1)
     if bool(empty_rows.any()):
-        raise ValueError(
+        raise InputError(
             f"X: {int(empty_rows.sum())} row(s) have every entry missing (NaN), first at row "
             f"{int(empty_rows.nonzero()[0])}; drop them, they carry no information"
         )
     if check_columns:
         empty_cols = (~observed).all(dim=0)
         if bool(empty_cols.any()):
-            raise ValueError(
+            raise InputError(
                 f"X: column {int(empty_cols.nonzero()[0])} is missing (NaN) in every row"
             )
 

@@ -40,6 +40,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .errors import InputError
+
 __all__ = [
     "PRIORS",
     "HierarchicalGaussian",
@@ -70,7 +72,7 @@ class Prior(nn.Module):
     def __init__(self, latent_dim: int):
         super().__init__()
         if isinstance(latent_dim, bool) or int(latent_dim) != latent_dim or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+            raise InputError(f"latent_dim must be a positive integer, got {latent_dim!r}")
         self.latent_dim = int(latent_dim)
 
     def attach(self, vae) -> None:
@@ -93,7 +95,7 @@ class Prior(nn.Module):
     def config(self) -> dict:
         """JSON-able constructor arguments (for saving); custom priors cannot be rebuilt."""
         if type(self) not in PRIORS.values():
-            raise ValueError(
+            raise InputError(
                 f"a custom prior ({type(self).__name__}) cannot be rebuilt from a config; "
                 "save the state_dict() and rebuild the model in your own code"
             )
@@ -150,7 +152,7 @@ class MixtureOfGaussians(Prior):
     def __init__(self, latent_dim: int, n_components: int = 10, init_spread: float = 1.0):
         super().__init__(latent_dim)
         if int(n_components) != n_components or n_components < 1:
-            raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
+            raise InputError(f"n_components must be a positive integer, got {n_components!r}")
         self.n_components = int(n_components)
         self.init_spread = float(init_spread)
         self.logits = nn.Parameter(torch.zeros(self.n_components))
@@ -196,7 +198,7 @@ class VampPrior(Prior):
     def __init__(self, latent_dim: int, n_pseudo_inputs: int = 500):
         super().__init__(latent_dim)
         if int(n_pseudo_inputs) != n_pseudo_inputs or n_pseudo_inputs < 1:
-            raise ValueError(f"n_pseudo_inputs must be a positive integer, got {n_pseudo_inputs!r}")
+            raise InputError(f"n_pseudo_inputs must be a positive integer, got {n_pseudo_inputs!r}")
         self.n_pseudo_inputs = int(n_pseudo_inputs)
         self._encode = None
         self.pseudo_inputs = None
@@ -286,13 +288,13 @@ def make_prior(spec: str | dict | Prior | None, latent_dim: int) -> Prior:
         return StandardNormal(latent_dim)
     if isinstance(spec, Prior):
         if spec.latent_dim != latent_dim:
-            raise ValueError(f"prior has latent_dim={spec.latent_dim}, the model has {latent_dim}")
+            raise InputError(f"prior has latent_dim={spec.latent_dim}, the model has {latent_dim}")
         return spec
     kwargs = dict(spec) if isinstance(spec, dict) else {"name": spec}
     name = str(kwargs.pop("name")).lower()
     kwargs.pop("latent_dim", None)
     if name not in PRIORS:
-        raise ValueError(
+        raise InputError(
             f"unknown prior {name!r}; choose one of {', '.join(PRIORS)} or pass a Prior instance"
         )
     return PRIORS[name](latent_dim, **kwargs)

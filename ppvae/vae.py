@@ -19,6 +19,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .errors import InputError
 from .likelihoods import Gaussian, Likelihood, make_likelihood
 from .nets import ConvDecoder, ConvEncoder, GaussianEncoder, LinearGaussianEncoder, MLPDecoder
 from .priors import Prior, make_prior
@@ -111,14 +112,14 @@ class VAE(nn.Module):
     ):
         super().__init__()
         if architecture not in ("mlp", "conv"):
-            raise ValueError(f"architecture must be 'mlp' or 'conv', got {architecture!r}")
+            raise InputError(f"architecture must be 'mlp' or 'conv', got {architecture!r}")
         if architecture == "conv" and data_dim != 784:
-            raise ValueError(
+            raise InputError(
                 f"architecture='conv' is for 28 x 28 images (D = 784), got D={data_dim}"
             )
         for what, v in (("data_dim", data_dim), ("latent_dim", latent_dim)):
             if isinstance(v, bool) or int(v) != v or v < 1:
-                raise ValueError(f"{what} must be a positive integer, got {v!r}")
+                raise InputError(f"{what} must be a positive integer, got {v!r}")
         self.data_dim = int(data_dim)
         self.latent_dim = int(latent_dim)
         self.hidden = tuple(int(h) for h in hidden)
@@ -193,7 +194,7 @@ class VAE(nn.Module):
     def config(self) -> dict:
         """JSON-able constructor arguments; ``VAE(**config())`` rebuilds the architecture."""
         if self._custom_nets:
-            raise ValueError(
+            raise InputError(
                 "a VAE with custom encoder/decoder modules cannot be rebuilt from a config; "
                 "save its state_dict() and rebuild it in your own code"
             )
@@ -262,7 +263,7 @@ class LinearVAE(VAE):
         name: str = "vae",
     ):
         if encoder not in ("residual", "free"):
-            raise ValueError(f"encoder must be 'residual' or 'free', got {encoder!r}")
+            raise InputError(f"encoder must be 'residual' or 'free', got {encoder!r}")
         super().__init__(
             data_dim,
             latent_dim,

@@ -147,13 +147,41 @@ def test_resume_refuses_a_different_run(tmp_path, digits):
             checkpoint_dir=tmp_path,
             resume=True,
         )
-    with pytest.raises(ValueError, match="cannot resume with lr"):
-        ppvae.fit(vae, x, epochs=3, batch_size=50, lr=0.1, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="cannot resume with batch_size"):
+        ppvae.fit(vae, x, epochs=3, batch_size=25, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(FileNotFoundError):
         ppvae.fit(vae, x, epochs=3, checkpoint_dir=tmp_path / "nowhere", resume=True)
     # a constant learning rate allows extending the run
     h = ppvae.fit(vae, x, epochs=3, batch_size=50, checkpoint_dir=tmp_path, resume=True)
     assert len(h.train_elbo) == 3
+
+
+def test_resume_may_lower_the_learning_rate_and_set_clip_norm(tmp_path, digits):
+    """The README's advice after a divergence: lower lr or set clip_norm, and resume."""
+    x = digits.train[:200]
+    vae = ppvae.VAE(64, 3, hidden=(8,))
+    ppvae.fit(vae, x, epochs=1, batch_size=50, lr=1e-2, checkpoint_dir=tmp_path)
+    seen = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kw: seen.append(opt.param_groups[0]["lr"])
+    )
+    try:
+        h = ppvae.fit(
+            vae,
+            x,
+            epochs=2,
+            batch_size=50,
+            lr=1e-4,
+            clip_norm=1.0,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {1e-4}
+    assert h.config["lr"] == 1e-4 and h.config["clip_norm"] == 1.0
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["fit_config"]
+    assert saved["lr"] == 1e-4 and saved["clip_norm"] == 1.0
 
 
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path, digits):
