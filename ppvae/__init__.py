@@ -10,7 +10,6 @@ from .autoencoders import (
 )
 from .checkpoints import load, save
 from .data import Dataset, MemmapDataset, binarize, check_data, dequantize, load_dataset
-from .infer import History, TrainingInterrupted, finetune, fit, pretrain
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace, Likelihood
 from .nets import ConvDecoder, ConvEncoder, GaussianEncoder, MLPDecoder
 from .ppca import PPCA
@@ -21,6 +20,17 @@ from .priors import (
     Prior,
     StandardNormal,
     VampPrior,
+)
+from .program import Program, as_program
+from .train import (
+    EarlyStopping,
+    History,
+    TensorBoard,
+    TrainConfig,
+    TrainingInterrupted,
+    finetune,
+    fit,
+    pretrain,
 )
 from .vae import VAE, LinearVAE
 
@@ -37,6 +47,7 @@ __all__ = [
     "ConvEncoder",
     "Dataset",
     "DenoisingAutoencoder",
+    "EarlyStopping",
     "Gaussian",
     "GaussianEncoder",
     "HierarchicalGaussian",
@@ -49,12 +60,16 @@ __all__ = [
     "MemmapDataset",
     "MixtureOfGaussians",
     "Prior",
+    "Program",
     "SparseAutoencoder",
     "StackedAutoencoder",
     "StandardNormal",
+    "TensorBoard",
+    "TrainConfig",
     "TrainingInterrupted",
     "VampPrior",
     "__version__",
+    "as_program",
     "binarize",
     "check_data",
     "dequantize",

@@ -22,8 +22,8 @@ batch statistics (the KL sparsity penalty on the batch-averaged activations). Th
 this equality numerically against a direct PyTorch computation for every model.
 
 Models here are Pyro programs only. Layer-wise pretraining and supervised fine-tuning of the
-stacked autoencoder, which train these programs, live in :mod:`ppvae.infer`
-(:func:`ppvae.infer.pretrain`, :func:`ppvae.infer.finetune`).
+stacked autoencoder, which train these programs, live in :mod:`ppvae.train`
+(:func:`ppvae.train.pretrain`, :func:`ppvae.train.finetune`).
 """
 
 from __future__ import annotations

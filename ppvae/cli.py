@@ -28,7 +28,10 @@ from .autoencoders import (
 )
 from .checkpoints import read_training_checkpoint, save
 from .data import DATASETS, as_image_shape, load_dataset
-from .infer import (
+from .likelihoods import LIKELIHOODS
+from .ppca import PPCA
+from .priors import PRIORS
+from .train import (
     ELBOS,
     TrainingInterrupted,
     distributed_world,
@@ -37,9 +40,6 @@ from .infer import (
     pretrain,
     resolve_device,
 )
-from .likelihoods import LIKELIHOODS
-from .ppca import PPCA
-from .priors import PRIORS
 from .vae import VAE, LinearVAE
 
 EXIT_USER_ERROR = 2

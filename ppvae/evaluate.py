@@ -7,9 +7,12 @@ For a data point x and guide samples ``z_1..z_K ~ q(z | x)``, the log importance
 * the importance-weighted bound (Burda et al. 2015) is ``log (1/K) sum_k w_k``, a lower bound
   on log p(x) that grows with K and converges to log p(x) as K -> infinity.
 
-Weights are computed from Pyro traces of the model replayed against the guide, vectorized over
-K in a particle plate, so any model/guide pair whose sites live in the ``"data"`` plate works.
-Work is split in chunks over data points and over K so that memory stays bounded.
+Every estimator takes a *program* (see :mod:`ppvae.program`): ppvae's own VAEs, any
+``nn.Module`` with Pyro ``model``/``guide`` methods, or a ``(model, guide)`` pair of functions,
+as long as per-point sites live in the ``"data"`` plate. Weights are computed from Pyro traces of
+the model replayed against the guide, vectorized over K in a particle plate (one sample at a
+time for a program that does not broadcast over an extra batch dimension). Work is split in
+chunks over data points and over K so that memory stays bounded.
 """
 
 from __future__ import annotations
@@ -24,9 +27,17 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from .data import check_data
-from .errors import InputError, WrongTypeError
+from .errors import InputError, ProgramError
 from .ppca import PPCA
-from .vae import VAE, LinearVAE
+from .program import (
+    Program,
+    ProgramInfo,
+    as_program,
+    check_support,
+    inspect_program,
+    program_parameters,
+)
+from .vae import LinearVAE
 
 __all__ = [
     "LikelihoodEstimate",
@@ -46,78 +57,150 @@ __all__ = [
 _DEFAULT_MAX_ELEMENTS = 2**23  # floats held per chunk of (K, N, D): 32 MiB in float32
 
 
-def global_point_estimates(vae: VAE) -> dict[str, torch.Tensor]:
-    """Plug-in values of the prior's global latents (none for most priors)."""
-    estimates = getattr(vae.prior, "point_estimates", None)
-    return dict(estimates()) if callable(estimates) else {}
+def global_point_estimates(program) -> dict[str, torch.Tensor]:
+    """Plug-in values of a program's global latents (``point_estimates()``; none for most)."""
+    return as_program(program).point_estimates()
 
 
-def log_importance_weights(vae: VAE, x: torch.Tensor, num_samples: int, guide=None) -> torch.Tensor:
+@dataclass
+class _Evaluation:
+    """A program ready for evaluation: its trace-derived facts and how to call it."""
+
+    program: Program
+    info: ProgramInfo
+    fixed: dict
+    width: int
+    vectorized: bool | None = None  # None: not tried yet
+
+    @property
+    def module(self):
+        return self.program.module
+
+
+def _sum_log_probs(tr, shape: tuple, exclude) -> torch.Tensor:
+    tr.compute_log_prob()
+    total = torch.zeros(())
+    for name, site in tr.nodes.items():
+        if site["type"] != "sample" or name in exclude or site_is_subsample(site):
+            continue
+        lp = site["log_prob"]
+        if lp.shape != shape:
+            raise ProgramError(
+                f"site {name!r} has log-prob shape {tuple(lp.shape)}, expected {shape}; "
+                "per-point importance weights need every sample site inside the 'data' plate "
+                "(a program with global latents must provide point_estimates())"
+            )
+        total = total + lp
+    return total
+
+
+def _weights_once(program: Program, x, fixed, guide, particles: int | None) -> torch.Tensor:
+    """``log p(x, z) - log q(z | x)``: (K, n) under a particle plate, or (n,) for one draw."""
+    model = poutine.condition(program.model, data=fixed) if fixed else program.model
+    guide = poutine.block(guide, hide=list(fixed)) if fixed else guide
+    shape = (x.shape[0],) if particles is None else (particles, x.shape[0])
+    with pyro.plate("_particles", particles or 1, dim=-2) if particles else _nullcontext():
+        guide_tr = poutine.trace(guide).get_trace(x)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
+    return _sum_log_probs(model_tr, shape, fixed) - _sum_log_probs(guide_tr, shape, fixed)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _vectorized(ev: _Evaluation, attempt):
+    """Run ``attempt(vectorized: bool)``, vectorized over samples unless the program cannot be
+    (it reshapes by the batch size, say): then one sample at a time, remembered."""
+    if ev.vectorized is None:
+        try:
+            out = attempt(True)
+            ev.vectorized = True
+            return out
+        except Exception:  # any failure: the sequential call below raises it if real
+            ev.vectorized = False
+    return attempt(ev.vectorized)
+
+
+def _log_weights(ev: _Evaluation, x, num_samples: int, guide=None) -> torch.Tensor:
+    guide = ev.program.guide if guide is None else guide
+
+    def attempt(vectorized: bool) -> torch.Tensor:
+        if vectorized:
+            return _weights_once(ev.program, x, ev.fixed, guide, num_samples)
+        return torch.stack(
+            [_weights_once(ev.program, x, ev.fixed, guide, None) for _ in range(num_samples)]
+        )
+
+    return _vectorized(ev, attempt).to(x.dtype)
+
+
+def _evaluation(program) -> _Evaluation:
+    """An :class:`_Evaluation` without data checks (for the low-level entry points)."""
+    prog = as_program(program)
+    return _Evaluation(prog, ProgramInfo(), prog.point_estimates(), width=1)
+
+
+def log_importance_weights(program, x: torch.Tensor, num_samples: int, guide=None) -> torch.Tensor:
     """``log p(x, z_k) - log q(z_k | x)`` for ``z_k ~ q(z | x)``.
 
-    Global latent variables of the prior (e.g. the scale ``tau`` of
-    :class:`~ppvae.priors.HierarchicalGaussian`) are fixed at the prior's
+    Global latent variables (e.g. the scale ``tau`` of
+    :class:`~ppvae.priors.HierarchicalGaussian`) are fixed at the program's
     ``point_estimates()``, so the weights, and the likelihoods built from them, are
     conditional on those values.
 
     Parameters
     ----------
-    vae : VAE
+    program : program
+        A VAE, a module with Pyro ``model``/``guide`` methods, or a ``(model, guide)`` pair.
     x : torch.Tensor, shape (N, D)
-        Already on the model's device.
+        Already on the program's device.
     num_samples : int
         K.
     guide : callable, optional
-        Proposal with a ``"z"`` site, called as ``guide(x)`` (default: ``vae.guide``).
+        Proposal with the guide's latent sites, called as ``guide(x)`` (default: the
+        program's guide).
 
     Returns
     -------
     torch.Tensor, shape (K, N)
     """
-    fixed = global_point_estimates(vae)
-    guide = vae.guide if guide is None else guide
-    model = poutine.condition(vae.model, data=fixed) if fixed else vae.model
-    guide = poutine.block(guide, hide=list(fixed)) if fixed else guide
-    with pyro.plate("_particles", num_samples, dim=-2):
-        guide_tr = poutine.trace(guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
-    n = x.shape[0]
-    log_w = torch.zeros(num_samples, n, dtype=x.dtype, device=x.device)
-    for sign, tr in ((1.0, model_tr), (-1.0, guide_tr)):
-        tr.compute_log_prob()
-        for name, site in tr.nodes.items():
-            if (
-                site["type"] != "sample"
-                or name in fixed
-                or site_is_subsample(site)
-                or "log_prob" not in site
-            ):
-                continue
-            lp = site["log_prob"]
-            if lp.shape != (num_samples, n):
-                raise InputError(
-                    f"site {name!r} has log-prob shape {tuple(lp.shape)}; per-point importance "
-                    "weights need every sample site inside the 'data' plate (a prior with "
-                    "global latents must provide point_estimates())"
-                )
-            log_w = log_w + sign * lp
-    return log_w
+    return _log_weights(_evaluation(program), x, num_samples, guide)
 
 
-def _prepare(vae: VAE, X, num_samples: int) -> torch.Tensor:
-    if not isinstance(vae, VAE):
-        raise WrongTypeError(f"expected a ppvae VAE, got {type(vae).__name__}")
+def _program_device(program: Program, X: torch.Tensor) -> torch.device:
+    params = program_parameters(program)
+    return params[0].device if params else X.device
+
+
+def _prepare(program, X, num_samples: int) -> tuple[_Evaluation, torch.Tensor]:
+    """Validate ``X`` and ``num_samples`` against a program, trace it, move ``X`` to it."""
+    prog = as_program(program)
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
         raise InputError(f"num_samples must be a positive integer, got {num_samples!r}")
-    X = check_data(X, name="X", data_dim=vae.data_dim, dtype=torch.float32)
-    vae.likelihood.check_support(X, "X")
-    device = next(vae.parameters()).device
-    return X.to(device)
-
-
-def _eval_width(vae) -> int:
-    """Floats per (sample, point) of evaluation work: D, k, or a mixture prior's components x k."""
-    return max(vae.data_dim, vae.latent_dim, vae.prior.eval_width)
+    data_dim = getattr(prog.module, "data_dim", None) if prog.is_ppvae else None
+    X = check_data(X, name="X", data_dim=data_dim, dtype=torch.float32)
+    X = X.to(_program_device(prog, X))
+    info = inspect_program(prog, X[:2])
+    likelihood = getattr(prog.module, "likelihood", None) if prog.is_ppvae else None
+    if likelihood is not None:
+        likelihood.check_support(X, "X")  # ppvae's own, with a message naming the remedy
+    else:
+        check_support(info, X, "X")
+    fixed = prog.point_estimates()
+    unfixed = [name for name in info.global_latents if name not in fixed]
+    if unfixed:
+        raise ProgramError(
+            f"the latent site {unfixed[0]!r} lies outside the 'data' plate and the program "
+            "gives no point estimate for it; per-point likelihoods need every latent site in "
+            "the plate, or a point_estimates() method returning values for the global ones"
+        )
+    width = max(info.data_dim, info.latent_width, getattr(prog.module, "eval_width", 0) or 0)
+    return _Evaluation(prog, info, fixed, width=width), X
 
 
 def _chunks(n: int, k: int, width: int, max_elements: int) -> tuple[int, int]:
@@ -142,35 +225,48 @@ def _malloc_trim():
 _TRIM = _malloc_trim()
 
 
-def _weight_chunks(vae, X, num_samples, max_elements, guide=None):
+class _EvalMode:
+    """The program's module in eval mode, gradients off, restored afterwards."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        self.was_training = self.module.training if self.module is not None else None
+        if self.module is not None:
+            self.module.eval()
+        return self
+
+    def __exit__(self, *exc):
+        if self.module is not None:
+            self.module.train(self.was_training)
+
+
+def _weight_chunks(ev: _Evaluation, X, num_samples, max_elements, guide=None):
     """Yield, for each chunk of data points, the list of (k_chunk, n_chunk) log-weight blocks."""
-    width = _eval_width(vae)
-    n_chunk, k_chunk = _chunks(X.shape[0], num_samples, width, max_elements)
-    was_training = vae.training
-    vae.eval()
-    try:
-        with torch.no_grad():
-            for i in range(0, X.shape[0], n_chunk):
-                x = X[i : i + n_chunk]
-                yield [
-                    log_importance_weights(vae, x, min(k_chunk, num_samples - j), guide=guide)
-                    for j in range(0, num_samples, k_chunk)
-                ]
-                if _TRIM is not None and x.device.type == "cpu":
-                    # glibc's dynamic mmap threshold keeps the freed chunk-sized buffers in
-                    # the heap, fragmented: without this, peak memory grew ~0.6 MB per point
-                    # (3.7 GiB for K=5000 on 10,000 MNIST images); with it, it stays flat.
-                    _TRIM(0)
-    finally:
-        vae.train(was_training)
+    n_chunk, k_chunk = _chunks(X.shape[0], num_samples, ev.width, max_elements)
+    with _EvalMode(ev.module), torch.no_grad():
+        for i in range(0, X.shape[0], n_chunk):
+            x = X[i : i + n_chunk]
+            yield [
+                _log_weights(ev, x, min(k_chunk, num_samples - j), guide=guide)
+                for j in range(0, num_samples, k_chunk)
+            ]
+            if _TRIM is not None and x.device.type == "cpu":
+                # glibc's dynamic mmap threshold keeps the freed chunk-sized buffers in
+                # the heap, fragmented: without this, peak memory grew ~0.6 MB per point
+                # (3.7 GiB for K=5000 on 10,000 MNIST images); with it, it stays flat.
+                _TRIM(0)
 
 
-def elbo(vae: VAE, X, num_samples: int = 1, *, max_elements: int = _DEFAULT_MAX_ELEMENTS):
+def elbo(program, X, num_samples: int = 1, *, max_elements: int = _DEFAULT_MAX_ELEMENTS):
     """Monte Carlo ELBO of each data point, ``mean_k log w_k``.
 
     Parameters
     ----------
-    vae : VAE
+    program : program
+        A VAE, a module with Pyro ``model``/``guide`` methods, or a ``(model, guide)`` pair
+        (see :mod:`ppvae.program`).
     X : array-like, shape (N, D)
     num_samples : int
         Guide samples per point.
@@ -182,16 +278,16 @@ def elbo(vae: VAE, X, num_samples: int = 1, *, max_elements: int = _DEFAULT_MAX_
     torch.Tensor, shape (N,)
         ELBO estimates in nats, on the CPU.
     """
-    X = _prepare(vae, X, num_samples)
+    ev, X = _prepare(program, X, num_samples)
     sums = [
         torch.stack([b.sum(0) for b in blocks]).sum(0)
-        for blocks in _weight_chunks(vae, X, num_samples, max_elements)
+        for blocks in _weight_chunks(ev, X, num_samples, max_elements)
     ]
     return torch.cat(sums).cpu() / num_samples
 
 
 def log_likelihood(
-    vae: VAE,
+    program,
     X,
     num_samples: int = 1000,
     *,
@@ -206,7 +302,9 @@ def log_likelihood(
 
     Parameters
     ----------
-    vae : VAE
+    program : program
+        A VAE, a module with Pyro ``model``/``guide`` methods, or a ``(model, guide)`` pair
+        (see :mod:`ppvae.program`).
     X : array-like, shape (N, D)
     num_samples : int
         K, importance samples per data point.
@@ -221,10 +319,10 @@ def log_likelihood(
     torch.Tensor, shape (N,)
         Estimates in nats, on the CPU.
     """
-    X = _prepare(vae, X, num_samples)
+    ev, X = _prepare(program, X, num_samples)
     lse = [
         torch.stack([b.logsumexp(0) for b in blocks]).logsumexp(0)
-        for blocks in _weight_chunks(vae, X, num_samples, max_elements, guide)
+        for blocks in _weight_chunks(ev, X, num_samples, max_elements, guide)
     ]
     return torch.cat(lse).cpu() - math.log(num_samples)
 
@@ -287,6 +385,11 @@ class LikelihoodEstimate:
         }
 
 
+PSIS_MIN_SAMPLES = 5
+"""Fewest importance samples ``estimate_log_likelihood(psis=True)`` accepts: the Pareto tail
+takes min(K / 5, 3 sqrt(K)) weights (Vehtari et al. 2024), so below 5 it has none."""
+
+
 def _psis(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pareto-smoothed log weights (unnormalized) and k-hat, via ``arviz.psislw``.
 
@@ -306,7 +409,7 @@ def _psis(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def estimate_log_likelihood(
-    vae: VAE,
+    program,
     X,
     num_samples: int = 1000,
     *,
@@ -319,7 +422,9 @@ def estimate_log_likelihood(
 
     Parameters
     ----------
-    vae : VAE
+    program : program
+        A VAE, a module with Pyro ``model``/``guide`` methods, or a ``(model, guide)`` pair
+        (see :mod:`ppvae.program`).
     X : array-like, shape (N, D)
     num_samples : int
         K, importance samples per data point.
@@ -339,10 +444,16 @@ def estimate_log_likelihood(
     """
     if smoothed and not psis:
         raise InputError("smoothed=True needs psis=True")
-    X = _prepare(vae, X, num_samples)
+    if psis and not isinstance(num_samples, bool) and int(num_samples) == num_samples:
+        if num_samples < PSIS_MIN_SAMPLES:
+            raise InputError(
+                f"num_samples={num_samples} is too few for PSIS, which fits a Pareto tail to "
+                f"the largest weights: use at least {PSIS_MIN_SAMPLES}, or psis=False"
+            )
+    ev, X = _prepare(program, X, num_samples)
     log_k = math.log(num_samples)
     est, se, khats = [], [], []
-    for blocks in _weight_chunks(vae, X, num_samples, max_elements, guide):
+    for blocks in _weight_chunks(ev, X, num_samples, max_elements, guide):
         if psis:
             lw = torch.cat(blocks).double()
             sm, khat = _psis(lw)
@@ -363,26 +474,105 @@ def estimate_log_likelihood(
         mc_se=torch.cat(se).float(),
         khat=torch.cat(khats).float() if psis else None,
         num_samples=int(num_samples),
-        data_dim=vae.data_dim,
+        data_dim=ev.info.data_dim,
     )
 
 
+def _split_latents(z: torch.Tensor, sites: dict) -> dict[str, torch.Tensor]:
+    """Flat latent vectors (..., n, L) -> {site: (..., n, *event_shape)}."""
+    out, offset = {}, 0
+    for name, shape in sites.items():
+        size = math.prod(shape)
+        out[name] = z[..., offset : offset + size].reshape(*z.shape[:-1], *shape)
+        offset += size
+    return out
+
+
 class _LocalGaussianGuide:
-    """A non-amortized guide: one diagonal Gaussian q_n(z) per data point (fixed rows of X)."""
+    """A non-amortized guide: one diagonal Gaussian q_n per data point (fixed rows of X) over
+    the program's local latent sites, flattened into one vector of width L."""
 
-    def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor):
-        self.loc, self.log_scale = loc, log_scale
+    def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor, sites: dict):
+        self.loc, self.log_scale, self.sites = loc, log_scale, sites
 
-    def __call__(self, x, num_data=None):
+    def __call__(self, x, num_data=None, **kwargs):
         n = x.shape[0]
+        locs = _split_latents(self.loc, self.sites)
+        scales = _split_latents(self.log_scale.exp(), self.sites)
         with pyro.plate("data", size=n if num_data is None else num_data, subsample_size=n):
-            return pyro.sample(
-                "z", pyro.distributions.Normal(self.loc, self.log_scale.exp()).to_event(1)
+            for name, shape in self.sites.items():
+                pyro.sample(
+                    name, pyro.distributions.Normal(locs[name], scales[name]).to_event(len(shape))
+                )
+
+
+def _log_joint(ev: _Evaluation, x, z: torch.Tensor) -> torch.Tensor:
+    """``log p(x, z)`` of the program's model, (K, n), at flat latents z of shape (K, n, L)."""
+
+    def once(values: dict, particles: int | None) -> torch.Tensor:
+        model = poutine.condition(ev.program.model, data={**values, **ev.fixed})
+        shape = (x.shape[0],) if particles is None else (particles, x.shape[0])
+        with pyro.plate("_particles", particles, dim=-2) if particles else _nullcontext():
+            tr = poutine.trace(model).get_trace(x)
+        return _sum_log_probs(tr, shape, ev.fixed)
+
+    sites = ev.info.local_latents
+
+    def attempt(vectorized: bool) -> torch.Tensor:
+        if vectorized:
+            return once(_split_latents(z, sites), z.shape[0])
+        return torch.stack([once(_split_latents(zk, sites), None) for zk in z])
+
+    return _vectorized(ev, attempt)
+
+
+def _guide_moments(ev: _Evaluation, X: torch.Tensor, draws: int = 256):
+    """Mean and standard deviation of q(z | x) per point over the flat local latents, (N, L).
+
+    Read from the guide's distributions where they define ``mean`` and ``stddev`` (a
+    Gaussian guide: exactly its parameters), else estimated from ``draws`` samples.
+    """
+    with _EvalMode(ev.module), torch.no_grad():
+        tr = poutine.trace(ev.program.guide).get_trace(X)
+        try:
+            parts = [
+                (tr.nodes[name]["fn"].mean, tr.nodes[name]["fn"].stddev)
+                for name in ev.info.local_latents
+            ]
+            loc = torch.cat([m.reshape(X.shape[0], -1) for m, _ in parts], -1)
+            scale = torch.cat([s.reshape(X.shape[0], -1) for _, s in parts], -1)
+        except (NotImplementedError, AttributeError, KeyError):
+            with pyro.plate("_particles", draws, dim=-2):
+                tr = poutine.trace(ev.program.guide).get_trace(X)
+            z = torch.cat(
+                [
+                    tr.nodes[name]["value"].reshape(draws, X.shape[0], -1)
+                    for name in ev.info.local_latents
+                ],
+                -1,
             )
+            loc, scale = z.mean(0), z.std(0)
+    return loc, scale.clamp_min(1e-6)
+
+
+class _Frozen:
+    """The program's parameters without gradients, restored afterwards."""
+
+    def __init__(self, program: Program):
+        self.params = [p for p in program_parameters(program) if p.requires_grad]
+
+    def __enter__(self):
+        for p in self.params:
+            p.requires_grad_(False)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.params:
+            p.requires_grad_(True)
 
 
 def _local_elbo(
-    vae: VAE,
+    ev: _Evaluation,
     x,
     loc,
     log_scale,
@@ -401,8 +591,7 @@ def _local_elbo(
     """
     n = x.shape[0]
     k_total = eps.shape[0] if eps is not None else int(num_samples)
-    width = _eval_width(vae)
-    per = max(1, max_elements // max(1, n * width))
+    per = max(1, max_elements // max(1, n * ev.width))
     scale = log_scale.exp()
     half_log_2pi = 0.5 * math.log(2 * math.pi)
     total = 0.0
@@ -411,13 +600,12 @@ def _local_elbo(
         e = eps[j : j + m] if eps is not None else torch.randn(m, *loc.shape, device=loc.device)
         z = loc + e * scale
         log_q = (-0.5 * e.pow(2) - log_scale - half_log_2pi).sum(-1)
-        log_w = vae.decode(z).log_prob(x) + vae.prior.log_prob(z) - log_q
-        total = total + log_w.sum(0)
+        total = total + (_log_joint(ev, x, z) - log_q).sum(0)
     return total / k_total
 
 
 def inference_gaps(
-    vae: VAE,
+    program,
     X,
     *,
     num_samples: int = 1000,
@@ -429,18 +617,22 @@ def inference_gaps(
 ) -> dict:
     """Approximation and amortization gaps (Cremer et al. 2018), per data point and on average.
 
-    * ``elbo_amortized``: the ELBO of the encoder's q(z | x);
-    * ``elbo_optimal``: the ELBO of the best diagonal Gaussian found for each point separately,
-      by optimizing local parameters (loc_n, log_scale_n), started at the encoder's output, with
-      Adam on a reparameterized ELBO (the variational-EM E-step, non-amortized);
+    * ``elbo_amortized``: the ELBO of the program's guide q(z | x);
+    * ``elbo_optimal``: the ELBO of the best diagonal Gaussian over the local latent sites
+      found for each point separately, by optimizing local parameters (loc_n, log_scale_n),
+      started at the guide's mean and standard deviation, with Adam on a reparameterized ELBO
+      (the variational-EM E-step, non-amortized);
     * ``log_px``: exact for a linear-Gaussian model, else the importance-weighted estimate
       with ``num_samples`` draws from the optimized local q;
-    * ``approximation_gap = log_px - elbo_optimal`` (the cost of the Gaussian family) and
-      ``amortization_gap = elbo_optimal - elbo_amortized`` (the cost of sharing an encoder).
+    * ``approximation_gap = log_px - elbo_optimal`` (the cost of the Gaussian family; a bound
+      where ``log_px`` is itself an estimate) and ``amortization_gap = elbo_optimal -
+      elbo_amortized`` (the cost of sharing an encoder).
 
     Parameters
     ----------
-    vae : VAE
+    program : program
+        A VAE, a module with Pyro ``model``/``guide`` methods, or a ``(model, guide)`` pair
+        (see :mod:`ppvae.program`).
     X : array-like, shape (N, D)
     num_samples : int
         Importance samples per point for log p(x).
@@ -457,51 +649,46 @@ def inference_gaps(
         Per-point tensors (N,) under ``log_px``, ``elbo_amortized``, ``elbo_optimal``,
         ``approximation_gap``, ``amortization_gap``, and their means under ``mean``, in nats.
     """
-    X = _prepare(vae, X, num_samples)
-    for p in vae.parameters():
-        p.requires_grad_(False)
-    try:
+    ev, X = _prepare(program, X, num_samples)
+    sites = ev.info.local_latents
+    with _Frozen(ev.program), _EvalMode(ev.module):
+        loc0, scale0 = _guide_moments(ev, X)
         with torch.no_grad():
-            loc0, scale0 = vae.encode(X)
-            amortized = _local_elbo(
-                vae, X, loc0, scale0.log(), elbo_samples, max_elements=max_elements
-            )
+            amortized = elbo(ev.program, X, elbo_samples, max_elements=max_elements).to(X.device)
         loc = loc0.detach().clone().requires_grad_(True)
         log_scale = scale0.detach().log().clone().requires_grad_(True)
         opt = torch.optim.Adam([loc, log_scale], lr=lr)
         for _ in range(int(steps)):
-            opt.zero_grad()
-            loss = -_local_elbo(vae, X, loc, log_scale, train_samples).sum()
-            loss.backward()
+            loss = -_local_elbo(ev, X, loc, log_scale, train_samples).sum()
+            # only the local parameters: the program's own gradients stay untouched
+            loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
             opt.step()
         with torch.no_grad():
-            # choose per point between the optimized and the encoder's q with common random
-            # numbers, then estimate the chosen one's ELBO afresh (no selection bias)
+            # choose per point between the optimized and the guide's Gaussian with common
+            # random numbers, then estimate the chosen one's ELBO afresh (no selection bias)
             eps = torch.randn(elbo_samples, *loc.shape, device=loc.device)
             better = _local_elbo(
-                vae, X, loc, log_scale, 0, eps, max_elements=max_elements
-            ) >= _local_elbo(vae, X, loc0, scale0.log(), 0, eps, max_elements=max_elements)
+                ev, X, loc, log_scale, 0, eps, max_elements=max_elements
+            ) >= _local_elbo(ev, X, loc0, scale0.log(), 0, eps, max_elements=max_elements)
             loc_best = torch.where(better[:, None], loc, loc0)
             ls_best = torch.where(better[:, None], log_scale, scale0.log())
             optimal = _local_elbo(
-                vae, X, loc_best, ls_best, elbo_samples, max_elements=max_elements
+                ev, X, loc_best, ls_best, elbo_samples, max_elements=max_elements
             )
-    finally:
-        for p in vae.parameters():
-            p.requires_grad_(True)
-    if isinstance(vae, LinearVAE):
-        log_px = exact_log_likelihood(vae, X.cpu().double()).float()
+    if isinstance(ev.module, LinearVAE):
+        log_px = exact_log_likelihood(ev.module, X.cpu().double()).float()
     else:
         # one call per chunk of rows, each with the local guide of exactly those rows
-        width = _eval_width(vae)
-        rows, _ = _chunks(X.shape[0], num_samples, width, max_elements)
+        rows, _ = _chunks(X.shape[0], num_samples, ev.width, max_elements)
         log_px = torch.cat(
             [
                 log_likelihood(
-                    vae,
+                    ev.program,
                     X[i : i + rows],
                     num_samples,
-                    guide=_LocalGaussianGuide(loc_best[i : i + rows], ls_best[i : i + rows]),
+                    guide=_LocalGaussianGuide(
+                        loc_best[i : i + rows], ls_best[i : i + rows], sites
+                    ),
                     max_elements=max_elements,
                 )
                 for i in range(0, X.shape[0], rows)
@@ -519,7 +706,7 @@ def inference_gaps(
 
 
 def nuts_posterior(
-    vae: VAE,
+    program,
     X,
     *,
     num_samples: int = 500,
@@ -529,14 +716,17 @@ def nuts_posterior(
 ) -> list[dict]:
     """Gold-standard posteriors p(z | x) by NUTS for a few points, next to the guide's q(z | x).
 
-    For each row x of X, ``pyro.infer.MCMC`` with ``NUTS`` samples z from
-    ``p(z) p(x | z)`` with the decoder fixed (global latents at the prior's point estimates),
-    running ``num_chains`` chains one after another from different seeds. ArviZ summarizes
-    them (r-hat, bulk and tail ESS).
+    For each row x of X, ``pyro.infer.MCMC`` with ``NUTS`` samples the local latent sites of
+    the program's model conditioned on x, its parameters fixed (global latents at the
+    program's point estimates), running ``num_chains`` chains one after another from
+    different seeds. ArviZ summarizes them (r-hat, bulk and tail ESS). Several latent sites
+    are flattened into one vector, in the order the model samples them.
 
     Parameters
     ----------
-    vae : VAE
+    program : program
+        A VAE, a module with Pyro ``model``/``guide`` methods, or a ``(model, guide)`` pair
+        (see :mod:`ppvae.program`).
     X : array-like, shape (M, D)
         A few data points (each costs one MCMC run per chain).
     num_samples, warmup_steps, num_chains : int
@@ -546,30 +736,21 @@ def nuts_posterior(
     Returns
     -------
     list of dict, one per point
-        ``samples`` (chains, draws, k) tensor, ``nuts_mean``/``nuts_var`` (k,),
-        ``q_mean``/``q_var`` (k,), ``r_hat_max``, ``ess_bulk_min``, ``ess_tail_min``, and
+        ``samples`` (chains, draws, L) tensor, ``nuts_mean``/``nuts_var`` (L,),
+        ``q_mean``/``q_var`` (L,) of the guide (its own moments where it defines them, else
+        estimated from draws), ``r_hat_max``, ``ess_bulk_min``, ``ess_tail_min``, and
         ``summary`` (the ArviZ summary as a dict of columns).
     """
     import arviz as az
     from pyro.infer import MCMC, NUTS
 
-    X = _prepare(vae, X, 1)
-    fixed = global_point_estimates(vae)
-    was_training = vae.training
-    vae.eval()
-    params = list(vae.parameters())
-    for p in params:
-        p.requires_grad_(False)
-
-    def z_model(x):
-        z = pyro.sample("z", vae.prior.distribution())
-        pyro.sample("x", vae.decode(z), obs=x)
-
-    model = poutine.condition(z_model, data=fixed) if fixed else z_model
+    ev, X = _prepare(program, X, 1)
+    model = poutine.condition(ev.program.model, data=ev.fixed) if ev.fixed else ev.program.model
+    sites = list(ev.info.local_latents)
     results = []
-    try:
+    with _Frozen(ev.program), _EvalMode(ev.module):
         for i in range(X.shape[0]):
-            x = X[i]
+            x = X[i : i + 1]
             chains = []
             for c in range(num_chains):
                 pyro.set_rng_seed(seed + 1000 * i + c)
@@ -580,12 +761,14 @@ def nuts_posterior(
                     disable_progbar=True,
                 )
                 mcmc.run(x)
-                chains.append(mcmc.get_samples()["z"].detach().cpu())
-            samples = torch.stack(chains)  # (chains, draws, k)
+                draws = mcmc.get_samples()
+                chains.append(
+                    torch.cat([draws[s].detach().reshape(num_samples, -1) for s in sites], -1).cpu()
+                )
+            samples = torch.stack(chains)  # (chains, draws, L)
             idata = az.from_dict(posterior={"z": samples.numpy()})
             summary = az.summary(idata, kind="all")
-            with torch.no_grad():
-                q_loc, q_scale = vae.encode(x[None])
+            q_loc, q_scale = _guide_moments(ev, x)
             flat = samples.reshape(-1, samples.shape[-1])
             results.append(
                 {
@@ -600,10 +783,6 @@ def nuts_posterior(
                     "summary": summary.to_dict(orient="list"),
                 }
             )
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-        vae.train(was_training)
     return results
 
 

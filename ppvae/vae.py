@@ -190,6 +190,18 @@ class VAE(nn.Module):
             z = self.prior.distribution().sample((n,))
             return self.likelihood.mean(self.decoder(z))
 
+    def point_estimates(self) -> dict[str, torch.Tensor]:
+        """Plug-in values of the prior's global latent sites (the data-plate contract's hook
+        for evaluators; none for most priors)."""
+        estimates = getattr(self.prior, "point_estimates", None)
+        return dict(estimates()) if callable(estimates) else {}
+
+    @property
+    def eval_width(self) -> int:
+        """Floats per (sample, point) the model's log-density touches: D, k, or a mixture
+        prior's components x k (sizes evaluation chunks)."""
+        return max(self.data_dim, self.latent_dim, self.prior.eval_width)
+
     # ------------------------------------------------------------------ saving
     def config(self) -> dict:
         """JSON-able constructor arguments; ``VAE(**config())`` rebuilds the architecture."""

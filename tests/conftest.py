@@ -17,7 +17,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def _pyro_validation():
     """Every test runs with Pyro's argument and support validation on, inside fit too."""
     pyro.enable_validation(True)
-    ppvae.infer.VALIDATE_STEPS = True
+    ppvae.train.step.VALIDATE_STEPS = True
     pyro.clear_param_store()
     yield
     pyro.clear_param_store()

@@ -151,7 +151,7 @@ def test_load_rejects_bad_files(tmp_path, digits):
 def test_cached_jit_meanfield_compiles_once_per_shape_and_matches_the_eager_loss():
     from pyro.infer import TraceMeanField_ELBO
 
-    from ppvae.infer import CachedJitTraceMeanField_ELBO
+    from ppvae.train import CachedJitTraceMeanField_ELBO
 
     torch.manual_seed(0)
     vae = ppvae.VAE(10, 2, hidden=(8,))
@@ -193,19 +193,19 @@ def test_jit_estimators_train_exactly_like_their_eager_versions(digits, jit, eag
 
 
 def test_auto_compiles_only_programs_built_from_ppvae_parts(digits):
-    from ppvae.infer import CachedJitTraceMeanField_ELBO, _make_elbo
+    from ppvae.train import CachedJitTraceMeanField_ELBO, make_elbo
 
-    assert isinstance(_make_elbo("auto", 1, ppvae.VAE(64, 2)), CachedJitTraceMeanField_ELBO)
-    assert isinstance(_make_elbo("auto", 1, ppvae.LinearVAE(64, 2)), CachedJitTraceMeanField_ELBO)
+    assert isinstance(make_elbo("auto", 1, ppvae.VAE(64, 2)), CachedJitTraceMeanField_ELBO)
+    assert isinstance(make_elbo("auto", 1, ppvae.LinearVAE(64, 2)), CachedJitTraceMeanField_ELBO)
     custom = ppvae.VAE(64, 2, decoder=torch.nn.Linear(2, 64))
-    assert type(_make_elbo("auto", 1, custom)).__name__ == "TraceMeanField_ELBO"
-    assert type(_make_elbo("auto", 1, ppvae.VAE(64, 2, prior="mog"))).__name__ == "Trace_ELBO"
+    assert type(make_elbo("auto", 1, custom)).__name__ == "TraceMeanField_ELBO"
+    assert type(make_elbo("auto", 1, ppvae.VAE(64, 2, prior="mog"))).__name__ == "Trace_ELBO"
 
 
 def test_a_program_that_cannot_be_traced_falls_back_to_the_eager_estimator():
     from pyro.infer import TraceMeanField_ELBO
 
-    from ppvae.infer import CachedJitTraceMeanField_ELBO
+    from ppvae.train import CachedJitTraceMeanField_ELBO
 
     w = torch.nn.Parameter(torch.ones(3))  # not in Pyro's param store: tracing refuses it
 
@@ -278,7 +278,7 @@ def test_a_bad_streamed_batch_is_named_before_its_step(tmp_path):
 def test_one_jit_estimator_serves_several_fits(digits):
     """Each fit opens a fresh param store, which a trace reads by name: fit resets the
     estimator's traces instead of replaying ones bound to the previous store."""
-    from ppvae.infer import CachedJitTraceMeanField_ELBO
+    from ppvae.train import CachedJitTraceMeanField_ELBO
 
     loss = CachedJitTraceMeanField_ELBO()
     for seed in (0, 1):
@@ -304,9 +304,9 @@ def test_resume_accepts_the_same_estimator_compiled_or_not(tmp_path, digits):
 def test_a_last_minibatch_smaller_than_the_world_is_refused_up_front(digits, monkeypatch):
     """With 2 processes, 101 rows in batches of 50 leave a last minibatch of 1 row: one
     process would get none. fit says so before any step (no process group is needed)."""
-    import ppvae.infer
+    import ppvae.train.loop
 
-    monkeypatch.setattr(ppvae.infer, "distributed_world", lambda: (2, 0))
+    monkeypatch.setattr(ppvae.train.loop, "distributed_world", lambda: (2, 0))
     vae = ppvae.VAE(64, 2, hidden=(8,))
     with pytest.raises(ValueError, match="holds 1 row, fewer than the 2 processes"):
         ppvae.fit(vae, digits.train[:101], epochs=1, batch_size=50)

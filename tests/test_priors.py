@@ -11,8 +11,8 @@ from torch import nn
 
 import ppvae
 from ppvae import evaluate
-from ppvae.infer import LatentScale, _make_elbo
 from ppvae.priors import PRIORS
+from ppvae.train import LatentScale, make_elbo
 
 
 class StudentT(ppvae.Prior):
@@ -63,7 +63,7 @@ def test_every_builtin_prior_trains_evaluates_and_saves(prior, digits, tmp_path)
 def test_a_prior_written_in_the_test_file_trains_and_evaluates(digits):
     torch.manual_seed(0)
     vae = ppvae.VAE(64, 3, hidden=(16,), prior=StudentT(3))
-    assert isinstance(_make_elbo("auto", 1, vae), pyro.infer.Trace_ELBO)  # no closed-form KL
+    assert isinstance(make_elbo("auto", 1, vae), pyro.infer.Trace_ELBO)  # no closed-form KL
     h = ppvae.fit(vae, digits.train[:300], epochs=4, batch_size=100, test=digits.test[:50])
     assert h.test_elbo[-1] > h.test_elbo[0]
     assert bool(torch.isfinite(evaluate.log_likelihood(vae, digits.test[:20], 10)).all())
@@ -113,7 +113,7 @@ def test_analytic_and_monte_carlo_kl_agree():
         if isinstance(prior, ppvae.LearnedGaussian):
             with torch.no_grad():
                 prior.loc.copy_(torch.tensor([0.5, -1.0, 0.2]))
-        assert isinstance(_make_elbo("auto", 1, vae), pyro.infer.TraceMeanField_ELBO)
+        assert isinstance(make_elbo("auto", 1, vae), pyro.infer.TraceMeanField_ELBO)
         x = torch.rand(5, 8)
         with torch.no_grad():
             q = dist.Normal(*vae.encode(x)).to_event(1)

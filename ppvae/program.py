@@ -1,0 +1,364 @@
+"""The one contract between a Pyro program and ppvae's trainer and evaluators: the data plate.
+
+A *program* is a Pyro model p(z) p(x | z) and guide q(z | x), given as
+
+* any ``torch.nn.Module`` with ``model(x, ...)`` and ``guide(x, ...)`` methods (ppvae's own
+  :class:`~ppvae.VAE`, :class:`~ppvae.LinearVAE` and autoencoders are such modules), or
+* a ``(model, guide)`` pair of plain functions whose parameters live in Pyro's param store,
+  exactly as for ``pyro.infer.SVI`` (``ppvae.fit(model, guide, data)`` is the SVI-like spelling).
+
+**The contract.** Model and guide take a minibatch ``x`` of shape (B, D) as their first
+argument, and every site that belongs to one data point (the observation, the local latents)
+lives inside a ``pyro.plate`` named ``"data"`` whose dimension indexes the rows of ``x``; each
+such site has one log-density per data point (declare feature dimensions with
+``.to_event(...)``). Sites may have any names. Latent sites outside the plate are global;
+training handles them like any Pyro ELBO, and evaluators that need per-point weights fix them
+at ``program.point_estimates()`` (a module method returning ``{site: value}``).
+
+Minibatch scaling: a program whose model and guide accept ``num_data`` is called with
+``num_data=N`` and scales its own plate (``pyro.plate("data", size=N, subsample=...)``, as
+ppvae's VAE does); a program whose model takes only ``x`` (Pyro's ``examples/vae/vae.py``)
+is run under :class:`ScaleDataPlate`, which multiplies every site inside the ``"data"`` plate by
+N / (plate size). Either way a minibatch ELBO is an unbiased estimate of the full-data ELBO.
+
+Everything else an evaluator needs (the data dimension, the support of the observations, the
+local latent sites and their widths) is read from a trace of the program on a few rows of the
+data by :func:`inspect_program`, which also turns a broken contract into one
+:class:`~ppvae.errors.ProgramError` naming the site.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+
+from .errors import InputError, ProgramError
+
+__all__ = [
+    "DATA_PLATE",
+    "Program",
+    "ProgramInfo",
+    "ScaleDataPlate",
+    "as_program",
+    "inspect_program",
+    "program_parameters",
+]
+
+DATA_PLATE = "data"
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` takes a keyword argument ``name`` (explicitly or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins, some C callables: assume not
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+class ScaleDataPlate(Messenger):
+    """Scale every sample site inside the ``"data"`` plate by ``num_data / plate size``.
+
+    Applied to a program that does not take ``num_data``: its plate has the minibatch's size B,
+    so each per-point log-density is multiplied by N / B, as ``pyro.plate(size=N,
+    subsample=...)`` would do. Sites outside the plate (globals) are left alone.
+    """
+
+    def __init__(self, num_data: int | None):
+        super().__init__()
+        self.num_data = num_data
+
+    def _process_message(self, msg):
+        if msg["type"] != "sample" or self.num_data is None:
+            return
+        for frame in msg["cond_indep_stack"]:
+            if frame.name == DATA_PLATE and frame.size:
+                msg["scale"] = msg["scale"] * (self.num_data / frame.size)
+                return
+
+
+@dataclass(frozen=True)
+class Program:
+    """A model/guide pair in the normal form ppvae trains and evaluates.
+
+    Attributes
+    ----------
+    model, guide : callable
+        The user's Pyro functions (bound methods of ``module`` for a module program).
+    module : torch.nn.Module or None
+        The module that owns the program's parameters (None for plain functions, whose
+        parameters live in Pyro's param store).
+    takes_num_data : bool
+        Whether model and guide accept ``num_data`` (they scale their plate themselves).
+    """
+
+    model: Callable
+    guide: Callable
+    module: nn.Module | None = None
+    takes_num_data: bool = False
+
+    @property
+    def name(self) -> str:
+        if self.module is not None:
+            return type(self.module).__name__
+        model = getattr(self.model, "__name__", "model")
+        return f"({model}, {getattr(self.guide, '__name__', 'guide')})"
+
+    @property
+    def is_ppvae(self) -> bool:
+        """A program built by ppvae itself (its modules follow the ``params_held`` protocol)."""
+        return self.module is not None and type(self.module).__module__.startswith("ppvae.")
+
+    def bind(self, num_data: int | None) -> tuple[Callable, Callable]:
+        """``(model, guide)`` to call as ``fn(x, **kwargs)`` on minibatches of an N-row set."""
+        if self.takes_num_data:
+            return self.model, self.guide
+        scale = ScaleDataPlate(num_data)
+        return _drop_num_data(scale(self.model)), _drop_num_data(scale(self.guide))
+
+    def point_estimates(self) -> dict[str, torch.Tensor]:
+        """Plug-in values of global latent sites (``module.point_estimates()``), else {}."""
+        fn = getattr(self.module, "point_estimates", None)
+        return dict(fn()) if callable(fn) else {}
+
+
+def _drop_num_data(fn: Callable) -> Callable:
+    def call(x, *args, num_data=None, **kwargs):
+        return fn(x, *args, **kwargs)
+
+    return call
+
+
+def as_program(program, guide: Callable | None = None) -> Program:
+    """Normalize what a user passes as a program.
+
+    Parameters
+    ----------
+    program : Program, torch.nn.Module, (model, guide) tuple, or a model function
+        A module with ``model``/``guide`` methods, a pair of functions, or the model function
+        itself when ``guide`` is given.
+    guide : callable, optional
+        The guide, when ``program`` is the model function.
+
+    Raises
+    ------
+    ProgramError
+        Anything else, naming what is missing.
+    """
+    if isinstance(program, Program) and guide is None:
+        return program
+    if guide is not None:
+        model = program
+    elif isinstance(program, tuple) and len(program) == 2:
+        model, guide = program
+    elif isinstance(program, nn.Module):
+        missing = [a for a in ("model", "guide") if not callable(getattr(program, a, None))]
+        if missing:
+            raise ProgramError(
+                f"program: the {type(program).__name__} module has no {' or '.join(missing)} "
+                "method; a program is a module with Pyro model(x, ...) and guide(x, ...) "
+                "methods, or a (model, guide) pair of functions"
+            )
+        return Program(
+            program.model,
+            program.guide,
+            module=program,
+            takes_num_data=_accepts(program.model, "num_data")
+            and _accepts(program.guide, "num_data"),
+        )
+    else:
+        raise ProgramError(
+            "program: expected a ppvae VAE or any torch.nn.Module with Pyro model/guide "
+            f"methods, or a (model, guide) pair of functions; got {type(program).__name__}"
+        )
+    for what, fn in (("model", model), ("guide", guide)):
+        if not callable(fn):
+            raise ProgramError(f"{what}: expected a callable, got {type(fn).__name__}")
+    owner = getattr(model, "__self__", None)
+    module = owner if isinstance(owner, nn.Module) else None
+    return Program(
+        model,
+        guide,
+        module=module,
+        takes_num_data=_accepts(model, "num_data") and _accepts(guide, "num_data"),
+    )
+
+
+def program_parameters(program: Program) -> list[torch.Tensor]:
+    """The tensors training updates: the module's parameters and Pyro's param store's
+    unconstrained values (deduplicated), in a stable order."""
+    seen, params = set(), []
+    named = dict(program.module.named_parameters()) if program.module is not None else {}
+    store = pyro.get_param_store()
+    for name in sorted(store.keys()):
+        named.setdefault(name, store._params[name])
+    for p in named.values():
+        if id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+    return params
+
+
+@dataclass
+class ProgramInfo:
+    """What a trace of a program on a few rows says about it.
+
+    Attributes
+    ----------
+    observed : dict of str to constraint
+        Observed sites in the ``"data"`` plate and their distributions' supports.
+    local_latents : dict of str to tuple of int
+        Latent sites in the ``"data"`` plate and their per-point shapes (event shapes).
+    global_latents : list of str
+        Latent sites outside the plate.
+    data_dim : int
+        D, the number of columns of ``x``.
+    support : constraint or None
+        Support of the observed site that holds ``x`` itself (same number of values), for
+        checking whole data sets; None where no site observes ``x`` unchanged.
+    """
+
+    observed: dict = field(default_factory=dict)
+    local_latents: dict = field(default_factory=dict)
+    global_latents: list = field(default_factory=list)
+    data_dim: int = 0
+    support: object = None
+    support_site: str | None = None
+
+    @property
+    def latent_width(self) -> int:
+        """Values per data point over all local latents (the k of a VAE)."""
+        return sum(math.prod(s) for s in self.local_latents.values())
+
+
+def _in_data_plate(site) -> bool:
+    return any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
+
+
+def inspect_program(program: Program, x: torch.Tensor, **kwargs) -> ProgramInfo:
+    """Trace ``program`` on the rows ``x`` (two are enough) and check the data-plate contract.
+
+    The guide runs first and the model is replayed against it, as an ELBO would; no gradient
+    is taken, Pyro's validation is on, and torch's random state is left as it was. Parameters
+    a program creates lazily are created here.
+
+    Raises
+    ------
+    ProgramError
+        No ``"data"`` plate; an observed site outside it; a site in it whose log-density is not
+        one number per data point; or the program failing on the rows (chained).
+    """
+    model, guide = program.bind(None)
+    cuda = [x.device.index or 0] if x.device.type == "cuda" else []
+
+    def traces(validate: bool):
+        # on a forked RNG: inspecting leaves the random streams where they were
+        rng = torch.random.fork_rng(devices=cuda)
+        with rng, torch.no_grad(), pyro.validation_enabled(validate):
+            guide_tr = poutine.trace(guide).get_trace(x, **kwargs)
+            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x, **kwargs)
+            model_tr.compute_log_prob()
+            guide_tr.compute_log_prob()
+        return model_tr, guide_tr
+
+    validated = True
+    try:
+        model_tr, guide_tr = traces(validate=True)
+    except Exception as first:
+        # Data outside the support fail Pyro's validation: trace again without it, so that
+        # check_support can name the rows; any other fault fails both times.
+        try:
+            model_tr, guide_tr = traces(validate=False)
+            validated = False
+        except Exception:
+            raise ProgramError(
+                f"program {program.name} failed on a minibatch of shape {tuple(x.shape)}: "
+                f"{type(first).__name__}: {first}"
+            ) from first
+    info = ProgramInfo(data_dim=int(x.shape[-1]))
+    if not any(
+        site["type"] == "sample" and _in_data_plate(site) for site in model_tr.nodes.values()
+    ):
+        raise ProgramError(
+            f"program {program.name} has no sample site inside a plate named 'data'; wrap the "
+            "per-data-point sites in pyro.plate('data', ...) (see ppvae.program)"
+        )
+    for trace_name, tr in (("model", model_tr), ("guide", guide_tr)):
+        for name, site in tr.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site) or _is_factor(site):
+                continue
+            inside = _in_data_plate(site)
+            if inside:
+                _check_per_point(trace_name, name, site, x.shape[0])
+            if trace_name == "guide":
+                continue
+            if site["is_observed"]:
+                if not inside:
+                    raise ProgramError(
+                        f"the observed site {name!r} lies outside the plate named 'data'; "
+                        "observations must be made inside pyro.plate('data', ...)"
+                    )
+                info.observed[name] = site["fn"].support
+                if (
+                    info.support is None
+                    and site["value"].numel() == x.numel()
+                    and (not validated or _validates(site["fn"]))
+                ):
+                    info.support, info.support_site = site["fn"].support, name
+            elif inside:
+                info.local_latents[name] = tuple(site["fn"].event_shape)
+            else:
+                info.global_latents.append(name)
+    if not info.observed:
+        raise ProgramError(f"program {program.name}'s model observes nothing in the 'data' plate")
+    return info
+
+
+def _is_factor(site) -> bool:
+    """A ``pyro.factor`` site: a penalty on the log joint, allowed inside or outside the plate."""
+    return isinstance(site["fn"], dist.Unit)
+
+
+def _validates(fn) -> bool:
+    """False where the program turned validation off on the distribution itself (as Pyro's
+    VAE example does to score intensities with a Bernoulli): its support is then not checked."""
+    while fn is not None:
+        if getattr(fn, "_validate_args", None) is False:
+            return False
+        fn = getattr(fn, "base_dist", None)
+    return True
+
+
+def _check_per_point(trace_name: str, name: str, site, n: int) -> None:
+    shape = tuple(site["log_prob"].shape)
+    if shape != (n,):
+        raise ProgramError(
+            f"{trace_name} site {name!r} has log-density shape {shape} on a minibatch of {n} "
+            "rows; every site in the 'data' plate needs one log-density per data point "
+            "(declare its feature dimensions with .to_event(...))"
+        )
+
+
+def check_support(info: ProgramInfo, X: torch.Tensor, what: str) -> None:
+    """Raise ``InputError`` if ``X`` has values outside the support of the site observing it."""
+    if info.support is None:
+        return
+    ok = info.support.check(X)
+    while ok.dim() > 1:  # independent constraints reduce over event dims already
+        ok = ok.all(-1)
+    if not bool(ok.all()):
+        row = int((~ok).nonzero()[0, 0])
+        raise InputError(
+            f"{what}: row {row} lies outside the support of the observed site "
+            f"{info.support_site!r} ({info.support}); the program's likelihood cannot score it"
+        )

@@ -1,0 +1,110 @@
+"""Training data as minibatches: in memory, or streamed from a dataset in fit's seeded order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..data import check_data
+from ..errors import InputError
+from ..program import Program, ProgramInfo, check_support
+
+__all__ = ["Stream", "fingerprint", "same_fingerprint", "support_check"]
+
+
+def support_check(program: Program, info: ProgramInfo, binarize) -> Callable:
+    """``check(x, what)`` raising ``InputError`` for values the program cannot score.
+
+    Dynamic binarization needs intensities in [0, 1]; otherwise ppvae's own likelihoods check
+    their support (their messages name the remedy) and any other program is checked against the
+    support of the site that observes x, read from its trace.
+    """
+    if binarize == "dynamic":
+
+        def check(x: torch.Tensor, what: str) -> None:
+            if bool((x < 0).any()) or bool((x > 1).any()):
+                raise InputError(f"{what}: dynamic binarization needs intensities in [0, 1]")
+
+        return check
+    likelihood = getattr(program.module, "likelihood", None) if program.is_ppvae else None
+    if likelihood is not None:
+        return likelihood.check_support
+    return lambda x, what: check_support(info, x, what)
+
+
+def fingerprint(x: torch.Tensor) -> list[float]:
+    """Cheap identity of a data matrix: shape, sum and sum of squares in float64."""
+    x64 = x.detach().to(torch.float64)
+    return [float(x.shape[0]), float(x.shape[1]), float(x64.sum()), float((x64 * x64).sum())]
+
+
+def same_fingerprint(a: list[float], b: list[float]) -> bool:
+    return a[:2] == b[:2] and all(
+        abs(u - v) <= 1e-9 * max(1.0, abs(u), abs(v)) for u, v in zip(a[2:], b[2:], strict=True)
+    )
+
+
+class Stream:
+    """Training data that stays where it is (a memory-mapped file, a database): a
+    ``torch.utils.data.Dataset`` indexed batch by batch in ``fit``'s own seeded order.
+
+    The dataset's ``__getitem__`` receives a ``LongTensor`` of row indices and may
+    return the (B, D) batch at once (fast for NumPy memmaps); otherwise rows are fetched one
+    by one and stacked. Each batch is validated (shape, finiteness, the program's support)
+    before it is used, and the error names the batch. A ``DataLoader`` contributes its dataset:
+    the order is fit's, so that a resumed run continues exactly where it stopped.
+    """
+
+    def __init__(self, data):
+        self.dataset = data.dataset if isinstance(data, DataLoader) else data
+        try:
+            self.n = len(self.dataset)
+        except TypeError:
+            raise InputError("a streamed training set must have a length (len(dataset))") from None
+        if self.n == 0:
+            raise InputError("train: the dataset is empty")
+        self.gen = torch.Generator()  # CPU: the permutation indexes host data
+        self._batched = None
+        self.data_dim: int | None = None  # known after the first batch
+        self.check: Callable | None = None  # set by fit once the program is traced
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _fetch(self, rows: torch.Tensor) -> torch.Tensor:
+        if self._batched is None or self._batched:
+            try:
+                x = torch.as_tensor(self.dataset[rows])
+                if x.dim() == 2 and x.shape[0] == len(rows):
+                    self._batched = True
+                    return x
+            except Exception:  # any failure: fall back to row-by-row access
+                if self._batched:
+                    raise
+            self._batched = False
+        return torch.stack([torch.as_tensor(self.dataset[int(i)]).reshape(-1) for i in rows])
+
+    def batch(self, rows: torch.Tensor | None, index: int) -> torch.Tensor:
+        rows = torch.arange(self.n) if rows is None else rows
+        x = self._fetch(rows)
+        what = f"train batch {index + 1}"
+        x = check_data(x, name=what, data_dim=self.data_dim, dtype=torch.float32)
+        if self.check is not None:
+            self.check(x, what)
+        return x
+
+    def head(self, rows: int = 2) -> torch.Tensor:
+        """The first rows, checked, for tracing the program."""
+        x = check_data(
+            self._fetch(torch.arange(min(self.n, rows))),
+            name="train batch 1",
+            data_dim=self.data_dim,
+            dtype=torch.float32,
+        )
+        return x
+
+    def fingerprint(self) -> list[float]:
+        head = self._fetch(torch.arange(min(self.n, 1024)))
+        return [float(self.n), *fingerprint(head.float())[1:]]

@@ -1,0 +1,789 @@
+"""The training loop: :func:`fit` steps a program's ELBO over shuffled minibatches.
+
+``fit`` validates its settings once (:class:`~ppvae.train.config.TrainConfig`), traces the
+program (:func:`~ppvae.program.inspect_program`), builds one guarded step
+(:class:`~ppvae.train.step.GuardedStep`) and a :class:`Run`, then calls
+:meth:`Run.run_epoch` epoch by epoch; everything that is not training (test ELBO, checkpoints,
+early stopping, the progress bar, TensorBoard) is a hook (:mod:`ppvae.train.hooks`).
+
+Each step's loss is the negative minibatch ELBO scaled to the whole training set, so the
+history reports ``-loss / N``: the ELBO in nats per sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import ELBO
+from torch.utils.data import DataLoader, Dataset
+
+from ..autoencoders import StackedAutoencoder
+from ..checkpoints import (
+    CHECKPOINT_FORMAT,
+    FORMAT_VERSION,
+    MODEL_CLASSES,
+    _model_entry,
+    load_weights,
+    read_training_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from ..data import check_data
+from ..errors import InputError
+from ..program import Program, as_program, inspect_program
+from . import step as _step
+from .batches import Stream, fingerprint, same_fingerprint, support_check
+from .config import RESUME_MAY_CHANGE, HoldThenDecay, TrainConfig, resolve_device
+from .hooks import (
+    Checkpoint,
+    ProgressBar,
+    SigintFlag,
+    TestELBO,
+    TrainingInterrupted,
+    Untimed,
+    _call,
+)
+from .objectives import LatentScale, estimator_name, make_elbo
+from .pyro_jit import _TraceKeyed
+from .step import GuardedStep, distributed_world
+
+__all__ = ["History", "Run", "finetune", "fit", "pretrain"]
+
+
+@dataclass
+class History:
+    """What :func:`fit` measured, per epoch.
+
+    Attributes
+    ----------
+    train_elbo : list of float
+        Mean minibatch ELBO over each epoch, nats per sample (the KL-weighted objective when
+        ``kl_weight`` is not 1 or a warm-up runs).
+    test_elbo : list of float
+        ELBO of the test data after each epoch (one guide sample per point), nats per sample;
+        empty when no test data were given.
+    validation_elbo : list of float
+        The same for the validation split of :class:`~ppvae.train.hooks.EarlyStopping`.
+    best_epoch : int or None
+        The epoch (1-based) whose parameters early stopping restored.
+    seconds : float
+        Wall time of training (steps, checkpoints), excluding test and validation evaluation.
+    steps : int
+        Number of SVI steps taken.
+    compile_seconds : float
+        Part of ``seconds`` spent compiling the program with ``torch.jit.trace`` (a JIT
+        estimator compiles once per minibatch shape and KL weight); 0 for an eager one.
+    config : dict
+        The training settings as resolved (defaults filled in from the program), JSON-able.
+    """
+
+    train_elbo: list[float] = field(default_factory=list)
+    test_elbo: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+    compile_seconds: float = 0.0
+    config: dict = field(default_factory=dict)
+    validation_elbo: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_elbo)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _program_and_data(program, train, data) -> tuple[Program, object]:
+    """``fit(program, X)`` or ``fit(model, guide, X)``."""
+    if data is not None:
+        return as_program(program, train), data
+    if callable(train) and not isinstance(train, (torch.Tensor, Dataset, DataLoader)):
+        raise InputError("fit(model, guide, train): the training data are missing")
+    return as_program(program), train
+
+
+def _model_state(program: Program) -> dict:
+    """The program's entry in a checkpoint: class, config and weights (and, for a user's
+    program, the unconstrained values of its param-store sites)."""
+    if program.is_ppvae and type(program.module).__name__ in MODEL_CLASSES:
+        return _model_entry(program.module)
+    module = program.module
+    store = pyro.get_param_store()
+    return {
+        "class": program.name,
+        "config": None,
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        if module is not None
+        else {},
+        "param_store": {n: store._params[n].detach().cpu() for n in sorted(store.keys())},
+    }
+
+
+class Run:
+    """One training run in progress: the state hooks read and :meth:`run_epoch` advances.
+
+    Attributes
+    ----------
+    program : Program
+    config : TrainConfig
+    history : History
+    epoch : int
+        Epochs completed.
+    stop : bool
+        Set by a hook to end training after the current epoch.
+    rank, world : int
+        This process's rank and the number of processes (1 without torch.distributed).
+    """
+
+    def __init__(self, program, config, loss_fn, train, n, batch_size, device):
+        self.program, self.config, self.loss_fn = program, config, loss_fn
+        self.train, self.n, self.batch_size, self.device = train, n, batch_size, device
+        self.stream = train if isinstance(train, Stream) else None
+        self.n_batches = math.ceil(n / batch_size)
+        self.world, self.rank = distributed_world()
+        self.history = History()
+        self.epoch, self.step, self.perm, self.partial = 0, 0, None, 0.0
+        self.stop = False
+        self.gen = torch.Generator(device=device)
+        self.hooks: list = []
+        self.user_hooks: list = []
+        self.stepper: GuardedStep | None = None
+        self.fit_config: dict = {}
+        self.metadata: dict = {}
+        self.labels = None
+        self.data_dim = None
+        self.support_check = None
+        self.latent_scale = LatentScale()
+        self.start = time.perf_counter()
+        self.compiled_before = 0.0
+
+    # ------------------------------------------------------------------ for hooks
+    def untimed(self) -> Untimed:
+        """``with run.untimed():`` work that is not training (excluded from ``seconds``)."""
+        return Untimed(self)
+
+    def clock(self) -> None:
+        self.history.seconds = time.perf_counter() - self.start
+        self.history.compile_seconds = self.compiled_before + getattr(
+            self.loss_fn, "compile_seconds", 0.0
+        )
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor by name (the module's state and, for a user's program, its
+        param-store sites), for snapshots such as early stopping's best epoch."""
+        out = {}
+        if self.program.module is not None:
+            out.update({f"module/{k}": v for k, v in self.program.module.state_dict().items()})
+        if not self.program.is_ppvae:
+            store = pyro.get_param_store()
+            out.update({f"store/{n}": store._params[n] for n in store.keys()})
+        return out
+
+    def load_parameters(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy a :meth:`parameters` snapshot back in place."""
+        current = self.parameters()
+        with torch.no_grad():
+            for key, value in state.items():
+                current[key].copy_(value)
+
+    def current_lr(self) -> float:
+        opt = None if self.stepper is None else self.stepper.optimizer
+        return float(opt.param_groups[0]["lr"]) if opt is not None else self.config.lr
+
+    def rng_state(self) -> dict:
+        return rng_state(self.gen)
+
+    def checkpoint_payload(self, ranks_rng=None) -> dict:
+        """Everything an exact resume needs, as tensors and plain values."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": FORMAT_VERSION,
+            **_model_state(self.program),
+            "optimizer": self.stepper.state_dict(),
+            "rng": rng_state(self.gen),
+            "rank_rng": ranks_rng,
+            "stream_rng": None if self.stream is None else self.stream.gen.get_state(),
+            "progress": {
+                "epoch": self.epoch,
+                "step": self.step,
+                "perm": None if self.perm is None else self.perm.cpu(),
+                "partial": self.partial,
+            },
+            "history": self.history.to_dict(),
+            "fit_config": {**self.fit_config, "epochs": self.config.epochs},
+            "hooks": [h.state_dict() if hasattr(h, "state_dict") else {} for h in self.user_hooks],
+            "metadata": self.metadata,
+        }
+
+    # ------------------------------------------------------------------ training
+    def _minibatch(self, rows, b: int):
+        n_rows = self.n if rows is None else len(rows)
+        if self.world > 1:  # this rank's share of the global minibatch
+            rows = (
+                torch.arange(self.rank, self.n, self.world, device=self._rows_device())
+                if rows is None
+                else rows[self.rank :: self.world]
+            )
+        if self.stream is not None:
+            xb = self.stream.batch(rows, b).to(self.device, non_blocking=True)
+        else:
+            xb = self.train if rows is None else self.train[rows]
+        if self.config.binarize == "dynamic":
+            # Uniforms for the whole global minibatch on every rank, this rank's rows
+            # kept: the binarization is the single-process one, and the shared
+            # generator (it also shuffles) advances alike on all ranks.
+            u = torch.rand((n_rows, xb.shape[1]), generator=self.gen, device=self.device)
+            xb = (u[self.rank :: self.world] < xb).to(xb.dtype)
+        extra = {}
+        if self.labels is not None:
+            extra["y"] = self.labels if rows is None else self.labels[rows]
+        return xb, n_rows, extra
+
+    def _rows_device(self):
+        return "cpu" if self.stream is not None else self.device
+
+    def run_epoch(self, sigint) -> None:
+        """One pass over the training data from the current position (NumPyro's ``run`` is
+        a loop of these; each step is :meth:`GuardedStep.step`)."""
+        epoch = self.epoch
+        if self.perm is None and self.n_batches > 1:
+            self.perm = torch.randperm(
+                self.n,
+                device=self._rows_device(),
+                generator=self.stream.gen if self.stream else self.gen,
+            )
+        self.latent_scale.factor = self.config.kl_factor(epoch)
+        if isinstance(self.loss_fn, _TraceKeyed):  # a compiled trace bakes the weight in
+            self.loss_fn.trace_key = self.latent_scale.factor
+        # minus the epoch's summed minibatch ELBOs, kept on the device (read once per epoch)
+        epoch_loss = torch.tensor(self.partial, dtype=torch.float64, device=self.device)
+        bs = self.batch_size
+        for b in range(self.step, self.n_batches):
+            if sigint.raised:
+                self.partial = float(epoch_loss)
+                self.clock()
+                _call(self.hooks, "on_interrupt", self)
+                where = f"epoch {epoch + 1}, step {b + 1} of {self.n_batches}"
+                raise TrainingInterrupted(f"interrupted at {where}{self._saved_note()}")
+            rows = None if self.perm is None else self.perm[b * bs : (b + 1) * bs]
+            xb, n_rows, extra = self._minibatch(rows, b)
+            try:
+                share = self.world * xb.shape[0] / n_rows
+                loss = self.stepper.step(xb, num_data=self.n, share=share, **extra)
+            except FloatingPointError as exc:
+                raise FloatingPointError(
+                    f"{exc} at epoch {epoch + 1}, step {b + 1}: training stopped"
+                    f"{self._kept_note()}. Usual remedies: a lower learning rate (lr), "
+                    "gradient clipping (clip_norm), or checking the data for extreme values; "
+                    "then resume"
+                ) from None
+            epoch_loss += loss
+            self.step = b + 1
+            self.history.steps += 1
+        if self.world > 1:  # each rank's loss estimates the same full-data loss: average them
+            torch.distributed.all_reduce(epoch_loss)
+            epoch_loss /= self.world
+        self.history.train_elbo.append(-float(epoch_loss) / (self.n_batches * self.n))
+        self.epoch, self.step, self.perm, self.partial = epoch + 1, 0, None, 0.0
+
+    def _checkpoint_path(self):
+        for hook in self.hooks:
+            if isinstance(hook, Checkpoint) and hook.path is not None:
+                return hook.path
+        return None
+
+    def _saved_note(self) -> str:
+        path = self._checkpoint_path()
+        return f"; checkpoint saved to {path}" if path is not None and self.rank == 0 else ""
+
+    def _kept_note(self) -> str:
+        path = self._checkpoint_path()
+        if path is None or not path.exists():
+            return ""
+        return f"; the last good checkpoint {path} (epoch {self.epoch}) is kept"
+
+
+def fit(
+    program,
+    train,
+    data=None,
+    *,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float | None = None,
+    seed: int = 0,
+    test=None,
+    elbo: ELBO | str | None = None,
+    num_particles: int = 1,
+    betas: tuple[float, float] | None = None,
+    lr_decay: float | None = None,
+    decay_start: float | None = None,
+    device: str | torch.device = "cpu",
+    binarize: str | None = None,
+    clip_norm: float | None = None,
+    kl_weight: float = 1.0,
+    kl_warmup_epochs: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    metadata: dict | None = None,
+    progress: bool | None = None,
+    labels: torch.Tensor | None = None,
+    validate: bool | None = None,
+    hooks=(),
+    config: TrainConfig | None = None,
+) -> History:
+    """Train a Pyro program by stochastic variational inference.
+
+    ``fit(program, train)`` trains a module with Pyro ``model``/``guide`` methods (a VAE, an
+    autoencoder, any user's ``nn.Module``) in place; ``fit(model, guide, train)`` trains two
+    plain functions whose parameters live in Pyro's param store, as ``pyro.infer.SVI`` does.
+    The one contract is a plate named ``"data"`` holding the per-point sites
+    (:mod:`ppvae.program`).
+
+    Parameters
+    ----------
+    program : program, or the model function
+        A VAE or any ``nn.Module`` with Pyro ``model(x, ...)``/``guide(x, ...)`` methods, or a
+        ``(model, guide)`` tuple; or the model function, with the guide as the next argument.
+    train : array-like of shape (N, D), or torch.utils.data.Dataset / DataLoader
+        Training data: in memory (moved to ``device`` once and indexed in place), or streamed
+        batch by batch from a dataset (e.g. :class:`~ppvae.MemmapDataset`) in the same seeded
+        order.
+    epochs : int
+        Passes over the training data (in total, counting those of a resumed run).
+    batch_size : int
+        Minibatch size B; a batch size >= N gives full-batch steps.
+    lr : float, optional
+        Adam learning rate (default: the model's ``training_defaults``; 1e-3 for a VAE).
+    seed : int
+        Seeds Pyro, torch, NumPy and Python RNGs and the shuffling.
+    test : array-like, shape (M, D), optional
+        Held-out data whose ELBO is recorded after every epoch.
+    elbo : pyro.infer.ELBO or {"auto", "trace", "meanfield", "jit", "jit-meanfield"}, optional
+        The ELBO estimator (default: the model's ``training_defaults``, ``"auto"`` for a VAE
+        and a LinearVAE). ``"auto"`` is ``TraceMeanField_ELBO`` (analytic KL) when
+        ``vae.prior.analytic_kl`` and ``Trace_ELBO`` otherwise; for a VAE built only from
+        ppvae's own parts (static structure) the analytic-KL estimator is compiled by
+        ``torch.jit.trace``, once per minibatch shape and KL weight
+        (:class:`CachedJitTraceMeanField_ELBO`): the same objective and, seed for seed, the
+        same noise, at 10-40% less time per step; a program that cannot be traced falls
+        back to the eager estimator with a ``RuntimeWarning``. ``"jit"`` and
+        ``"jit-meanfield"`` compile any program (its structure must be static).
+    num_particles : int
+        Samples per data point of an ELBO estimator given by name.
+    betas : (float, float), optional
+        Adam's moment decay rates (default: the model's ``training_defaults``).
+    lr_decay : float, optional
+        Final learning rate as a fraction of ``lr``; the rate decays exponentially, step by
+        step, over the run (default: the model's ``training_defaults``; 1.0, constant, for a
+        VAE).
+    decay_start : float, optional
+        Fraction of the run with a constant learning rate before the decay begins (default:
+        the model's ``training_defaults``).
+    device : str
+        ``"cpu"`` or ``"cuda"``; the model and data are moved there.
+    binarize : {None, "dynamic"}
+        ``"dynamic"`` resamples binary training data x ~ Bernoulli(train) at every step
+        (``train`` then holds intensities in [0, 1]).
+    clip_norm : float, optional
+        Clip the global 2-norm of the gradients to this value before each step.
+    kl_weight : float
+        beta: the program's local latent sites (``"z"`` for a VAE) are scaled by it in model
+        and guide, so the objective is E[log p(x|z)] - beta KL (beta-VAE). With a weight
+        other than 1, ``History.train_elbo`` reports that weighted objective;
+        ``History.test_elbo`` is always the true ELBO.
+    kl_warmup_epochs : int
+        KL annealing: the weight rises linearly, epoch by epoch, from kl_weight / W to
+        kl_weight over the first W epochs.
+    checkpoint_dir : path, optional
+        Write ``checkpoint.pt`` there, atomically, after every epoch (and on Ctrl-C): model,
+        optimizer and every RNG state, progress, history and the full configuration.
+    hooks : sequence of Hook, optional
+        Called by the loop around training (:mod:`ppvae.train.hooks`):
+        :class:`~ppvae.train.hooks.EarlyStopping` on a validation split,
+        :class:`~ppvae.train.hooks.TensorBoard`, or your own.
+    config : TrainConfig, optional
+        Settings as one object (:class:`~ppvae.train.config.TrainConfig`); keywords given
+        here override it.
+    resume : bool
+        Continue from ``checkpoint_dir/checkpoint.pt``. The model, data and settings must be
+        those of the interrupted run; the result is then identical to an uninterrupted run.
+    overwrite : bool
+        Start afresh in a ``checkpoint_dir`` that already holds a checkpoint, replacing it;
+        without it (and without ``resume``) such a folder is refused, so that no run is
+        overwritten without being asked.
+    metadata : dict, optional
+        JSON-able extras stored in the checkpoint (the CLI stores its arguments).
+    progress : bool, optional
+        Show a progress bar (default: when writing to a terminal).
+    labels : tensor of shape (N,), optional
+        Integer labels passed to model and guide as ``y`` (the stacked autoencoder's classifier).
+    validate : bool, optional
+        Pyro's per-site validation inside the loop (default: :data:`VALIDATE_STEPS`, off).
+        A compiled estimator (``elbo="auto"`` on a ppvae VAE, ``"jit"``, ``"jit-meanfield"``)
+        validates only the eager pass it makes when it compiles a trace; pass
+        ``elbo="meanfield"`` or ``"trace"`` to validate every step.
+
+    Returns
+    -------
+    History
+        ELBOs per epoch in nats per sample, and the resolved settings (``History.config``).
+
+    Notes
+    -----
+    ppvae's own programs are trained in a fresh scope of Pyro's param store (their parameters
+    are their modules'), so several can be trained in one process without colliding. A user's
+    program is trained in the global param store, exactly as ``pyro.infer.SVI`` would: its
+    ``pyro.param`` sites persist after ``fit``; call ``pyro.clear_param_store()`` between
+    unrelated programs that share site names.
+
+    Raises
+    ------
+    FloatingPointError
+        A non-finite loss or gradient; the parameters stay at their last finite values and
+        the checkpoint of the last completed epoch is kept.
+    TrainingInterrupted
+        Ctrl-C; a checkpoint of the exact position is written first when ``checkpoint_dir``
+        is set.
+    """
+    prog, train = _program_and_data(program, train, data)
+    given = {
+        k: v
+        for k, v in dict(
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, elbo=elbo,
+            num_particles=num_particles, betas=betas, lr_decay=lr_decay,
+            decay_start=decay_start, device=device, binarize=binarize, clip_norm=clip_norm,
+            kl_weight=kl_weight, kl_warmup_epochs=kl_warmup_epochs, progress=progress,
+            validate=validate,
+        ).items()
+        if config is None or v != _KEYWORD_DEFAULTS[k]
+    }  # fmt: skip
+    cfg = TrainConfig.resolve(prog, config, **given)
+    ckpt_path = _checkpoint_path(checkpoint_dir, resume, overwrite)
+    dev = resolve_device(cfg.device)
+    data_dim = getattr(prog.module, "data_dim", None) if prog.is_ppvae else None
+    if isinstance(train, (Dataset, DataLoader)):
+        train = Stream(train)
+        train.data_dim = data_dim
+        n = len(train)
+    else:
+        train = check_data(train, name="train", data_dim=data_dim, dtype=torch.float32)
+        n = train.shape[0]
+    labels = _check_labels(labels, n, test)
+    loss_fn = make_elbo(cfg.elbo, cfg.num_particles, prog)
+    if isinstance(loss_fn, _TraceKeyed):  # traces of an earlier fit read another param store
+        loss_fn.reset()
+    bs = _batch_size(cfg.batch_size, n, distributed_world()[0])
+    run = Run(prog, cfg, loss_fn, train, n, bs, dev)
+    run.fit_config = cfg.record(bs)
+    run.metadata = metadata or {}
+    if ckpt_path is not None:  # a float64 pass over the data: only where a checkpoint needs it
+        run.fit_config["data"] = train.fingerprint() if run.stream else fingerprint(train)
+        if labels is not None:
+            run.fit_config["labels"] = fingerprint(labels[:, None])
+    if run.stream is not None and dev.type == "cpu":
+        # One generator shuffles and binarizes, in the same order as for an in-memory tensor:
+        # a streamed run then equals the in-memory one bit for bit. (On CUDA the permutation
+        # of host rows is drawn on the CPU, and the in-memory one on the device.)
+        run.stream.gen = run.gen
+    payload = None
+    if resume:
+        payload = read_training_checkpoint(ckpt_path)
+        _check_resumable(payload, prog, run.fit_config, cfg.epochs, ckpt_path)
+        if prog.module is not None:
+            load_weights(prog.module, payload["state_dict"], ckpt_path)
+        run.history = History(**payload["history"])
+        progress_state = payload["progress"]
+        run.epoch, run.step = progress_state["epoch"], progress_state["step"]
+        run.perm, run.partial = progress_state["perm"], progress_state["partial"]
+    else:
+        pyro.set_rng_seed(cfg.seed + run.rank)  # per-rank guide noise; the shuffling is shared
+        run.gen.manual_seed(cfg.seed)
+        if run.stream is not None:
+            run.stream.gen.manual_seed(cfg.seed)
+    if prog.module is not None:
+        prog.module.to(dev)
+    if run.stream is None:
+        run.train = train = train.to(dev)
+    run.labels = None if labels is None else labels.to(dev)
+    if payload is not None:
+        _restore_rng(run, payload)
+    total_steps = max(1, cfg.epochs * run.n_batches)
+    schedule = (
+        None if cfg.lr_decay == 1.0 else HoldThenDecay(total_steps, cfg.lr_decay, cfg.decay_start)
+    )
+    run.history.config = {**run.fit_config, "epochs": cfg.epochs, "device": str(dev)}
+    run.history.config.pop("data", None)
+    run.history.config.pop("labels", None)
+
+    scope = pyro.get_param_store().scope() if prog.is_ppvae else contextlib.nullcontext()
+    with scope, SigintFlag() as sigint, _ReleaseParams(prog):
+        head = train.head(2) if run.stream else train[:2]
+        info = inspect_program(prog, head.to(dev), **_label_kwargs(run.labels, 2))
+        run.data_dim = info.data_dim
+        run.support_check = support_check(prog, info, cfg.binarize)
+        if run.stream is None:
+            run.support_check(train, "train")
+        else:
+            run.stream.data_dim, run.stream.check = info.data_dim, run.support_check
+        if payload is not None and payload.get("param_store") and not prog.is_ppvae:
+            _load_param_store(payload["param_store"], ckpt_path)
+        model, guide = prog.bind(n)
+        if cfg.kl_weight != 1.0 or cfg.kl_warmup_epochs > 0:
+            run.latent_scale = LatentScale(*info.local_latents)
+            model, guide = run.latent_scale(model), run.latent_scale(guide)
+        run.stepper = GuardedStep(
+            prog,
+            model,
+            guide,
+            loss_fn,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            schedule=schedule,
+            clip_norm=cfg.clip_norm,
+            validate=_step.VALIDATE_STEPS if cfg.validate is None else cfg.validate,
+        )
+        if payload is not None:
+            run.stepper.pending_state = payload["optimizer"]
+            run.stepper.new_lr = payload["fit_config"].get("lr") != cfg.lr
+        run.user_hooks = list(hooks)
+        run.hooks = [
+            *([TestELBO(test)] if test is not None else []),
+            *run.user_hooks,
+            Checkpoint(ckpt_path),
+            ProgressBar(cfg.progress),
+        ]
+        if payload is not None:
+            for hook, state in zip(run.user_hooks, payload.get("hooks") or [], strict=False):
+                if hasattr(hook, "load_state_dict"):
+                    hook.load_state_dict(state)
+        run.start = time.perf_counter() - run.history.seconds
+        run.compiled_before = run.history.compile_seconds  # of the run this one resumes
+        _call(run.hooks, "on_fit_start", run)
+        try:
+            while run.epoch < cfg.epochs and not run.stop:
+                run.run_epoch(sigint)
+                run.clock()
+                _call(run.hooks, "on_epoch_end", run)
+        finally:
+            _call(run.hooks, "on_fit_end", run)
+        run.clock()
+    return run.history
+
+
+_KEYWORD_DEFAULTS = {
+    "epochs": 10, "batch_size": 128, "lr": None, "seed": 0, "elbo": None, "num_particles": 1,
+    "betas": None, "lr_decay": None, "decay_start": None, "device": "cpu", "binarize": None,
+    "clip_norm": None, "kl_weight": 1.0, "kl_warmup_epochs": 0, "progress": None,
+    "validate": None,
+}  # fmt: skip
+
+
+def _checkpoint_path(checkpoint_dir, resume: bool, overwrite: bool) -> Path | None:
+    if resume and checkpoint_dir is None:
+        raise InputError("resume=True needs checkpoint_dir")
+    if resume and overwrite:
+        raise InputError("resume=True and overwrite=True exclude each other")
+    if checkpoint_dir is None:
+        return None
+    path = Path(checkpoint_dir) / "checkpoint.pt"
+    if path.exists() and not (resume or overwrite):
+        raise InputError(
+            f"checkpoint_dir {checkpoint_dir} already holds a run's checkpoint.pt; pass "
+            "resume=True to continue it or overwrite=True to start afresh"
+        )
+    return path
+
+
+def _check_labels(labels, n: int, test):
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels)
+    if labels.shape != (n,) or labels.dtype not in (torch.int64, torch.int32):
+        raise InputError(
+            f"labels must be integers of shape ({n},), got "
+            f"{labels.dtype} of shape {tuple(labels.shape)}"
+        )
+    if test is not None:
+        raise InputError("test ELBOs are not computed for a labelled fit; pass test=None")
+    return labels.long()
+
+
+def _label_kwargs(labels, rows: int) -> dict:
+    return {} if labels is None else {"y": labels[:rows]}
+
+
+def _batch_size(batch_size: int, n: int, world: int) -> int:
+    bs = min(int(batch_size), n)
+    if bs < world:
+        raise InputError(f"batch_size {bs} is smaller than the {world} processes sharing it")
+    if 0 < n % bs < world:
+        left = n % bs
+        raise InputError(
+            f"the last minibatch ({n} rows, batch_size {bs}) holds {left} "
+            f"row{'' if left == 1 else 's'}, fewer than the {world} processes sharing it; "
+            f"choose a batch_size that leaves no remainder or one of at least {world}"
+        )
+    return bs
+
+
+def _restore_rng(run: Run, payload: dict) -> None:
+    """Every random stream where the interrupted run left it (each rank its own)."""
+    ranks_rng = payload.get("rank_rng")
+    if run.world > 1 and ranks_rng is not None and len(ranks_rng) == run.world:
+        set_rng_state(ranks_rng[run.rank], run.gen)  # each rank's own guide noise continues
+    else:
+        set_rng_state(payload["rng"], run.gen)
+        if run.world > 1 and run.rank > 0:  # only rank 0's state was saved (an interrupted
+            # epoch, or another world size): fresh noise per rank, not a copy of rank 0's
+            pyro.set_rng_seed(run.config.seed + run.rank + 1009 * (1 + run.epoch))
+    if run.stream is not None and payload.get("stream_rng") is not None:
+        run.stream.gen.set_state(payload["stream_rng"])
+    if run.perm is not None:
+        run.perm = run.perm.to(run._rows_device())
+
+
+def _load_param_store(saved: dict, path) -> None:
+    store = pyro.get_param_store()
+    with torch.no_grad():
+        for name, value in saved.items():
+            if name not in store.keys():
+                raise InputError(f"{path}: the program has no param-store site {name!r}")
+            store._params[name].copy_(value)
+
+
+class _ReleaseParams:
+    """On entering and leaving ``fit``, let a ppvae program register its parameters with
+    Pyro again (``params_held``; see ``ppvae.vae.register_module``)."""
+
+    def __init__(self, program: Program):
+        self.module = program.module if program.is_ppvae else None
+
+    def __enter__(self):
+        if self.module is not None:
+            self.module.params_held = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.module is not None:
+            self.module.params_held = False
+
+
+def _check_resumable(payload: dict, program: Program, fit_config: dict, epochs: int, path) -> None:
+    saved = payload["fit_config"]
+    config = program.module.config() if program.is_ppvae and payload["config"] else None
+    if payload["class"] != _model_state_class(program) or payload["config"] != config:
+        raise InputError(
+            f"{path}: the checkpoint is of a different model ({payload['class']} "
+            f"{payload['config']}), not {_model_state_class(program)} {config}"
+        )
+    if not same_fingerprint(saved["data"], fit_config["data"]):
+        raise InputError(f"{path}: the checkpoint was written for different training data")
+    for key, value in fit_config.items():
+        if key == "elbo" and estimator_name(saved.get(key), program) == estimator_name(
+            value, program
+        ):
+            continue  # compiled or eager, auto or named: the same estimator
+        if key not in ("data", *RESUME_MAY_CHANGE) and saved.get(key) != value:
+            raise InputError(
+                f"{path}: cannot resume with {key}={value!r}; the run used {saved.get(key)!r}"
+            )
+    done = payload["progress"]["epoch"]
+    if epochs < done:
+        raise InputError(
+            f"{path}: the checkpoint has {done} epochs done, more than epochs={epochs}"
+        )
+    if epochs != saved["epochs"] and fit_config["lr_decay"] != 1.0:
+        raise InputError(
+            f"{path}: the learning-rate schedule spans {saved['epochs']} epochs; "
+            f"resume with epochs={saved['epochs']}"
+        )
+
+
+def _model_state_class(program: Program) -> str:
+    if program.is_ppvae and type(program.module).__name__ in MODEL_CLASSES:
+        return type(program.module).__name__
+    return program.name
+
+
+def pretrain(
+    stack: StackedAutoencoder,
+    train: torch.Tensor,
+    *,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> list[History]:
+    """Greedy layer-wise pretraining of a :class:`~ppvae.autoencoders.StackedAutoencoder`.
+
+    Layer l is trained by :func:`fit` as the autoencoder
+    :meth:`~ppvae.autoencoders.StackedAutoencoder.layer_program` ``(l)`` on the features of the
+    layers below, which stay frozen (they are neither registered with Pyro nor differentiated).
+
+    Returns
+    -------
+    list of History
+        One per layer, bottom first.
+    """
+    stack.to(resolve_device(device))
+    return [
+        fit(
+            stack.layer_program(depth),
+            train,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed + depth,
+            device=device,
+            progress=progress,
+        )
+        for depth in range(len(stack.layers))
+    ]
+
+
+def finetune(
+    stack: StackedAutoencoder,
+    train: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> History:
+    """Supervised fine-tuning of the whole stack and its softmax head.
+
+    Maximizes ``sum_i log p(y_i | x_i)`` (the :class:`~ppvae.autoencoders.StackedClassifier`
+    program); ``History.train_elbo`` is then minus the cross-entropy in nats per example.
+    """
+    labels = torch.as_tensor(labels)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= stack.n_classes):
+        raise InputError(
+            f"labels must lie in [0, {stack.n_classes}), found "
+            f"{int(labels.min())}..{int(labels.max())}"
+        )
+    return fit(
+        stack.classifier_program(),
+        train,
+        labels=labels,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )

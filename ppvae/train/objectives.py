@@ -1,0 +1,99 @@
+"""Which ELBO estimator trains a program, and the KL weight applied to its latent sites."""
+
+from __future__ import annotations
+
+import warnings
+
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.messenger import Messenger
+
+from ..errors import InputError
+from ..program import Program, as_program
+from ..vae import VAE, LinearVAE
+from .pyro_jit import PATCH_APPLIES, CachedJitTrace_ELBO, CachedJitTraceMeanField_ELBO
+
+__all__ = ["ELBOS", "LatentScale", "analytic_kl", "estimator_name", "make_elbo"]
+
+ELBOS = {
+    "trace": Trace_ELBO,
+    "meanfield": TraceMeanField_ELBO,
+    "jit": CachedJitTrace_ELBO,
+    "jit-meanfield": CachedJitTraceMeanField_ELBO,
+}
+
+
+def analytic_kl(program: Program) -> bool:
+    """Whether KL(q(z | x) || p(z)) has a closed form: a ppvae VAE whose prior says so."""
+    prior = getattr(program.module, "prior", None) if program.is_ppvae else None
+    return bool(getattr(prior, "analytic_kl", False))
+
+
+def known_static(program: Program) -> bool:
+    """True for a VAE built only from ppvae's own parts, whose structure is static.
+
+    Tracing records one pass through the program; Python branches on tensor values would be
+    frozen into it. ppvae's priors, likelihoods and networks branch on shapes and options only,
+    so ``elbo="auto"`` compiles such a VAE; anything user-defined runs eagerly unless a JIT
+    estimator is asked for by name.
+    """
+    vae = program.module
+    if type(vae) not in (VAE, LinearVAE) or getattr(vae, "_custom_nets", True):
+        return False
+    parts = (vae.prior, vae.likelihood, vae.encoder, vae.decoder)
+    return all(type(p).__module__.startswith(("ppvae.", "torch.nn.")) for p in parts)
+
+
+def make_elbo(elbo: ELBO | str | None, num_particles: int, program) -> ELBO:
+    """The estimator for ``fit(elbo=...)``: an instance, a name of :data:`ELBOS`, or "auto".
+
+    ``"auto"`` is the analytic-KL ``TraceMeanField_ELBO`` where the prior has a closed-form KL,
+    compiled for ppvae's own static VAEs, and ``Trace_ELBO`` otherwise (any user program).
+    """
+    program = as_program(program)
+    if elbo is None:
+        return Trace_ELBO(num_particles=num_particles)
+    if isinstance(elbo, ELBO):
+        return elbo
+    key = str(elbo).lower()
+    if key == "auto":
+        analytic = analytic_kl(program)
+        if analytic and known_static(program):
+            if PATCH_APPLIES:
+                loss = CachedJitTraceMeanField_ELBO(num_particles=num_particles)
+                loss.fallback = True
+                return loss
+            warnings.warn(
+                "the installed pyro-ppl no longer has what ppvae's JIT workaround patches; "
+                "training with the eager analytic-KL estimator (same objective)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        key = "meanfield" if analytic else "trace"
+    if key not in ELBOS:
+        raise InputError(f"unknown elbo {elbo!r}; choose one of auto, {', '.join(ELBOS)}")
+    return ELBOS[key](num_particles=num_particles)
+
+
+def estimator_name(elbo, program: Program) -> str:
+    """The estimator an ELBO name stands for, compiled or not ("meanfield" or "trace")."""
+    if elbo == "auto":
+        return "meanfield" if analytic_kl(program) else "trace"
+    return {"jit-meanfield": "meanfield", "jit": "trace"}.get(elbo, elbo)
+
+
+class LatentScale(Messenger):
+    """Multiply the log-density scale of the named latent sites by ``factor``.
+
+    Applied to model and guide alike, it weights ``log p(z) - log q(z | x)`` (or the analytic
+    KL) by ``factor``: the beta of a beta-VAE, or a KL warm-up coefficient. ``fit`` names the
+    program's local latent sites (those in the ``"data"`` plate, read from a trace).
+    """
+
+    def __init__(self, *names: str, factor: float = 1.0):
+        super().__init__()
+        self.names = set(names)
+        self.factor = factor
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and msg["name"] in self.names and not msg["is_observed"]:
+            msg["scale"] = msg["scale"] * self.factor
