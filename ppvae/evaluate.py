@@ -18,6 +18,7 @@ chunks over data points and over K so that memory stays bounded.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -560,13 +561,18 @@ class _Frozen:
 
     def __init__(self, program: Program):
         self.params = [p for p in program_parameters(program) if p.requires_grad]
+        self.warnings = warnings.catch_warnings()
 
     def __enter__(self):
         for p in self.params:
             p.requires_grad_(False)
+        self.warnings.__enter__()
+        # pyro.module says so of every frozen parameter: intended here
+        warnings.filterwarnings("ignore", message=".*was not registered in the param store")
         return self
 
     def __exit__(self, *exc):
+        self.warnings.__exit__(*exc)
         for p in self.params:
             p.requires_grad_(True)
 

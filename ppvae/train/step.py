@@ -124,7 +124,7 @@ class GuardedStep:
         grads = [p.grad for p in self.params if p.grad is not None]
         norms = torch.stack(torch._foreach_norm(grads)) if grads else loss.new_zeros(1)
         if not bool(torch.isfinite(loss.detach() + norms.sum())):  # the one host sync
-            bad = f"loss {float(loss)}" if not torch.isfinite(loss) else "gradient"
+            bad = f"loss {float(loss.detach())}" if not torch.isfinite(loss) else "gradient"
             for p in self.params:
                 if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                     bad = f"gradient of {self.names[id(p)]}"
