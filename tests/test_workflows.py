@@ -10,17 +10,17 @@ from ppvae.cli import main
 
 
 def test_check_ppca_from_python_returns_what_the_cli_writes(tmp_path):
-    argv = ["check-ppca", "--n-train", "200", "--n-test", "30", "--latent-dim", "2"]
-    main([*argv, "--epochs", "40", "--out", str(tmp_path / "cli")])
+    argv = ["check-ppca", "--n-train", "100", "--n-test", "20", "--latent-dim", "2"]
+    main([*argv, "--epochs", "10", "--out", str(tmp_path / "cli")])
     written = json.loads((tmp_path / "cli" / "check_ppca.json").read_text())
-    ds = ppvae.load_dataset("digits", seed=0, n_train=200, n_test=30)
-    r = workflows.check_ppca(ds, latent_dim=2, epochs=40, out=tmp_path / "py", progress=False)
+    ds = ppvae.load_dataset("digits", seed=0, n_train=100, n_test=20)
+    r = workflows.check_ppca(ds, latent_dim=2, epochs=10, out=tmp_path / "py", progress=False)
     for key in ("loglik_gap", "elbo_gap", "covariance_rel_error", "principal_angles_deg"):
         assert r.metrics[key] == written[key], key
     assert isinstance(r.models["linear_vae"], ppvae.LinearVAE)
     assert isinstance(r.models["ppca"], ppvae.PPCA)
     assert "loglik_gap" in reports.check_table(r.metrics)
-    again = workflows.check_ppca(ds, latent_dim=2, epochs=40, progress=False)  # out=None
+    again = workflows.check_ppca(ds, latent_dim=2, epochs=10, progress=False)  # out=None
     assert again.out is None and "figure" not in again.metrics
     assert again.metrics["loglik_gap"] == written["loglik_gap"]
 
