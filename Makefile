@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/ppvae run --out $(OUT) $(ARGS)
+	$(VENV)/bin/ppvae run --out $(OUT) --force $(ARGS)  # runs/default is scratch: rerunnable
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

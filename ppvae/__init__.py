@@ -82,3 +82,4 @@ __all__ = [
     "pretrain",
     "save",
 ]
+from . import workflows  # noqa: F401  (ppvae.workflows: the experiments of the ppvae command)

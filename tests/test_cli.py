@@ -28,6 +28,7 @@ TINY = [
     "--latent-dim",
     "3",
 ]
+TINY_AE = [a for a in TINY if a not in ("--iw-samples", "5")]  # autoencoders: no IW estimate
 
 
 def test_run_writes_every_output(tmp_path, capsys):
@@ -129,8 +130,9 @@ def test_compare_writes_table_scatter_and_inference_data(tmp_path, capsys):
 def test_check_ppca_writes_its_comparison(tmp_path, capsys):
     out = tmp_path / "check"
     argv = ["check-ppca", "--epochs", "20", "--n-train", "300", "--latent-dim", "2"]
-    assert main([*argv, "--out", str(out)]) == 0
+    code = main([*argv, "--out", str(out)])
     r = json.loads((out / "check_ppca.json").read_text())
+    assert not r["passed"] and code == 1  # 20 epochs are too few: FAIL, exit status 1
     for key in (
         "loglik_gap",
         "elbo_gap",
@@ -163,7 +165,7 @@ def test_fit_saves_a_loadable_model(tmp_path):
 @pytest.mark.parametrize("model", ["ae", "dae", "sae", "cae", "stacked"])
 def test_fit_an_autoencoder_writes_model_figures_and_metrics(model, tmp_path, capsys):
     out = tmp_path / model
-    argv = ["fit", "--model", model, *TINY, "--out", str(out)]
+    argv = ["fit", "--model", model, *TINY_AE, "--out", str(out)]
     assert main(argv) == 0
     back = ppvae.load(out / "model.pt")
     assert type(back).kind == model
@@ -206,7 +208,7 @@ def test_fit_an_autoencoder_writes_model_figures_and_metrics(model, tmp_path, ca
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, needle, tmp_path, capsys):
-    if argv[0] in ("run", "fit", "check-ppca"):
+    if argv[0] in ("run", "fit", "check-ppca") and "--resume" not in argv:
         argv = [*argv, "--out", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as exc:
         raise SystemExit(main(argv))
@@ -247,3 +249,219 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "example" / "model.pt").exists()
     assert isinstance(namespace["vae2"], ppvae.VAE)
     assert bool(torch.isfinite(namespace["loglik"]).all())
+
+
+# ---------------------------------------------------------------------- issue #14, part 3
+SMALL = ["--n-train", "60", "--n-test", "20", "--latent-dim", "2"]
+TINY_EVAL = ["--iw-samples", "3", "--eval-points", "5", "--gap-points", "2", "--nuts-points", "0"]
+
+
+def _training_module():
+    """Where the CLI's experiments call ``fit`` (ppvae.workflows; ppvae.cli before it)."""
+    import importlib
+
+    try:
+        return importlib.import_module("ppvae.workflows")
+    except ImportError:
+        return importlib.import_module("ppvae.cli")
+
+
+def _exit(argv, capsys) -> tuple[int, list[str]]:
+    code = main(argv)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--prior", "mog"],
+        ["--hidden", "512"],
+        ["--iw-samples", "7"],
+        ["--kl-weight", "3"],
+        ["--architecture", "conv"],
+        ["--clip-norm", "1"],
+    ],
+)
+def test_check_ppca_refuses_options_it_does_not_use(option, tmp_path, capsys):
+    argv = ["check-ppca", *SMALL, "--epochs", "1", *option, "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unrecognized arguments" in err[0] and option[0] in err[0]
+
+
+@pytest.mark.parametrize(
+    "model, option",
+    [
+        ("ae", ["--kl-weight", "3"]),
+        ("dae", ["--kl-warmup", "2"]),
+        ("sae", ["--prior", "mog"]),
+        ("cae", ["--architecture", "conv"]),
+        ("stacked", ["--iw-samples", "7"]),
+        ("ae", ["--rho", "0.1"]),  # a sparse autoencoder's option
+        ("vae", ["--noise-level", "0.2"]),
+        ("stacked", ["--clip-norm", "1"]),  # its several fits do not clip
+    ],
+)
+def test_fit_refuses_options_the_model_cannot_honour(model, option, tmp_path, capsys):
+    argv = ["fit", "--model", model, *SMALL, "--epochs", "0", "--hidden", "8", *option]
+    code, err = _exit([*argv, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and len(err) == 1 and option[0] in err[0], err
+    assert not (tmp_path / "o" / "model.pt").exists()
+
+
+def test_fit_autoencoder_honours_clip_norm(tmp_path):
+    out = tmp_path / "ae"
+    argv = ["fit", "--model", "ae", *SMALL, "--epochs", "1", "--hidden", "8"]
+    assert main([*argv, "--clip-norm", "1e-9", "--out", str(out)]) == 0
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["fit_config"]
+    assert saved["clip_norm"] == 1e-9
+
+
+def _small_fit(out, *extra):
+    argv = ["fit", *SMALL, "--hidden", "8", "--batch-size", "20", "--iw-samples", "3"]
+    return main([*argv, "--epochs", "1", *extra, "--out", str(out)])
+
+
+def test_resume_refuses_options_it_cannot_change(tmp_path, capsys):
+    out = tmp_path / "vae"
+    assert _small_fit(out) == 0
+    capsys.readouterr()
+    argv = ["fit", "--resume", str(out), "--epochs", "2", "--batch-size", "7", "--hidden", "4"]
+    code, err = _exit(argv, capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "--resume continues the saved run; it cannot change" in err[0]
+    assert "--batch-size" in err[0] and "--hidden" in err[0] and "--epochs" not in err[0]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["progress"]["epoch"] == 1
+
+
+def test_resume_may_change_epochs_lr_clip_norm_and_progress(tmp_path):
+    out = tmp_path / "vae"
+    assert _small_fit(out) == 0
+    argv = ["fit", "--resume", str(out), "--epochs", "2", "--lr", "1e-4", "--clip-norm", "2"]
+    assert main([*argv, "--no-progress"]) == 0
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert payload["progress"]["epoch"] == 2
+    assert payload["fit_config"]["lr"] == 1e-4 and payload["fit_config"]["clip_norm"] == 2.0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["lr"] == 1e-4 and len(m["history"]["train_elbo"]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv, held",
+    [
+        (["run", *SMALL, "--epochs", "1", "--hidden", "8", "--check-epochs", "1"], "metrics.json"),
+        (["fit", *SMALL, "--epochs", "1", "--hidden", "8"], "model.pt"),
+        (["check-ppca", *SMALL, "--epochs", "1"], "check_ppca.json"),
+        (
+            [
+                "compare",
+                *SMALL,
+                "--epochs",
+                "1",
+                "--hidden",
+                "8",
+                "--linear-epochs",
+                "1",
+                *TINY_EVAL,
+            ],
+            "compare.json",
+        ),
+    ],
+)
+def test_an_existing_run_is_never_overwritten_without_force(argv, held, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / held).write_text("an earlier run")
+    code, err = _exit([*argv, "--out", str(out)], capsys)
+    assert code == 2 and len(err) == 1 and "--force" in err[0] and held in err[0], err
+    assert (out / held).read_text() == "an earlier run"
+
+
+def test_fit_into_a_checkpointed_folder_needs_resume_or_force(tmp_path, capsys):
+    out = tmp_path / "vae"
+    assert _small_fit(out) == 0
+    capsys.readouterr()
+    code, err = _exit(["fit", *SMALL, "--epochs", "1", "--hidden", "8", "--out", str(out)], capsys)
+    assert code == 2 and len(err) == 1 and "--force" in err[0] and "--resume" in err[0], err
+    assert _small_fit(out, "--force") == 0
+
+
+def test_stacked_cannot_resume_and_never_offers_to(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "stacked"
+    argv = ["fit", "--model", "stacked", *SMALL, "--epochs", "1", "--hidden", "8"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert not (out / "checkpoint.pt").exists()
+    capsys.readouterr()
+    code, err = _exit(["fit", "--resume", str(out)], capsys)
+    assert code == 2 and len(err) == 1 and "cannot be resumed" in err[0], err
+
+    def interrupted(*args, **kwargs):
+        raise ppvae.TrainingInterrupted("interrupted at epoch 1, step 1")
+
+    monkeypatch.setattr(ppvae.infer, "fit", interrupted)  # what pretrain calls
+    code, err = _exit([*argv, "--out", str(tmp_path / "again")], capsys)
+    assert code == 130 and "interrupted" in err[-1] and "--resume" not in err[-1], err
+
+
+def test_reports_show_the_resolved_settings(tmp_path):
+    out = tmp_path / "run"
+    argv = ["run", *SMALL, "--epochs", "1", "--hidden", "8", "--iw-samples", "3"]
+    assert main([*argv, "--check-epochs", "1", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["vae"]["lr"] == 1e-3 and m["vae"]["fit_config"]["betas"] == [0.9, 0.999]
+    assert "learning rate 0.001" in (out / "report.md").read_text()
+    assert "learning rate None" not in (out / "report.md").read_text()
+
+
+def test_run_checks_the_linear_vae_on_compare_s_schedule(tmp_path, monkeypatch):
+    """Above LINEAR_FULL_BATCH_MAX rows the check trains on minibatches for a bounded number
+    of steps (shrunk here: 60 rows count as "large", minibatches of 20, 6 steps)."""
+    wf = _training_module()
+    monkeypatch.setattr(wf, "LINEAR_FULL_BATCH_MAX", 50)
+    monkeypatch.setattr(wf, "LINEAR_BATCH_SIZE", 20)
+    monkeypatch.setattr(wf, "LINEAR_STEPS", 6)
+    out = tmp_path / "run"
+    argv = ["run", *SMALL, "--epochs", "1", "--hidden", "8", "--iw-samples", "3"]
+    assert main([*argv, "--out", str(out)]) == 0
+    check = json.loads((out / "metrics.json").read_text())["ppca_check"]
+    assert (check["epochs"], check["batch_size"]) == (2, 20)
+    assert "2 epochs of minibatches of 20" in (out / "report.md").read_text()
+
+
+def test_run_help_documents_the_linear_check(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--check-epochs" in text and "--check-batch-size" in text and "10,000" in text
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), ValueError("a bug, not the user's")])
+def test_a_bug_keeps_its_traceback(error, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(ppvae.evaluate, "compare_to_ppca", broken)
+    with pytest.raises(type(error), match="a bug"):
+        main(["check-ppca", *SMALL, "--epochs", "1", "--out", str(tmp_path / "o")])
+
+
+def test_divergence_names_the_options_and_the_resume_command(tmp_path, monkeypatch, capsys):
+    wf = _training_module()
+    real = wf.fit
+
+    def diverges(*args, **kwargs):
+        real(*args, **{**kwargs, "epochs": 1})
+        raise FloatingPointError(
+            "non-finite loss at epoch 2, step 1: training stopped; the last good checkpoint "
+            "is kept. Usual remedies: a lower learning rate (lr), gradient clipping "
+            "(clip_norm), or checking the data for extreme values; then resume"
+        )
+
+    monkeypatch.setattr(wf, "fit", diverges)
+    out = tmp_path / "vae"
+    assert _small_fit(out, "--epochs", "3") == 1
+    err = capsys.readouterr().err
+    assert "--lr" in err and "--clip-norm" in err and "(lr)" not in err
+    assert f"ppvae fit --resume {out}" in err

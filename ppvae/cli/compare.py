@@ -1,0 +1,115 @@
+"""``ppvae compare``: PPCA vs LinearVAE vs VAE likelihoods with standard errors, PSIS, gaps."""
+
+from __future__ import annotations
+
+from .. import reports, workflows
+from ..likelihoods import LIKELIHOODS
+from . import options
+
+
+def add_parser(sub, name: str):
+    p = sub.add_parser(
+        name,
+        help="PPCA vs LinearVAE vs VAE likelihoods with standard errors, PSIS and gaps",
+        description="Fit PPCA, a LinearVAE and a nonlinear Gaussian VAE on the same dequantized "
+        "data; report train and test nats/sample, bits/dim, ELBO, importance-weighted "
+        "estimates with standard errors, the share of Pareto k-hat > 0.7, inference gaps and "
+        "fit times; write a per-sample scatter and the per-sample log-likelihoods as ArviZ "
+        "InferenceData (netCDF).",
+    )
+    options.add_data(p)
+    options.add_vae(p, likelihoods=[k for k in LIKELIHOODS if k != "bernoulli"])
+    options.add_training(p)
+    options.add_objective(p)
+    g = p.add_argument_group("the LinearVAE")
+    g.add_argument(
+        "--linear-epochs",
+        type=options.nonneg_int,
+        default=None,
+        help="epochs of the LinearVAE (default: 2000 full-batch epochs, or about "
+        f"{workflows.LINEAR_STEPS} minibatch steps)",
+    )
+    g.add_argument(
+        "--linear-batch-size",
+        type=options.positive_int,
+        default=None,
+        help="LinearVAE batch size (default: the whole training set up to "
+        f"{workflows.LINEAR_FULL_BATCH_MAX:,} rows, else {workflows.LINEAR_BATCH_SIZE})",
+    )
+    g = p.add_argument_group("evaluation")
+    options.add_iw(g)
+    g.add_argument(
+        "--eval-points",
+        type=options.positive_int,
+        default=2000,
+        help="seeded subset of each split for the IW estimates and gaps (default 2000)",
+    )
+    g.add_argument(
+        "--gap-points",
+        type=options.positive_int,
+        default=200,
+        help="test points on which the inference gaps are computed (default 200)",
+    )
+    g.add_argument(
+        "--nuts-points",
+        type=options.nonneg_int,
+        default=3,
+        help="test points whose VAE posterior is also sampled by NUTS (default 3)",
+    )
+    g.add_argument(
+        "--nuts-samples",
+        type=options.positive_int,
+        default=500,
+        help="NUTS warm-up steps and draws per chain, 2 chains (default 500)",
+    )
+    options.add_output(p, name)
+    return p
+
+
+def preflight(args) -> None:
+    options.out_folder(args)
+
+
+def remedy(args, exc: FloatingPointError) -> str:
+    from . import divergence_remedy
+
+    return divergence_remedy(str(exc), clip=True, resume=None)
+
+
+def main(args) -> int:
+    out = options.out_folder(args)
+    ds = options.load_data(args)
+    result = workflows.compare(
+        ds,
+        latent_dim=args.latent_dim,
+        hidden=args.hidden,
+        likelihood=args.likelihood,
+        prior=args.prior,
+        architecture=args.architecture,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        elbo=args.elbo,
+        clip_norm=args.clip_norm,
+        kl_weight=args.kl_weight,
+        kl_warmup=args.kl_warmup,
+        linear_epochs=args.linear_epochs,
+        linear_batch_size=args.linear_batch_size,
+        iw_samples=args.iw_samples,
+        eval_points=args.eval_points,
+        gap_points=args.gap_points,
+        nuts_points=args.nuts_points,
+        nuts_samples=args.nuts_samples,
+        seed=args.seed,
+        device=args.device,
+        progress=args.progress,
+        out=out,
+        overwrite=args.force,
+    )
+    r = result.metrics
+    print(reports.compare_table(r))
+    print(
+        f"wrote {out}/compare.json, compare.md, {r['figure']}, {r['netcdf']} "
+        f"in {r['seconds_total']:.1f} s"
+    )
+    return 0

@@ -1,0 +1,274 @@
+"""``ppvae fit``: train one VAE or autoencoder, with checkpoints, and save it to OUT/model.pt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .. import workflows
+from ..autoencoders import AUTOENCODERS
+from ..checkpoints import read_training_checkpoint
+from . import options
+from .options import UserError
+
+RESUMABLE = ("resume", "epochs", "lr", "clip_norm", "device", "progress", "nproc")
+"""What ``--resume DIR`` may be given with: how long, how fast and where to train."""
+VAE_ONLY = ("prior", "architecture", "elbo", "kl_weight", "kl_warmup", "iw_samples")
+"""Options of the VAE that an autoencoder cannot honour."""
+
+
+def add_parser(sub, name: str):
+    p = sub.add_parser(
+        name,
+        help="train one VAE (or autoencoder) and save it to OUT/model.pt",
+        description="Train one model by SVI and write OUT/model.pt, metrics.json and figures. "
+        "--model picks the VAE (default) or a classic autoencoder, each a Pyro program: "
+        "ae (vanilla), dae (denoising), sae (sparse), cae (contractive), stacked (greedy "
+        "layer-wise pretraining of --hidden plus --latent-dim, then fine-tuning with labels). "
+        "Every model but stacked writes OUT/checkpoint.pt after each epoch; --resume OUT "
+        "continues it.",
+    )
+    p.add_argument(
+        "--model",
+        default="vae",
+        choices=["vae", *AUTOENCODERS],
+        help="vae, or an autoencoder: ae, dae, sae, cae, stacked (default vae)",
+    )
+    options.add_data(p)
+    options.add_vae(p, title="the model (--prior and --architecture: --model vae only)")
+    options.add_training(p)
+    options.add_objective(p)
+    options.add_iw(p)
+    ae = p.add_argument_group("autoencoder options (each for the --model named)")
+    ae.add_argument("--noise", default="mask", choices=["mask", "gaussian"], help="dae: corruption")
+    ae.add_argument(
+        "--noise-level",
+        type=float,
+        default=None,
+        help="dae: masking probability or Gaussian std (default 0.3); stacked: masking of each "
+        "layer's input during pretraining (default 0)",
+    )
+    ae.add_argument(
+        "--sparsity", default="kl", choices=["kl", "l1"], help="sae: KL(rho||rho_hat) or L1"
+    )
+    ae.add_argument("--rho", type=float, default=0.05, help="sae: target mean activation")
+    ae.add_argument("--beta", type=float, default=3.0, help="sae: weight of the KL penalty")
+    ae.add_argument("--l1", type=float, default=1e-3, help="sae: weight of the L1 penalty")
+    ae.add_argument("--contraction", type=float, default=0.05, help="cae: lambda of ||J_f(x)||_F^2")
+    ae.add_argument(
+        "--finetune-epochs",
+        type=options.nonneg_int,
+        default=None,
+        help="stacked (default: --epochs)",
+    )
+    ae.add_argument(
+        "--labels",
+        type=options.positive_int,
+        default=None,
+        help="stacked: fine-tune on this many labelled training images (default: all)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=options.positive_int,
+        default=1,
+        help="train with N processes on torch.distributed (gloo on CPU, NCCL on CUDA), each "
+        "taking 1/N of every minibatch; torchrun -m ppvae fit ... works as well",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="continue the run whose checkpoint.pt is in DIR, with its saved settings; only "
+        "--epochs, --lr, --clip-norm, --device, --progress/--no-progress and --nproc may be "
+        "given with it (not for --model stacked, which writes no checkpoint)",
+    )
+    options.add_output(p, name)
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import subparser
+
+    return subparser("fit")
+
+
+def _refuse_unused(args) -> None:
+    """Options given that this fit cannot honour: exit 2, naming them."""
+    given = args.given
+    if args.resume is not None:
+        extra = given - set(RESUMABLE)
+        if extra:
+            raise UserError(
+                "--resume continues the saved run; it cannot change "
+                f"{options.flags(_parser(), extra)}"
+            )
+        return
+    model = args.model
+    if model != "vae":
+        bad = given & set(VAE_ONLY)
+        if bad:
+            raise UserError(
+                f"--model {model} is not a VAE (no KL term, prior, ELBO or importance "
+                f"sampling); it cannot use {options.flags(_parser(), bad)}"
+            )
+    specific = set().union(*workflows.AUTOENCODER_OPTIONS.values())
+    bad = (given & specific) - set(workflows.AUTOENCODER_OPTIONS.get(model, ()))
+    if bad:
+        raise UserError(f"{options.flags(_parser(), bad)}: not an option of --model {model}")
+    if model == "stacked" and "clip_norm" in given:
+        raise UserError(
+            "--model stacked does not clip gradients (its pretraining and fine-tuning are "
+            "several fits); --clip-norm does not apply"
+        )
+
+
+def preflight(args) -> None:
+    _refuse_unused(args)
+    if args.resume is None:
+        options.out_folder(args, resume_ok=args.model != "stacked")
+
+
+def _cli_record(args) -> dict:
+    skip = ("given", "resume", "force", "progress")
+    keep = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in skip}
+    keep["world_size"] = workflows.distributed_world()[0]
+    keep["hidden"] = list(keep["hidden"])
+    return keep
+
+
+def _resumed(args) -> argparse.Namespace:
+    """The settings of the run saved in DIR/checkpoint.pt, with those given now applied."""
+    folder = Path(args.resume)
+    ckpt = folder / "checkpoint.pt"
+    metrics = folder / "metrics.json"
+    if not ckpt.exists() and metrics.exists():
+        try:
+            model = json.loads(metrics.read_text()).get("model")
+        except ValueError:
+            model = None
+        if model == "stacked":
+            raise UserError(
+                f"{folder} holds a --model stacked run, which writes no checkpoint and cannot "
+                "be resumed; train it again with --force"
+            )
+    payload = read_training_checkpoint(ckpt)
+    saved = payload["metadata"].get("cli")
+    if not isinstance(saved, dict):
+        raise UserError(f"{ckpt} holds no ppvae fit settings to resume")
+    merged = vars(_parser().parse_args([]))
+    merged.update({k: v for k, v in saved.items() if k in merged})
+    for key in RESUMABLE:
+        if key in args.given:
+            merged[key] = getattr(args, key)
+    merged.update(
+        hidden=tuple(merged["hidden"]),
+        out=str(folder),
+        resume=str(folder),
+        force=False,
+        progress=args.progress,
+        command="fit",
+        given=args.given,
+    )
+    return argparse.Namespace(**merged)
+
+
+def _folder(args) -> Path | None:
+    if args.resume is not None:
+        return Path(args.resume)
+    return Path(args.out) if args.out else None
+
+
+def resume_hint(args) -> str:
+    """The command that continues an interrupted fit, where there is a checkpoint to resume."""
+    folder = _folder(args)
+    if getattr(args, "model", "vae") == "stacked" and args.resume is None:
+        return ""
+    if folder is None or not (folder / "checkpoint.pt").exists():
+        return ""
+    return f"; continue with: ppvae fit --resume {folder}"
+
+
+def remedy(args, exc: FloatingPointError) -> str:
+    from . import divergence_remedy
+
+    stacked = getattr(args, "model", "vae") == "stacked" and args.resume is None
+    folder = _folder(args)
+    resumable = not stacked and folder is not None and (folder / "checkpoint.pt").exists()
+    return divergence_remedy(str(exc), clip=not stacked, resume=str(folder) if resumable else None)
+
+
+def main(args) -> int:
+    _refuse_unused(args)
+    if args.resume is not None:
+        run = _resumed(args)
+    else:
+        run = args
+        run.out = str(options.out_folder(args, resume_ok=args.model != "stacked"))
+        args.out = run.out
+    out = Path(run.out)
+    ds = options.load_data(run, binarize="dynamic" if run.likelihood == "bernoulli" else None)
+    common = {
+        "latent_dim": run.latent_dim,
+        "hidden": run.hidden,
+        "likelihood": run.likelihood,
+        "epochs": run.epochs,
+        "batch_size": run.batch_size,
+        "lr": run.lr,
+        "clip_norm": run.clip_norm,
+        "seed": run.seed,
+        "device": run.device,
+        "progress": run.progress,
+        "out": out,
+        "resume": run.resume is not None,
+        "overwrite": run.force,
+        "metadata": {"cli": _cli_record(run)},
+    }
+    model = run.model
+    if model == "vae":
+        result = workflows.fit_vae(
+            ds,
+            prior=run.prior,
+            architecture=run.architecture,
+            elbo=run.elbo,
+            kl_weight=run.kl_weight,
+            kl_warmup=run.kl_warmup,
+            iw_samples=run.iw_samples,
+            **common,
+        )
+    else:
+        if model == "stacked":
+            del common["clip_norm"], common["metadata"]
+        result = workflows.fit_autoencoder(
+            ds,
+            model=model,
+            noise=run.noise,
+            noise_level=run.noise_level,
+            sparsity=run.sparsity,
+            rho=run.rho,
+            beta=run.beta,
+            l1=run.l1,
+            contraction=run.contraction,
+            finetune_epochs=run.finetune_epochs,
+            labels=run.labels,
+            **common,
+        )
+    m = result.metrics
+    if not m:  # a rank other than 0 of a distributed run: rank 0 writes and reports
+        return 0
+    if model == "vae":
+        print(
+            f"test ELBO {m['test_elbo']:.3f}, test log-lik (IW, K={m['iw_samples']}) "
+            f"{m['test_log_likelihood_iw']:.3f} nats/sample; wrote {out}/model.pt"
+        )
+    else:
+        summary = (
+            f"; test accuracy {m['test_accuracy']:.4f} ({m['labels_used']} labels)"
+            if model == "stacked"
+            else ""
+        )
+        print(
+            f"test reconstruction error {m['test_reconstruction_error']:.4f} (squared, per "
+            f"image){summary}; wrote {out}/model.pt"
+        )
+    return 0

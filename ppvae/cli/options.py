@@ -1,0 +1,270 @@
+"""Option types and the option groups the subcommands share (each adds only those it uses)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from ..data import DATASETS
+from ..likelihoods import LIKELIHOODS
+from ..priors import PRIORS
+from ..workflows import ELBOS, existing_run, load
+
+
+class UserError(Exception):
+    """An error caused by the user's input: reported in one line, exit status 2."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def widths(text: str) -> tuple[int, ...]:
+    if text.strip() in ("", "none"):
+        return ()
+    try:
+        values = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated widths like 256,128, got {text!r}"
+        ) from None
+    if any(w < 1 for w in values):
+        raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
+    return values
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    """--dataset --data-root --n-train --n-test --download --seed --latent-dim."""
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        default="digits",
+        choices=DATASETS,
+        help="data set (default: digits, bundled with scikit-learn)",
+    )
+    g.add_argument(
+        "--data-root",
+        default=None,
+        help="folder with MNIST/raw and FashionMNIST/raw (torchvision layout); never written",
+    )
+    g.add_argument(
+        "--n-train", type=positive_int, default=None, help="a seeded subset of the training split"
+    )
+    g.add_argument(
+        "--n-test", type=positive_int, default=None, help="a seeded subset of the test split"
+    )
+    g.add_argument(
+        "--download",
+        action="store_true",
+        help="download missing MNIST files into --data-root (needs network)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed: data split, dequantization, initialization, shuffling (default 0)",
+    )
+    g.add_argument(
+        "--latent-dim", type=positive_int, default=8, help="latent dimensions k (default 8)"
+    )
+
+
+def add_vae(p: argparse.ArgumentParser, likelihoods=None, title="the VAE") -> None:
+    """--hidden --likelihood --prior --architecture."""
+    g = p.add_argument_group(title)
+    g.add_argument(
+        "--hidden",
+        type=widths,
+        default=(256,),
+        help="hidden widths of the encoder (decoder mirrors), e.g. 256,128 (default 256)",
+    )
+    choices = sorted(likelihoods or LIKELIHOODS)
+    g.add_argument(
+        "--likelihood",
+        default="gaussian",
+        choices=choices,
+        help="p(x|z) (default gaussian)"
+        + ("; bernoulli trains on dynamically binarized data" if "bernoulli" in choices else ""),
+    )
+    g.add_argument(
+        "--prior",
+        default="standard",
+        choices=sorted(PRIORS),
+        help="p(z) of the VAE (default: standard normal)",
+    )
+    g.add_argument(
+        "--architecture",
+        default="mlp",
+        choices=("mlp", "conv"),
+        help="VAE networks: MLPs (--hidden) or convolutional (28 x 28 images only)",
+    )
+
+
+def add_training(p: argparse.ArgumentParser, epochs=300, batch_size=128, clip=True) -> None:
+    """--epochs --batch-size --lr [--clip-norm] --device --progress/--no-progress."""
+    g = p.add_argument_group("training")
+    g.add_argument(
+        "--epochs",
+        type=nonneg_int,
+        default=epochs,
+        help=f"SVI epochs (default {epochs})"
+        if epochs is not None
+        else "SVI epochs (default: 2000 full-batch, or about 3600 steps of minibatches)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=batch_size,
+        help=f"minibatch size (default {batch_size})"
+        if batch_size is not None
+        else "minibatch size (default: the training set up to 10,000 rows, else 1000)",
+    )
+    g.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="Adam learning rate (default: the model's; 1e-3 for a VAE)",
+    )
+    if clip:
+        g.add_argument(
+            "--clip-norm",
+            type=positive_float,
+            default=None,
+            help="clip the gradients' global 2-norm to this value at every SVI step",
+        )
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: when writing to a terminal)",
+    )
+
+
+def add_objective(p: argparse.ArgumentParser) -> None:
+    """--elbo --kl-weight --kl-warmup (VAE training only)."""
+    g = p.add_argument_group("the VAE's objective")
+    g.add_argument(
+        "--elbo",
+        default=None,
+        choices=("auto", *ELBOS),
+        help="ELBO estimator (default: auto, analytic KL where the prior has one; compiled "
+        "by torch.jit.trace for VAEs built from ppvae's own parts)",
+    )
+    g.add_argument(
+        "--kl-weight",
+        type=nonneg_float,
+        default=1.0,
+        help="beta: weight of the KL term (default 1)",
+    )
+    g.add_argument(
+        "--kl-warmup",
+        type=nonneg_int,
+        default=0,
+        help="epochs over which the KL weight rises linearly to --kl-weight (default 0)",
+    )
+
+
+def add_iw(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--iw-samples",
+        type=positive_int,
+        default=1000,
+        help="importance samples K for the VAE's log-likelihood estimate (default 1000)",
+    )
+
+
+def add_output(p: argparse.ArgumentParser, command: str) -> None:
+    """--out --force."""
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None, help=f"output folder (default: runs/{command}-DATASET)")
+    g.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite the run in --out (a folder holding checkpoint.pt, model.pt, "
+        "metrics.json, check_ppca.json or compare.json is otherwise refused)",
+    )
+
+
+def flag(parser: argparse.ArgumentParser, dest: str) -> str:
+    """The long option string of ``dest`` in ``parser``."""
+    for action in parser._actions:
+        if action.dest == dest and action.option_strings:
+            return action.option_strings[0]
+    return dest
+
+
+def flags(parser: argparse.ArgumentParser, dests) -> str:
+    """``--a, --b`` for the given destinations, in the parser's order."""
+    order = {a.dest: i for i, a in enumerate(parser._actions)}
+    return ", ".join(flag(parser, d) for d in sorted(dests, key=lambda d: order.get(d, 0)))
+
+
+# ---------------------------------------------------------------------- shared steps
+def out_folder(args, *, resume_ok: bool = False) -> Path:
+    """--out (default runs/COMMAND-DATASET), refused when it holds a run and --force is absent."""
+    out = Path(args.out) if args.out else Path("runs") / f"{args.command}-{args.dataset}"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    held = existing_run(out) if out.is_dir() else []
+    if held and not args.force:
+        also = (
+            f", or continue it with: ppvae fit --resume {out}"
+            if resume_ok and "checkpoint.pt" in held
+            else ""
+        )
+        raise UserError(
+            f"--out {out} already holds a run ({', '.join(held)}); pass --force to "
+            f"overwrite it{also}"
+        )
+    return out
+
+
+def load_data(args, binarize: str | None = None):
+    """The data set named by --dataset --data-root --download --seed --n-train --n-test."""
+    return load(
+        args.dataset,
+        data_root=args.data_root,
+        download=args.download,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        binarize=binarize,
+    )

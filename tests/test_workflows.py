@@ -1,0 +1,49 @@
+"""The experiments of the ppvae command, called from Python (ppvae.workflows)."""
+
+import json
+
+import pytest
+
+import ppvae
+from ppvae import reports, workflows
+from ppvae.cli import main
+
+
+def test_check_ppca_from_python_returns_what_the_cli_writes(tmp_path):
+    argv = ["check-ppca", "--n-train", "100", "--n-test", "20", "--latent-dim", "2"]
+    main([*argv, "--epochs", "10", "--out", str(tmp_path / "cli")])
+    written = json.loads((tmp_path / "cli" / "check_ppca.json").read_text())
+    ds = ppvae.load_dataset("digits", seed=0, n_train=100, n_test=20)
+    r = workflows.check_ppca(ds, latent_dim=2, epochs=10, out=tmp_path / "py", progress=False)
+    for key in ("loglik_gap", "elbo_gap", "covariance_rel_error", "principal_angles_deg"):
+        assert r.metrics[key] == written[key], key
+    assert isinstance(r.models["linear_vae"], ppvae.LinearVAE)
+    assert isinstance(r.models["ppca"], ppvae.PPCA)
+    assert "loglik_gap" in reports.check_table(r.metrics)
+    again = workflows.check_ppca(ds, latent_dim=2, epochs=10, progress=False)  # out=None
+    assert again.out is None and "figure" not in again.metrics
+    assert again.metrics["loglik_gap"] == written["loglik_gap"]
+
+
+def test_workflows_refuse_an_existing_run_unless_asked(tmp_path):
+    ds = ppvae.load_dataset("digits", seed=0, n_train=60, n_test=10)
+    workflows.check_ppca(ds, latent_dim=2, epochs=1, out=tmp_path)
+    with pytest.raises(ppvae.errors.InputError, match="overwrite=True"):
+        workflows.check_ppca(ds, latent_dim=2, epochs=1, out=tmp_path)
+    workflows.check_ppca(ds, latent_dim=2, epochs=1, out=tmp_path, overwrite=True)
+
+
+def test_fit_vae_and_autoencoder_from_python(tmp_path):
+    ds = ppvae.load_dataset("digits", seed=0, n_train=60, n_test=10)
+    r = workflows.fit_vae(ds, latent_dim=2, hidden=(8,), epochs=1, iw_samples=3, out=tmp_path)
+    assert isinstance(ppvae.load(tmp_path / "model.pt"), ppvae.VAE)
+    assert r.metrics["lr"] == r.history.config["lr"] == 1e-3
+    a = workflows.fit_autoencoder(ds, model="ae", latent_dim=2, hidden=(8,), epochs=1)
+    assert a.out is None and a.metrics["test_reconstruction_error"] > 0
+
+
+def test_linear_schedule():
+    assert workflows.linear_schedule(1438) == (2000, 1438)
+    assert workflows.linear_schedule(60000) == (60, 1000)  # 3600 steps of 1000 rows
+    assert workflows.linear_schedule(60000, batch_size=60000) == (2000, 60000)
+    assert workflows.linear_schedule(500, epochs=3, batch_size=100) == (3, 100)
