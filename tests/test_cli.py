@@ -400,7 +400,7 @@ def test_stacked_cannot_resume_and_never_offers_to(tmp_path, capsys, monkeypatch
     def interrupted(*args, **kwargs):
         raise ppvae.TrainingInterrupted("interrupted at epoch 1, step 1")
 
-    monkeypatch.setattr(ppvae.infer, "fit", interrupted)  # what pretrain calls
+    monkeypatch.setattr(ppvae.train.loop, "fit", interrupted)  # what pretrain calls
     code, err = _exit([*argv, "--out", str(tmp_path / "again")], capsys)
     assert code == 130 and "interrupted" in err[-1] and "--resume" not in err[-1], err
 
