@@ -154,3 +154,12 @@ def test_check_data_errors_and_conversions():
     assert check_data(np.arange(6).reshape(2, 3)).dtype == torch.float32
     assert check_data(torch.zeros(2, 2, dtype=torch.float16)).dtype == torch.float32
     assert check_data(torch.zeros(2, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_library_errors_name_parameters_not_flags(tmp_path):
+    with pytest.raises(ValueError, match="pass root=") as err:
+        ppvae.load_dataset("mnist")
+    assert "--" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="download=True") as err:
+        ppvae.load_dataset("mnist", root=tmp_path)
+    assert "--" not in str(err.value)
