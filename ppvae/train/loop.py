@@ -456,105 +456,23 @@ def fit(
         is set.
     """
     prog, train = _program_and_data(program, train, data)
-    given = {
-        k: v
-        for k, v in dict(
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, elbo=elbo,
-            num_particles=num_particles, betas=betas, lr_decay=lr_decay,
-            decay_start=decay_start, device=device, binarize=binarize, clip_norm=clip_norm,
-            kl_weight=kl_weight, kl_warmup_epochs=kl_warmup_epochs, progress=progress,
-            validate=validate,
-        ).items()
-        if config is None or v != _KEYWORD_DEFAULTS[k]
-    }  # fmt: skip
-    cfg = TrainConfig.resolve(prog, config, **given)
+    settings = dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, elbo=elbo,
+        num_particles=num_particles, betas=betas, lr_decay=lr_decay, decay_start=decay_start,
+        device=device, binarize=binarize, clip_norm=clip_norm, kl_weight=kl_weight,
+        kl_warmup_epochs=kl_warmup_epochs, progress=progress, validate=validate,
+    )  # fmt: skip
+    if config is not None:  # keywords left at their defaults do not override the object
+        settings = {k: v for k, v in settings.items() if v != _KEYWORD_DEFAULTS[k]}
+    cfg = TrainConfig.resolve(prog, config, **settings)
     ckpt_path = _checkpoint_path(checkpoint_dir, resume, overwrite)
-    dev = resolve_device(cfg.device)
-    data_dim = getattr(prog.module, "data_dim", None) if prog.is_ppvae else None
-    if isinstance(train, (Dataset, DataLoader)):
-        train = Stream(train)
-        train.data_dim = data_dim
-        n = len(train)
-    else:
-        train = check_data(train, name="train", data_dim=data_dim, dtype=torch.float32)
-        n = train.shape[0]
-    labels = _check_labels(labels, n, test)
-    loss_fn = make_elbo(cfg.elbo, cfg.num_particles, prog)
-    if isinstance(loss_fn, _TraceKeyed):  # traces of an earlier fit read another param store
-        loss_fn.reset()
-    bs = _batch_size(cfg.batch_size, n, distributed_world()[0])
-    run = Run(prog, cfg, loss_fn, train, n, bs, dev)
-    run.fit_config = cfg.record(bs)
-    run.metadata = metadata or {}
-    if ckpt_path is not None:  # a float64 pass over the data: only where a checkpoint needs it
-        run.fit_config["data"] = train.fingerprint() if run.stream else fingerprint(train)
-        if labels is not None:
-            run.fit_config["labels"] = fingerprint(labels[:, None])
-    if run.stream is not None and dev.type == "cpu":
-        # One generator shuffles and binarizes, in the same order as for an in-memory tensor:
-        # a streamed run then equals the in-memory one bit for bit. (On CUDA the permutation
-        # of host rows is drawn on the CPU, and the in-memory one on the device.)
-        run.stream.gen = run.gen
-    payload = None
-    if resume:
-        payload = read_training_checkpoint(ckpt_path)
-        _check_resumable(payload, prog, run.fit_config, cfg.epochs, ckpt_path)
-        if prog.module is not None:
-            load_weights(prog.module, payload["state_dict"], ckpt_path)
-        run.history = History(**payload["history"])
-        progress_state = payload["progress"]
-        run.epoch, run.step = progress_state["epoch"], progress_state["step"]
-        run.perm, run.partial = progress_state["perm"], progress_state["partial"]
-    else:
-        pyro.set_rng_seed(cfg.seed + run.rank)  # per-rank guide noise; the shuffling is shared
-        run.gen.manual_seed(cfg.seed)
-        if run.stream is not None:
-            run.stream.gen.manual_seed(cfg.seed)
-    if prog.module is not None:
-        prog.module.to(dev)
-    if run.stream is None:
-        run.train = train = train.to(dev)
-    run.labels = None if labels is None else labels.to(dev)
-    if payload is not None:
-        _restore_rng(run, payload)
-    total_steps = max(1, cfg.epochs * run.n_batches)
-    schedule = (
-        None if cfg.lr_decay == 1.0 else HoldThenDecay(total_steps, cfg.lr_decay, cfg.decay_start)
-    )
-    run.history.config = {**run.fit_config, "epochs": cfg.epochs, "device": str(dev)}
-    run.history.config.pop("data", None)
-    run.history.config.pop("labels", None)
-
+    run = _new_run(prog, cfg, train, labels, test, ckpt_path, metadata)
+    payload = read_training_checkpoint(ckpt_path) if resume else None
+    _start(run, payload, ckpt_path)
     scope = pyro.get_param_store().scope() if prog.is_ppvae else contextlib.nullcontext()
     with scope, SigintFlag() as sigint, _ReleaseParams(prog):
-        head = train.head(2) if run.stream else train[:2]
-        info = inspect_program(prog, head.to(dev), **_label_kwargs(run.labels, 2))
-        run.data_dim = info.data_dim
-        run.support_check = support_check(prog, info, cfg.binarize)
-        if run.stream is None:
-            run.support_check(train, "train")
-        else:
-            run.stream.data_dim, run.stream.check = info.data_dim, run.support_check
-        if payload is not None and payload.get("param_store") and not prog.is_ppvae:
-            _load_param_store(payload["param_store"], ckpt_path)
-        model, guide = prog.bind(n)
-        if cfg.kl_weight != 1.0 or cfg.kl_warmup_epochs > 0:
-            run.latent_scale = LatentScale(*info.local_latents)
-            model, guide = run.latent_scale(model), run.latent_scale(guide)
-        run.stepper = GuardedStep(
-            prog,
-            model,
-            guide,
-            loss_fn,
-            lr=cfg.lr,
-            betas=cfg.betas,
-            schedule=schedule,
-            clip_norm=cfg.clip_norm,
-            validate=_step.VALIDATE_STEPS if cfg.validate is None else cfg.validate,
-        )
-        if payload is not None:
-            run.stepper.pending_state = payload["optimizer"]
-            run.stepper.new_lr = payload["fit_config"].get("lr") != cfg.lr
+        info = _trace_and_check(run, payload, ckpt_path)
+        run.stepper = _make_stepper(run, info, payload)
         run.user_hooks = list(hooks)
         run.hooks = [
             *([TestELBO(test)] if test is not None else []),
@@ -578,6 +496,115 @@ def fit(
             _call(run.hooks, "on_fit_end", run)
         run.clock()
     return run.history
+
+
+def _new_run(prog: Program, cfg: TrainConfig, train, labels, test, ckpt_path, metadata) -> Run:
+    """Validate the data against the program and set up a run at its start (no RNG drawn)."""
+    dev = resolve_device(cfg.device)
+    data_dim = getattr(prog.module, "data_dim", None) if prog.is_ppvae else None
+    if isinstance(train, (Dataset, DataLoader)):
+        train = Stream(train)
+        train.data_dim = data_dim
+        n = len(train)
+    else:
+        train = check_data(train, name="train", data_dim=data_dim, dtype=torch.float32)
+        n = train.shape[0]
+    labels = _check_labels(labels, n, test)
+    loss_fn = make_elbo(cfg.elbo, cfg.num_particles, prog)
+    if isinstance(loss_fn, _TraceKeyed):  # traces of an earlier fit read another param store
+        loss_fn.reset()
+    bs = _batch_size(cfg.batch_size, n, distributed_world()[0])
+    run = Run(prog, cfg, loss_fn, train, n, bs, dev)
+    run.labels = labels
+    run.fit_config = cfg.record(bs)
+    run.metadata = metadata or {}
+    if ckpt_path is not None:  # a float64 pass over the data: only where a checkpoint needs it
+        run.fit_config["data"] = train.fingerprint() if run.stream else fingerprint(train)
+        if labels is not None:
+            run.fit_config["labels"] = fingerprint(labels[:, None])
+    if run.stream is not None and dev.type == "cpu":
+        # One generator shuffles and binarizes, in the same order as for an in-memory tensor:
+        # a streamed run then equals the in-memory one bit for bit. (On CUDA the permutation
+        # of host rows is drawn on the CPU, and the in-memory one on the device.)
+        run.stream.gen = run.gen
+    return run
+
+
+def _start(run: Run, payload: dict | None, ckpt_path) -> None:
+    """Seed a new run, or restore a checkpoint's weights, history, position and random
+    states; then move the program and the data to the device."""
+    prog, cfg = run.program, run.config
+    if payload is not None:
+        _check_resumable(payload, prog, run.fit_config, cfg.epochs, ckpt_path)
+        if prog.module is not None:
+            load_weights(prog.module, payload["state_dict"], ckpt_path)
+        run.history = History(**payload["history"])
+        progress_state = payload["progress"]
+        run.epoch, run.step = progress_state["epoch"], progress_state["step"]
+        run.perm, run.partial = progress_state["perm"], progress_state["partial"]
+    else:
+        pyro.set_rng_seed(cfg.seed + run.rank)  # per-rank guide noise; the shuffling is shared
+        run.gen.manual_seed(cfg.seed)
+        if run.stream is not None:
+            run.stream.gen.manual_seed(cfg.seed)
+    if prog.module is not None:
+        prog.module.to(run.device)
+    if run.stream is None:
+        run.train = run.train.to(run.device)
+    if run.labels is not None:
+        run.labels = run.labels.to(run.device)
+    if payload is not None:
+        _restore_rng(run, payload)
+    run.history.config = {
+        **{k: v for k, v in run.fit_config.items() if k not in ("data", "labels")},
+        "epochs": cfg.epochs,
+        "device": str(run.device),
+    }
+
+
+def _trace_and_check(run: Run, payload: dict | None, ckpt_path):
+    """Trace the program on two rows (creating lazy parameters), check the training data's
+    support against it, and restore a resumed user program's param-store sites."""
+    prog, train = run.program, run.train
+    head = train.head(2) if run.stream else train[:2]
+    info = inspect_program(prog, head.to(run.device), **_label_kwargs(run.labels, 2))
+    run.data_dim = info.data_dim
+    run.support_check = support_check(prog, info, run.config.binarize)
+    if run.stream is None:
+        run.support_check(train, "train")
+    else:
+        run.stream.data_dim, run.stream.check = info.data_dim, run.support_check
+    if payload is not None and payload.get("param_store") and not prog.is_ppvae:
+        _load_param_store(payload["param_store"], ckpt_path)
+    return info
+
+
+def _make_stepper(run: Run, info, payload: dict | None) -> GuardedStep:
+    """The guarded step on the program bound to N rows, KL-weighted where asked."""
+    cfg = run.config
+    model, guide = run.program.bind(run.n)
+    if cfg.kl_weight != 1.0 or cfg.kl_warmup_epochs > 0:
+        run.latent_scale = LatentScale(*info.local_latents)
+        model, guide = run.latent_scale(model), run.latent_scale(guide)
+    total_steps = max(1, cfg.epochs * run.n_batches)
+    schedule = (
+        None if cfg.lr_decay == 1.0 else HoldThenDecay(total_steps, cfg.lr_decay, cfg.decay_start)
+    )
+    stepper = GuardedStep(
+        run.program,
+        model,
+        guide,
+        run.loss_fn,
+        lr=cfg.lr,
+        betas=cfg.betas,
+        schedule=schedule,
+        clip_norm=cfg.clip_norm,
+        validate=_step.VALIDATE_STEPS if cfg.validate is None else cfg.validate,
+    )
+    if payload is not None:
+        stepper.pending_state = payload["optimizer"]
+        stepper.new_lr = payload["fit_config"].get("lr") != cfg.lr
+    return stepper
 
 
 _KEYWORD_DEFAULTS = {
