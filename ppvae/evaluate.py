@@ -174,6 +174,7 @@ def log_importance_weights(program, x: torch.Tensor, num_samples: int, guide=Non
 
 
 def _program_device(program: Program, X: torch.Tensor) -> torch.device:
+    """Where the program's parameters live (its module's, else the param store's)."""
     params = program_parameters(program)
     return params[0].device if params else X.device
 
@@ -559,8 +560,9 @@ def _guide_moments(ev: _Evaluation, X: torch.Tensor, draws: int = 256):
 class _Frozen:
     """The program's parameters without gradients, restored afterwards."""
 
-    def __init__(self, program: Program):
-        self.params = [p for p in program_parameters(program) if p.requires_grad]
+    def __init__(self, ev: _Evaluation):
+        params = program_parameters(ev.program, ev.info.param_names)
+        self.params = [p for p in params if p.requires_grad]
         self.warnings = warnings.catch_warnings()
 
     def __enter__(self):
@@ -657,7 +659,7 @@ def inference_gaps(
     """
     ev, X = _prepare(program, X, num_samples)
     sites = ev.info.local_latents
-    with _Frozen(ev.program), _EvalMode(ev.module):
+    with _Frozen(ev), _EvalMode(ev.module):
         loc0, scale0 = _guide_moments(ev, X)
         with torch.no_grad():
             amortized = elbo(ev.program, X, elbo_samples, max_elements=max_elements).to(X.device)
@@ -754,7 +756,7 @@ def nuts_posterior(
     model = poutine.condition(ev.program.model, data=ev.fixed) if ev.fixed else ev.program.model
     sites = list(ev.info.local_latents)
     results = []
-    with _Frozen(ev.program), _EvalMode(ev.module):
+    with _Frozen(ev), _EvalMode(ev.module):
         for i in range(X.shape[0]):
             x = X[i : i + 1]
             chains = []

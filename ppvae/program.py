@@ -194,14 +194,16 @@ def as_program(program, guide: Callable | None = None) -> Program:
     )
 
 
-def program_parameters(program: Program) -> list[torch.Tensor]:
-    """The tensors training updates: the module's parameters and Pyro's param store's
-    unconstrained values (deduplicated), in a stable order."""
+def program_parameters(program: Program, store_names=None) -> list[torch.Tensor]:
+    """The tensors a program is made of: its module's parameters and the unconstrained values
+    of its param-store sites (``store_names``; default every site in the store), deduplicated,
+    in a stable order."""
     seen, params = set(), []
     named = dict(program.module.named_parameters()) if program.module is not None else {}
     store = pyro.get_param_store()
     for name in sorted(store.keys()):
-        named.setdefault(name, store._params[name])
+        if store_names is None or name in store_names:
+            named.setdefault(name, store._params[name])
     for p in named.values():
         if id(p) not in seen:
             seen.add(id(p))
@@ -226,6 +228,9 @@ class ProgramInfo:
     support : constraint or None
         Support of the observed site that holds ``x`` itself (same number of values), for
         checking whole data sets; None where no site observes ``x`` unchanged.
+    param_names : set of str
+        Param-store sites the program touched (``pyro.param``, and ``pyro.module``'s per
+        parameter): other programs' sites left in the store are not this program's.
     """
 
     observed: dict = field(default_factory=dict)
@@ -234,6 +239,7 @@ class ProgramInfo:
     data_dim: int = 0
     support: object = None
     support_site: str | None = None
+    param_names: set = field(default_factory=set)
 
     @property
     def latent_width(self) -> int:
@@ -286,6 +292,12 @@ def inspect_program(program: Program, x: torch.Tensor, **kwargs) -> ProgramInfo:
                 f"{type(first).__name__}: {first}"
             ) from first
     info = ProgramInfo(data_dim=int(x.shape[-1]))
+    info.param_names = {
+        name
+        for tr in (model_tr, guide_tr)
+        for name, site in tr.nodes.items()
+        if site["type"] == "param"
+    }
     if not any(
         site["type"] == "sample" and _in_data_plate(site) for site in model_tr.nodes.values()
     ):

@@ -206,3 +206,21 @@ def test_estimate_log_likelihood_refuses_too_few_samples_for_psis(digits):
         evaluate.estimate_log_likelihood(vae, digits.test[:5], num_samples=1)
     est = evaluate.estimate_log_likelihood(vae, digits.test[:5], num_samples=1, psis=False)
     assert est.khat is None and torch.equal(est.mc_se, torch.zeros(5))
+
+
+def test_other_programs_sites_in_the_store_are_not_trained_or_saved(tmp_path, datasets):
+    """Two programs in turn, the store not cleared (as users do): the second's optimizer and
+    checkpoint hold its own sites only, so it resumes in a process where the first never ran."""
+    train, _ = datasets["unseen"]
+    pyro.clear_param_store()
+    ppvae.fit(*student_t_functions(20, prefix="first"), train, epochs=1, progress=False)
+    first = {n: pyro.param(n).detach().clone() for n in pyro.get_param_store().keys()}
+    second = student_t_functions(20, prefix="second")
+    ppvae.fit(*second, train, epochs=1, checkpoint_dir=tmp_path, progress=False)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["param_store"]
+    assert saved and all(name.startswith("second") for name in saved)
+    for name, value in first.items():  # left exactly as they were
+        assert torch.equal(pyro.param(name).detach(), value), name
+    pyro.clear_param_store()
+    h = ppvae.fit(*second, train, epochs=2, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert h.epochs == 2

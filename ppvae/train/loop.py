@@ -110,20 +110,19 @@ def _program_and_data(program, train, data) -> tuple[Program, object]:
     return as_program(program), train
 
 
-def _model_state(program: Program) -> dict:
+def _model_state(program: Program, store_params: dict) -> dict:
     """The program's entry in a checkpoint: class, config and weights (and, for a user's
     program, the unconstrained values of its param-store sites)."""
     if program.is_ppvae and type(program.module).__name__ in MODEL_CLASSES:
         return _model_entry(program.module)
     module = program.module
-    store = pyro.get_param_store()
     return {
         "class": program.name,
         "config": None,
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}
         if module is not None
         else {},
-        "param_store": {n: store._params[n].detach().cpu() for n in sorted(store.keys())},
+        "param_store": {n: v.detach().cpu() for n, v in store_params.items()},
     }
 
 
@@ -162,8 +161,20 @@ class Run:
         self.data_dim = None
         self.support_check = None
         self.latent_scale = LatentScale()
+        self.store_before: set = set()  # param-store sites present before fit (others')
+        self.param_names: set = set()  # sites the program's trace touched
         self.start = time.perf_counter()
         self.compiled_before = 0.0
+
+    def owns(self, name: str) -> bool:
+        """Whether a param-store site is this program's: touched by its trace, or created
+        during this fit (lazily); sites other programs left in the global store are not."""
+        return name in self.param_names or name not in self.store_before
+
+    def store_params(self) -> dict[str, torch.Tensor]:
+        """The program's param-store sites (unconstrained values), by name."""
+        store = pyro.get_param_store()
+        return {n: store._params[n] for n in sorted(store.keys()) if self.owns(n)}
 
     # ------------------------------------------------------------------ for hooks
     def untimed(self) -> Untimed:
@@ -183,8 +194,7 @@ class Run:
         if self.program.module is not None:
             out.update({f"module/{k}": v for k, v in self.program.module.state_dict().items()})
         if not self.program.is_ppvae:
-            store = pyro.get_param_store()
-            out.update({f"store/{n}": store._params[n] for n in store.keys()})
+            out.update({f"store/{n}": v for n, v in self.store_params().items()})
         return out
 
     def load_parameters(self, state: dict[str, torch.Tensor]) -> None:
@@ -206,7 +216,7 @@ class Run:
         return {
             "format": CHECKPOINT_FORMAT,
             "format_version": FORMAT_VERSION,
-            **_model_state(self.program),
+            **_model_state(self.program, self.store_params()),
             "optimizer": self.stepper.state_dict(),
             "rng": rng_state(self.gen),
             "rank_rng": ranks_rng,
@@ -567,7 +577,9 @@ def _trace_and_check(run: Run, payload: dict | None, ckpt_path):
     support against it, and restore a resumed user program's param-store sites."""
     prog, train = run.program, run.train
     head = train.head(2) if run.stream else train[:2]
+    run.store_before = set(pyro.get_param_store().keys())
     info = inspect_program(prog, head.to(run.device), **_label_kwargs(run.labels, 2))
+    run.param_names = info.param_names
     run.data_dim = info.data_dim
     run.support_check = support_check(prog, info, run.config.binarize)
     if run.stream is None:
@@ -601,6 +613,7 @@ def _make_stepper(run: Run, info, payload: dict | None) -> GuardedStep:
         clip_norm=cfg.clip_norm,
         validate=_step.VALIDATE_STEPS if cfg.validate is None else cfg.validate,
     )
+    stepper.owns = run.owns
     if payload is not None:
         stepper.pending_state = payload["optimizer"]
         stepper.new_lr = payload["fit_config"].get("lr") != cfg.lr

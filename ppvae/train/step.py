@@ -58,13 +58,15 @@ class GuardedStep:
         self.optimizer = self.scheduler = None
         self.pending_state: dict | None = None
         self.new_lr = False  # set when a resumed run changes the learning rate
+        self.owns = lambda name: True  # which param-store sites are the program's (see fit)
 
     def _build(self) -> None:
         """Parameters are known after the first call (Pyro may create some lazily)."""
         module = self.program.module
         named = dict(module.named_parameters()) if module is not None else {}
         for name, value in sorted(pyro.get_param_store().named_parameters()):
-            named.setdefault(name, value)
+            if self.owns(name):
+                named.setdefault(name, value)
         seen, params = set(), []
         for name, p in named.items():
             if p.requires_grad and id(p) not in seen:
