@@ -264,6 +264,29 @@ def inspect_program(program: Program, x: torch.Tensor, **kwargs) -> ProgramInfo:
         No ``"data"`` plate; an observed site outside it; a site in it whose log-density is not
         one number per data point; or the program failing on the rows (chained).
     """
+    model_tr, guide_tr, validated = _traces(program, x, kwargs)
+    if not any(_in_data_plate(site) for _, site in _sample_sites(model_tr)):
+        raise ProgramError(
+            f"program {program.name} has no sample site inside a plate named 'data'; wrap the "
+            "per-data-point sites in pyro.plate('data', ...) (see ppvae.program)"
+        )
+    info = ProgramInfo(data_dim=int(x.shape[-1]))
+    info.param_names = {
+        name for tr in (model_tr, guide_tr) for name, site in tr.nodes.items()
+        if site["type"] == "param"
+    }  # fmt: skip
+    for name, site in _sample_sites(guide_tr):
+        if _in_data_plate(site):
+            _check_per_point("guide", name, site, x.shape[0])
+    for name, site in _sample_sites(model_tr):
+        _record_model_site(info, name, site, x, validated)
+    if not info.observed:
+        raise ProgramError(f"program {program.name}'s model observes nothing in the 'data' plate")
+    return info
+
+
+def _traces(program: Program, x: torch.Tensor, kwargs: dict):
+    """Model and guide traces on ``x`` and whether Pyro's validation was on for them."""
     model, guide = program.bind(None)
     cuda = [x.device.index or 0] if x.device.type == "cuda" else []
 
@@ -277,63 +300,52 @@ def inspect_program(program: Program, x: torch.Tensor, **kwargs) -> ProgramInfo:
             guide_tr.compute_log_prob()
         return model_tr, guide_tr
 
-    validated = True
     try:
-        model_tr, guide_tr = traces(validate=True)
+        return (*traces(validate=True), True)
     except Exception as first:
         # Data outside the support fail Pyro's validation: trace again without it, so that
         # check_support can name the rows; any other fault fails both times.
         try:
-            model_tr, guide_tr = traces(validate=False)
-            validated = False
+            return (*traces(validate=False), False)
         except Exception:
             raise ProgramError(
                 f"program {program.name} failed on a minibatch of shape {tuple(x.shape)}: "
                 f"{type(first).__name__}: {first}"
             ) from first
-    info = ProgramInfo(data_dim=int(x.shape[-1]))
-    info.param_names = {
-        name
-        for tr in (model_tr, guide_tr)
-        for name, site in tr.nodes.items()
-        if site["type"] == "param"
-    }
-    if not any(
-        site["type"] == "sample" and _in_data_plate(site) for site in model_tr.nodes.values()
-    ):
+
+
+def _sample_sites(tr):
+    """``(name, site)`` of a trace's sample sites, without plates' subsample sites and
+    ``pyro.factor`` penalties."""
+    for name, site in tr.nodes.items():
+        if site["type"] == "sample" and not site_is_subsample(site) and not _is_factor(site):
+            yield name, site
+
+
+def _record_model_site(info: ProgramInfo, name: str, site, x, validated: bool) -> None:
+    inside = _in_data_plate(site)
+    if inside:
+        _check_per_point("model", name, site, x.shape[0])
+    if not site["is_observed"]:
+        if inside:
+            info.local_latents[name] = tuple(site["fn"].event_shape)
+        else:
+            info.global_latents.append(name)
+        return
+    if not inside:
         raise ProgramError(
-            f"program {program.name} has no sample site inside a plate named 'data'; wrap the "
-            "per-data-point sites in pyro.plate('data', ...) (see ppvae.program)"
+            f"the observed site {name!r} lies outside the plate named 'data'; "
+            "observations must be made inside pyro.plate('data', ...)"
         )
-    for trace_name, tr in (("model", model_tr), ("guide", guide_tr)):
-        for name, site in tr.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site) or _is_factor(site):
-                continue
-            inside = _in_data_plate(site)
-            if inside:
-                _check_per_point(trace_name, name, site, x.shape[0])
-            if trace_name == "guide":
-                continue
-            if site["is_observed"]:
-                if not inside:
-                    raise ProgramError(
-                        f"the observed site {name!r} lies outside the plate named 'data'; "
-                        "observations must be made inside pyro.plate('data', ...)"
-                    )
-                info.observed[name] = site["fn"].support
-                if (
-                    info.support is None
-                    and site["value"].numel() == x.numel()
-                    and (not validated or _validates(site["fn"]))
-                ):
-                    info.support, info.support_site = site["fn"].support, name
-            elif inside:
-                info.local_latents[name] = tuple(site["fn"].event_shape)
-            else:
-                info.global_latents.append(name)
-    if not info.observed:
-        raise ProgramError(f"program {program.name}'s model observes nothing in the 'data' plate")
-    return info
+    info.observed[name] = site["fn"].support
+    # the site observing x itself gives the support for checking whole data sets, unless
+    # the program turned validation off on that distribution
+    if (
+        info.support is None
+        and site["value"].numel() == x.numel()
+        and (not validated or _validates(site["fn"]))
+    ):
+        info.support, info.support_site = site["fn"].support, name
 
 
 def _is_factor(site) -> bool:
