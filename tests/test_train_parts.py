@@ -261,3 +261,12 @@ def test_the_jit_workaround_checks_what_it_patches(monkeypatch):
     assert type(loss).__name__ == "TraceMeanField_ELBO"  # eager, same objective
     with pytest.raises(RuntimeError, match="no longer has the attributes"):
         pyro_jit._JitTraceMeanFieldOnce().differentiable_loss(None, None)
+
+
+def test_the_progress_bar_shows_epochs_and_elbos_only_when_asked(digits, capsys):
+    x = digits.train[:100]
+    ppvae.fit(ppvae.VAE(64, 2, hidden=(8,)), x, epochs=2, batch_size=50, progress=True)
+    err = capsys.readouterr().err
+    assert "2/2" in err and "train_elbo=" in err
+    ppvae.fit(ppvae.VAE(64, 2, hidden=(8,)), x, epochs=2, batch_size=50, progress=False)
+    assert capsys.readouterr().err == ""
