@@ -841,7 +841,9 @@ def exact_log_likelihood(model, X) -> torch.Tensor:
     return _as_ppca(model).log_prob(X.cpu())
 
 
-def elbo_decomposition(model, X, q_loc, q_scale) -> dict[str, torch.Tensor]:
+def elbo_decomposition(
+    model, X, q_loc, q_scale=None, *, q_scale_tril=None
+) -> dict[str, torch.Tensor]:
     """Closed-form ``log p(x) = ELBO(q) + KL(q(z) || p(z | x))`` for a Gaussian q.
 
     Parameters
@@ -850,9 +852,11 @@ def elbo_decomposition(model, X, q_loc, q_scale) -> dict[str, torch.Tensor]:
         A linear-Gaussian model ``z ~ N(0, I)``, ``x | z ~ N(W z + b, s2 I)``.
     X : array-like, shape (N, D)
     q_loc : tensor, shape (N, k)
-        Means of a diagonal Gaussian q(z) per data point.
+        Means of a Gaussian q(z) per data point.
     q_scale : tensor, shape (N, k) or (k,)
-        Its standard deviations.
+        Its standard deviations, for a diagonal q.
+    q_scale_tril : tensor, shape (N, k, k) or (k, k), keyword-only
+        Instead of ``q_scale``: lower-triangular scales L of a full-rank q, covariance L L^T.
 
     Returns
     -------
@@ -863,29 +867,37 @@ def elbo_decomposition(model, X, q_loc, q_scale) -> dict[str, torch.Tensor]:
     mean, W, s2 = linear_gaussian_params(model)
     X = check_data(X, name="X", data_dim=W.shape[0], dtype=torch.float64).cpu()
     m = torch.as_tensor(q_loc).detach().double().cpu()
-    s = torch.as_tensor(q_scale).detach().double().cpu().expand_as(m)
     n, k = m.shape
     if n != X.shape[0] or k != W.shape[1]:
         raise InputError(f"q_loc has shape {tuple(m.shape)}; expected ({X.shape[0]}, {W.shape[1]})")
-    if not bool((s > 0).all()):
-        raise InputError("q_scale must be positive")
+    if (q_scale is None) == (q_scale_tril is None):
+        raise InputError("give exactly one of q_scale (diagonal) and q_scale_tril (full rank)")
+    if q_scale is not None:
+        s = torch.as_tensor(q_scale).detach().double().cpu().expand_as(m)
+        if not bool((s > 0).all()):
+            raise InputError("q_scale must be positive")
+        L = torch.diag_embed(s)
+    else:
+        L = torch.as_tensor(q_scale_tril).detach().double().cpu().expand(n, k, k)
+        if not bool((L.diagonal(dim1=-2, dim2=-1) > 0).all()):
+            raise InputError("q_scale_tril must have a positive diagonal")
+    S = L @ L.transpose(-1, -2)  # q's covariance, (N, k, k)
+    logdet_S = 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     d = W.shape[0]
     resid = X - mean - m @ W.T
-    col_sq = (W * W).sum(0)  # ||W_:j||^2
+    # E_q ||x - b - W z||^2 = ||x - b - W m||^2 + tr(W S W^T)
     expected_log_lik = -0.5 * (
-        d * math.log(2 * math.pi * s2) + ((resid * resid).sum(1) + (s * s) @ col_sq) / s2
+        d * math.log(2 * math.pi * s2)
+        + ((resid * resid).sum(1) + (S * (W.T @ W)).sum((-2, -1))) / s2
     )
-    kl_prior = 0.5 * (s * s + m * m - 1.0 - 2.0 * s.log()).sum(1)
+    trace_S = S.diagonal(dim1=-2, dim2=-1).sum(-1)
+    kl_prior = 0.5 * (trace_S + (m * m).sum(1) - k - logdet_S)
     post = _as_ppca(model).posterior(X)
     P = torch.linalg.inv(post.covariance_matrix[0])  # posterior precision, (k, k)
     diff = post.mean - m
     logdet_post = torch.linalg.slogdet(post.covariance_matrix[0])[1]
     kl_post = 0.5 * (
-        (P.diagonal() * s * s).sum(1)
-        + ((diff @ P) * diff).sum(1)
-        - k
-        + logdet_post
-        - 2.0 * s.log().sum(1)
+        (S * P).sum((-2, -1)) + ((diff @ P) * diff).sum(1) - k + logdet_post - logdet_S
     )
     elbo_ = expected_log_lik - kl_prior
     return {
@@ -946,8 +958,13 @@ def compare_to_ppca(linear_vae: LinearVAE, ppca: PPCA, X, kl_threshold: float = 
     _, W_ml, s2_ml = linear_gaussian_params(ppca)
     with torch.no_grad():
         param = next(linear_vae.parameters())
-        loc, scale = linear_vae.encode(X.to(device=param.device, dtype=param.dtype))
-    parts = elbo_decomposition(linear_vae, X, loc, scale)
+        x = X.to(device=param.device, dtype=param.dtype)
+        loc, scale = linear_vae.encode(x)  # scale: per-dimension standard deviations
+        if linear_vae.encoder.full_rank:
+            L = linear_vae.guide_params()[2]
+            parts = elbo_decomposition(linear_vae, X, loc, q_scale_tril=L)
+        else:
+            parts = elbo_decomposition(linear_vae, X, loc, scale)
     ll_ml = float(ppca.log_prob(X).mean())
     ll = float(parts["log_px"].mean())
     m, s = loc.double().cpu(), scale.double().cpu()

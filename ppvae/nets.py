@@ -133,10 +133,16 @@ class LinearGaussianEncoder(nn.Module):
     """
 
     def __init__(
-        self, data_dim: int, latent_dim: int, residual: bool = False, min_scale: float = 1e-4
+        self,
+        data_dim: int,
+        latent_dim: int,
+        residual: bool = False,
+        min_scale: float = 1e-4,
+        full_rank: bool = False,
     ):
         super().__init__()
         self.residual = bool(residual)
+        self.full_rank = bool(full_rank)
         self.min_scale = float(min_scale)
         if residual:  # offsets start at zero: the exact posterior of the initial decoder
             self.V = nn.Parameter(torch.zeros(latent_dim, data_dim))
@@ -146,16 +152,22 @@ class LinearGaussianEncoder(nn.Module):
             self.V = nn.Parameter(torch.randn(latent_dim, data_dim) / data_dim**0.5)
             self.c = nn.Parameter(torch.zeros(data_dim))
             self.raw_scale = nn.Parameter(torch.zeros(latent_dim))
+        if self.full_rank:  # the strictly lower triangle of a full-rank scale (zero: diagonal)
+            self.tril = nn.Parameter(torch.zeros(latent_dim, latent_dim))
 
     @property
     def scale(self) -> torch.Tensor:
-        """d, shape (k,) (free parameterization)."""
-        return F.softplus(self.raw_scale) + self.min_scale
+        """d, shape (k,), or with ``full_rank`` the lower-triangular L, (k, k) (free
+        parameterization)."""
+        diag = F.softplus(self.raw_scale) + self.min_scale
+        return self.tril.tril(-1) + torch.diag(diag) if self.full_rank else diag
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.residual:
             raise RuntimeError("a residual linear encoder is evaluated by LinearVAE.encode")
         loc = (x - self.c) @ self.V.T
+        if self.full_rank:
+            return loc, self.scale.expand(*loc.shape, loc.shape[-1])
         return loc, self.scale.expand(loc.shape)
 
 

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .guides import DiagonalGaussian, Guide, make_guide
 from .likelihoods import Gaussian, Likelihood, make_likelihood
-from .nets import ConvDecoder, ConvEncoder, GaussianEncoder, LinearGaussianEncoder, MLPDecoder
+from .nets import ConvDecoder, ConvEncoder, LinearGaussianEncoder, MLPDecoder
 from .priors import Prior, make_prior
 
 __all__ = ["VAE", "LinearVAE"]
@@ -109,6 +110,7 @@ class VAE(nn.Module):
         decoder: nn.Module | None = None,
         name: str = "vae",
         architecture: str = "mlp",
+        guide: str | dict | Guide | None = None,
     ):
         super().__init__()
         if architecture not in ("mlp", "conv"):
@@ -127,13 +129,22 @@ class VAE(nn.Module):
         self.pyro_name = name
         self.architecture = architecture
         self._custom_nets = encoder is not None or decoder is not None
+        q = make_guide(guide, latent_dim)
         if architecture == "conv":
+            if not isinstance(q, DiagonalGaussian) and encoder is None:
+                raise InputError("architecture='conv' has an encoder for guide='diagonal' only")
             encoder = encoder or ConvEncoder(latent_dim)
             decoder = decoder or ConvDecoder(latent_dim)
-        self.encoder = encoder or GaussianEncoder(data_dim, latent_dim, self.hidden, activation)
+        self.encoder = encoder or q.encoder(data_dim, self.hidden, activation)
         self.decoder = decoder or MLPDecoder(latent_dim, data_dim, self.hidden, activation)
         self.likelihood = make_likelihood(likelihood, data_dim)
         self.prior = make_prior(prior, latent_dim)
+        self.q = q  # after the networks: a diagonal VAE's parameters keep their order
+        if self.prior.name == "vamp" and not isinstance(q, DiagonalGaussian):
+            raise InputError(
+                "the VampPrior mixes the guide's diagonal Gaussians at its pseudo-inputs; "
+                "use guide='diagonal' with prior='vamp'"
+            )
         self.prior.attach(self)
 
     # ------------------------------------------------------------------ Pyro program
@@ -163,18 +174,22 @@ class VAE(nn.Module):
         return z
 
     def guide(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        """Recognition model ``q(z | x) = N(loc(x), diag(scale(x)^2))`` at site ``"z"``."""
+        """Recognition model q(z | x) at site ``"z"``: the :class:`~ppvae.guides.Guide`'s
+        distribution of the encoder's output (``N(loc(x), diag(scale(x)^2))`` by default)."""
         register_module(self, self.pyro_name, self)
         plate = self._plate(x, num_data)
         self.prior.guide(plate)
         with plate:
-            loc, scale = self.encode(x)
-            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            return pyro.sample("z", self.q.distribution(self.encoder_output(x)))
 
     # ------------------------------------------------------------------ plain PyTorch API
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and standard deviation of q(z | x), each of shape (N, k)."""
+    def encoder_output(self, x: torch.Tensor):
+        """What the guide's distribution is built from (the encoder's output)."""
         return self.encoder(x)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of q(z | x) per dimension, each of shape (N, k)."""
+        return self.q.moments(self.encoder_output(x))
 
     def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
         """The distribution p(x | z), batch shape z.shape[:-1], event shape (D,)."""
@@ -218,7 +233,12 @@ class VAE(nn.Module):
             "prior": self.prior.config(),
             "activation": self.activation,
             "architecture": self.architecture,
+            **self._guide_config(),
         }
+
+    def _guide_config(self) -> dict:
+        """``{"guide": ...}`` unless it is the default (configs saved before guides match)."""
+        return {} if type(self.q) is DiagonalGaussian else {"guide": self.q.config()}
 
     def extra_repr(self) -> str:
         return f"data_dim={self.data_dim}, latent_dim={self.latent_dim}"
@@ -273,18 +293,27 @@ class LinearVAE(VAE):
         encoder: str = "residual",
         init_scale: float = 1.0,
         name: str = "vae",
+        guide: str = "diagonal",
     ):
         if encoder not in ("residual", "free"):
             raise InputError(f"encoder must be 'residual' or 'free', got {encoder!r}")
+        if guide not in ("diagonal", "fullrank"):
+            raise InputError(f"guide must be 'diagonal' or 'fullrank', got {guide!r}")
         super().__init__(
             data_dim,
             latent_dim,
             hidden=(),
             likelihood=Gaussian(data_dim, scale="isotropic", init_scale=init_scale),
             prior=None,
-            encoder=LinearGaussianEncoder(data_dim, latent_dim, residual=encoder == "residual"),
+            encoder=LinearGaussianEncoder(
+                data_dim,
+                latent_dim,
+                residual=encoder == "residual",
+                full_rank=guide == "fullrank",
+            ),
             decoder=nn.Linear(latent_dim, data_dim),
             name=name,
+            guide=guide,
         )
         self._custom_nets = False
         self.encoder_parameterization = encoder
@@ -306,7 +335,8 @@ class LinearVAE(VAE):
         return self.likelihood.scale.squeeze() ** 2
 
     def guide_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The guide's ``(V, c, d)``: shapes (k, D), (D,) and (k,)."""
+        """The guide's ``(V, c, d)``: shapes (k, D), (D,) and (k,); with
+        ``guide="fullrank"``, ``(V, c, L)`` with the lower-triangular scale L, (k, k)."""
         enc = self.encoder
         if not enc.residual:
             return enc.V, enc.c, enc.scale
@@ -314,13 +344,19 @@ class LinearVAE(VAE):
         eye = torch.eye(self.latent_dim, dtype=W.dtype, device=W.device)
         M = W.T @ W + s2 * eye
         V = torch.linalg.solve(M, W.T) + enc.V
+        if enc.full_rank:  # offsets from the Cholesky factor of the exact posterior s2 M^-1
+            exact = torch.linalg.cholesky(s2 * torch.cholesky_inverse(torch.linalg.cholesky(M)))
+            offsets = enc.tril.tril(-1) + torch.diag(torch.exp(enc.raw_scale))
+            return V, self.b + enc.c, exact @ offsets + enc.min_scale * eye
         d = torch.sqrt(s2 / M.diagonal()) * torch.exp(enc.raw_scale) + enc.min_scale
         return V, self.b + enc.c, d
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        V, c, d = self.guide_params()
+    def encoder_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        V, c, scale = self.guide_params()
         loc = (x - c) @ V.T
-        return loc, d.expand(loc.shape)
+        if self.encoder.full_rank:
+            return loc, scale.expand(*loc.shape, self.latent_dim)
+        return loc, scale.expand(loc.shape)
 
     def config(self) -> dict:
         return {
@@ -328,4 +364,5 @@ class LinearVAE(VAE):
             "latent_dim": self.latent_dim,
             "encoder": self.encoder_parameterization,
             "init_scale": self.init_scale,
+            **({"guide": "fullrank"} if self.encoder.full_rank else {}),
         }

@@ -8,6 +8,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
 from ..errors import InputError
+from ..guides import DiagonalGaussian
 from ..program import Program, as_program
 from ..vae import VAE, LinearVAE
 from .pyro_jit import PATCH_APPLIES, CachedJitTrace_ELBO, CachedJitTraceMeanField_ELBO
@@ -25,7 +26,8 @@ ELBOS = {
 def analytic_kl(program: Program) -> bool:
     """Whether KL(q(z | x) || p(z)) has a closed form: a ppvae VAE whose prior says so."""
     prior = getattr(program.module, "prior", None) if program.is_ppvae else None
-    return bool(getattr(prior, "analytic_kl", False))
+    guide = getattr(program.module, "q", None) if program.is_ppvae else None
+    return bool(getattr(prior, "analytic_kl", False) and getattr(guide, "analytic_kl", True))
 
 
 def known_static(program: Program) -> bool:
@@ -39,6 +41,8 @@ def known_static(program: Program) -> bool:
     vae = program.module
     if type(vae) not in (VAE, LinearVAE) or getattr(vae, "_custom_nets", True):
         return False
+    if type(vae.q) is not DiagonalGaussian:  # full-rank and flow guides are not verified
+        return False  # under torch.jit.trace; they run eagerly
     parts = (vae.prior, vae.likelihood, vae.encoder, vae.decoder)
     return all(type(p).__module__.startswith(("ppvae.", "torch.nn.")) for p in parts)
 
