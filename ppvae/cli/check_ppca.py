@@ -21,30 +21,18 @@ def add_parser(sub, name: str):
     return p
 
 
-def preflight(args) -> None:
-    options.out_folder(args)
-
-
-def remedy(args, exc: FloatingPointError) -> str:
-    from . import divergence_remedy
-
-    return divergence_remedy(str(exc), clip=False, resume=None)
+preflight = options.check_out
+remedy = options.remedy_without_resume(clip=False)
 
 
 def main(args) -> int:
-    out = options.out_folder(args)
-    ds = options.load_data(args)
-    result = workflows.check_ppca(
-        ds,
+    out, result = options.run_workflow(
+        args,
+        workflows.check_ppca,
         latent_dim=args.latent_dim,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        progress=args.progress,
-        out=out,
-        overwrite=args.force,
     )
     r = result.metrics
     print(reports.check_table(r))

@@ -208,6 +208,15 @@ def main(args) -> int:
         args.out = run.out
     out = Path(run.out)
     ds = options.load_data(run, binarize="dynamic" if run.likelihood == "bernoulli" else None)
+    m = _fit(run, ds, out).metrics
+    if not m:  # a rank other than 0 of a distributed run: rank 0 writes and reports
+        return 0
+    print(_summary(run.model, m, out))
+    return 0
+
+
+def _fit(run, ds, out: Path):
+    """Call workflows.fit_vae or workflows.fit_autoencoder with the settings of ``run``."""
     common = {
         "latent_dim": run.latent_dim,
         "hidden": run.hidden,
@@ -226,7 +235,7 @@ def main(args) -> int:
     }
     model = run.model
     if model == "vae":
-        result = workflows.fit_vae(
+        return workflows.fit_vae(
             ds,
             prior=run.prior,
             architecture=run.architecture,
@@ -236,39 +245,37 @@ def main(args) -> int:
             iw_samples=run.iw_samples,
             **common,
         )
-    else:
-        if model == "stacked":
-            del common["clip_norm"], common["metadata"]
-        result = workflows.fit_autoencoder(
-            ds,
-            model=model,
-            noise=run.noise,
-            noise_level=run.noise_level,
-            sparsity=run.sparsity,
-            rho=run.rho,
-            beta=run.beta,
-            l1=run.l1,
-            contraction=run.contraction,
-            finetune_epochs=run.finetune_epochs,
-            labels=run.labels,
-            **common,
-        )
-    m = result.metrics
-    if not m:  # a rank other than 0 of a distributed run: rank 0 writes and reports
-        return 0
+    if model == "stacked":
+        del common["clip_norm"], common["metadata"]
+    return workflows.fit_autoencoder(
+        ds,
+        model=model,
+        noise=run.noise,
+        noise_level=run.noise_level,
+        sparsity=run.sparsity,
+        rho=run.rho,
+        beta=run.beta,
+        l1=run.l1,
+        contraction=run.contraction,
+        finetune_epochs=run.finetune_epochs,
+        labels=run.labels,
+        **common,
+    )
+
+
+def _summary(model: str, m: dict, out: Path) -> str:
+    """The line fit prints: the test numbers of ``model`` and where it was saved."""
     if model == "vae":
-        print(
+        return (
             f"test ELBO {m['test_elbo']:.3f}, test log-lik (IW, K={m['iw_samples']}) "
             f"{m['test_log_likelihood_iw']:.3f} nats/sample; wrote {out}/model.pt"
         )
-    else:
-        summary = (
-            f"; test accuracy {m['test_accuracy']:.4f} ({m['labels_used']} labels)"
-            if model == "stacked"
-            else ""
-        )
-        print(
-            f"test reconstruction error {m['test_reconstruction_error']:.4f} (squared, per "
-            f"image){summary}; wrote {out}/model.pt"
-        )
-    return 0
+    summary = (
+        f"; test accuracy {m['test_accuracy']:.4f} ({m['labels_used']} labels)"
+        if model == "stacked"
+        else ""
+    )
+    return (
+        f"test reconstruction error {m['test_reconstruction_error']:.4f} (squared, per "
+        f"image){summary}; wrote {out}/model.pt"
+    )

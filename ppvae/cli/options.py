@@ -268,3 +268,59 @@ def load_data(args, binarize: str | None = None):
         n_test=args.n_test,
         binarize=binarize,
     )
+
+
+def vae_settings(args) -> dict:
+    """The VAE and its training as ``run`` and ``compare`` pass them to their workflow."""
+    return {
+        "latent_dim": args.latent_dim,
+        "hidden": args.hidden,
+        "likelihood": args.likelihood,
+        "prior": args.prior,
+        "architecture": args.architecture,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "elbo": args.elbo,
+        "clip_norm": args.clip_norm,
+        "kl_weight": args.kl_weight,
+        "kl_warmup": args.kl_warmup,
+    }
+
+
+def run_workflow(args, workflow, **params):
+    """Check --out, load the data and call ``workflow`` with them and the run settings.
+
+    Returns
+    -------
+    (Path, Result)
+        The output folder and what ``workflow`` returned.
+    """
+    out = out_folder(args)
+    ds = load_data(args)
+    result = workflow(
+        ds,
+        seed=args.seed,
+        device=args.device,
+        progress=args.progress,
+        out=out,
+        overwrite=args.force,
+        **params,
+    )
+    return out, result
+
+
+def check_out(args) -> None:
+    """The ``preflight`` of a subcommand whose one check before training is --out."""
+    out_folder(args)
+
+
+def remedy_without_resume(*, clip: bool):
+    """The ``remedy`` of a subcommand that writes no checkpoint: run again, with --force."""
+
+    def remedy(args, exc: FloatingPointError) -> str:
+        from . import divergence_remedy
+
+        return divergence_remedy(str(exc), clip=clip, resume=None)
+
+    return remedy

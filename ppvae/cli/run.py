@@ -40,41 +40,18 @@ def add_parser(sub, name: str):
     return p
 
 
-def preflight(args) -> None:
-    options.out_folder(args)
-
-
-def remedy(args, exc: FloatingPointError) -> str:
-    from . import divergence_remedy
-
-    return divergence_remedy(str(exc), clip=True, resume=None)
+preflight = options.check_out
+remedy = options.remedy_without_resume(clip=True)
 
 
 def main(args) -> int:
-    out = options.out_folder(args)
-    ds = options.load_data(args)
-    result = workflows.run_experiment(
-        ds,
-        latent_dim=args.latent_dim,
-        hidden=args.hidden,
-        likelihood=args.likelihood,
-        prior=args.prior,
-        architecture=args.architecture,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        elbo=args.elbo,
-        clip_norm=args.clip_norm,
-        kl_weight=args.kl_weight,
-        kl_warmup=args.kl_warmup,
+    out, result = options.run_workflow(
+        args,
+        workflows.run_experiment,
+        **options.vae_settings(args),
         iw_samples=args.iw_samples,
         check_epochs=args.check_epochs,
         check_batch_size=args.check_batch_size,
-        seed=args.seed,
-        device=args.device,
-        progress=args.progress,
-        out=out,
-        overwrite=args.force,
     )
     m = result.metrics
     print(reports.run_table(m))

@@ -1,0 +1,420 @@
+"""The pieces the experiments share: the result, the data, the output folder, the schedules.
+
+This is the one module of the workflows that imports the training loop (``ppvae.train``).
+The experiments call it through the package, as ``workflows.fit`` (likewise ``pretrain``,
+``finetune``, ``resolve_device``, ``distributed_world``, the ``LINEAR_*`` schedule constants
+and ``CHECK_TARGETS``), so that replacing ``ppvae.workflows.fit`` reaches every experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import evaluate, plots, workflows
+from ..data import Dataset, as_image_shape, load_dataset
+from ..errors import InputError
+from ..ppca import PPCA
+
+# The training loop: the one place that names its module (ppvae.train).
+from ..train import (  # noqa: F401  (re-exported by ppvae.workflows for the experiments and ppvae.cli)
+    ELBOS,
+    History,
+    TrainingInterrupted,
+    distributed_world,
+    finetune,
+    fit,
+    pretrain,
+    resolve_device,
+)
+from ..vae import VAE, LinearVAE
+
+RUN_FILES = ("checkpoint.pt", "model.pt", "metrics.json", "check_ppca.json", "compare.json")
+"""A folder holding any of these holds a run; it is not overwritten unless asked."""
+
+LINEAR_FULL_BATCH_MAX = 10000
+"""Above this many training rows a full-batch LinearVAE step costs about a second (60000 x
+784 MNIST), so the LinearVAE trains on minibatches instead (see :func:`linear_schedule`)."""
+LINEAR_BATCH_SIZE = 1000
+LINEAR_STEPS = 3600
+LINEAR_FULL_BATCH_EPOCHS = 2000
+
+CHECK_TARGETS = {
+    "loglik_gap": 0.01,
+    "elbo_gap": 0.03,
+    "noise_variance_rel_error": 0.01,
+    "covariance_rel_error": 0.05,
+}
+"""Tolerances of the LinearVAE-vs-PPCA check (gaps in nats per sample, relative errors)."""
+
+
+@dataclass
+class Result:
+    """What a workflow computed.
+
+    Attributes
+    ----------
+    metrics : dict
+        JSON-able results (nats per sample), as written to the ``out`` folder.
+    models : dict of str to torch.nn.Module or PPCA
+        The fitted models, on the CPU.
+    history : History, optional
+        The training history of the main model.
+    out : Path, optional
+        The folder written to, or None.
+    """
+
+    metrics: dict
+    models: dict = field(default_factory=dict)
+    history: History | None = None
+    out: Path | None = None
+
+
+# ---------------------------------------------------------------------- data and folders
+def load(
+    dataset: Dataset | str = "digits",
+    *,
+    data_root: str | None = None,
+    download: bool = False,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    binarize: str | None = None,
+) -> Dataset:
+    """The data set of a workflow: ``dataset`` itself, or :func:`~ppvae.load_dataset` of a name.
+
+    Raises
+    ------
+    InputError
+        Fewer than 2 training rows or no test row.
+    """
+    if isinstance(dataset, str):
+        ds = load_dataset(
+            dataset,
+            root=data_root,
+            download=download,
+            seed=seed,
+            binarize=binarize,
+            n_train=n_train,
+            n_test=n_test,
+        )
+    elif isinstance(dataset, Dataset):
+        ds = dataset
+    else:
+        raise InputError(
+            f"dataset must be a ppvae.Dataset or a data set name, got {type(dataset).__name__}"
+        )
+    if ds.train.shape[0] < 2 or ds.test.shape[0] < 1:
+        raise InputError("dataset needs at least 2 training rows and 1 test row")
+    return ds
+
+
+def check_latent_dim(latent_dim: int, ds: Dataset) -> None:
+    """Refuse a latent dimension that is not below the data dimension."""
+    if latent_dim >= ds.data_dim:
+        raise InputError(
+            f"latent_dim {latent_dim} must be smaller than the data dimension {ds.data_dim}"
+        )
+
+
+def existing_run(out: str | Path) -> list[str]:
+    """The files of :data:`RUN_FILES` that folder ``out`` holds (empty: no run there)."""
+    out = Path(out)
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def prepare_out(out: str | Path | None, *, overwrite: bool = False, resume: bool = False):
+    """Create folder ``out``; refuse one that holds a run unless ``overwrite`` or ``resume``.
+
+    Returns
+    -------
+    Path or None
+        The folder (None when ``out`` is None: nothing is written).
+    """
+    if out is None:
+        return None
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out {out} exists and is not a folder")
+    held = existing_run(out) if out.is_dir() else []
+    if held and not (overwrite or resume):
+        raise InputError(
+            f"out {out} already holds a run ({', '.join(held)}); pass overwrite=True to replace it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@dataclass
+class Start:
+    """What every experiment begins with: the device, the data, the model, the folder."""
+
+    device: torch.device
+    data: Dataset
+    model: object
+    out: Path | None
+
+
+def start(
+    dataset: Dataset | str,
+    *,
+    latent_dim: int,
+    seed: int,
+    device: str,
+    out: str | Path | None,
+    overwrite: bool = False,
+    resume: bool = False,
+    binarize: str | None = None,
+    build=None,
+) -> Start:
+    """Resolve the device, load the data, check ``latent_dim``, build the model, prepare ``out``.
+
+    ``build(data_dim)`` makes the model after ``torch.manual_seed(seed)`` (reproducible
+    initialization); without it there is no model. Every check runs before ``out`` is
+    created.
+    """
+    dev = workflows.resolve_device(device)
+    ds = load(dataset, seed=seed, binarize=binarize)
+    check_latent_dim(latent_dim, ds)
+    model = None
+    if build is not None:
+        torch.manual_seed(seed)  # reproducible initialization
+        model = build(ds.data_dim)
+    return Start(dev, ds, model, prepare_out(out, overwrite=overwrite, resume=resume))
+
+
+def finish(out: Path | None, name: str, metrics: dict, report=None) -> None:
+    """Write ``metrics`` to ``out/name`` and, where ``report`` is a (file name, function of the
+    metrics giving Markdown), the report beside it. Nothing when ``out`` is None."""
+    if out is None:
+        return
+    write_json(out / name, metrics)
+    if report is not None:
+        file_name, markdown = report
+        (out / file_name).write_text(markdown(metrics))
+
+
+# ---------------------------------------------------------------------- models and training
+def linear_schedule(
+    n_rows: int, *, epochs: int | None = None, batch_size: int | None = None
+) -> tuple[int, int]:
+    """Epochs and batch size that train a LinearVAE to the PPCA optimum at a bounded cost.
+
+    Full batch up to :data:`LINEAR_FULL_BATCH_MAX` rows (2000 epochs), else minibatches of
+    1000 rows for about 3600 steps; on MNIST (60000 x 784, k = 8) that is 60 epochs, which
+    took 297 s on 2 CPU cores and landed 0.04 nats/image from the PPCA optimum.
+
+    Parameters
+    ----------
+    n_rows : int
+        Training rows N.
+    epochs, batch_size : int, optional
+        Chosen values; only the missing ones are filled in.
+
+    Returns
+    -------
+    (int, int)
+        ``(epochs, batch_size)``, the batch size at most ``n_rows``.
+    """
+    wf = workflows  # the constants as set on ppvae.workflows
+    if batch_size is None:
+        batch_size = n_rows if n_rows <= wf.LINEAR_FULL_BATCH_MAX else wf.LINEAR_BATCH_SIZE
+    batch_size = min(int(batch_size), n_rows)
+    n_batches = math.ceil(n_rows / batch_size)
+    if epochs is None:
+        epochs = (
+            wf.LINEAR_FULL_BATCH_EPOCHS
+            if n_batches == 1
+            else math.ceil(wf.LINEAR_STEPS / n_batches)
+        )
+    return int(epochs), batch_size
+
+
+def make_vae(
+    data_dim: int,
+    latent_dim: int,
+    *,
+    hidden=(256,),
+    likelihood: str = "gaussian",
+    prior: str = "standard",
+    architecture: str = "mlp",
+) -> VAE:
+    """The VAE of the workflows (``architecture="conv"`` needs 28 x 28 images)."""
+    if architecture == "conv" and data_dim != 784:
+        raise InputError(
+            f"architecture 'conv' needs 28 x 28 images (D = 784); the data have D = {data_dim}"
+        )
+    return VAE(
+        data_dim,
+        latent_dim,
+        hidden=tuple(hidden),
+        likelihood=likelihood,
+        prior=prior,
+        architecture=architecture,
+    )
+
+
+def train_vae(
+    vae: VAE,
+    ds: Dataset,
+    device,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float | None,
+    elbo: str | None,
+    clip_norm: float | None,
+    kl_weight: float,
+    kl_warmup: int,
+    seed: int,
+    progress: bool | None,
+    **more,
+) -> History:
+    """:func:`~ppvae.fit` of the workflows' VAE on ``ds.train``, tracking ``ds.test``.
+
+    ``more``: further arguments of fit (binarizing, checkpoints).
+    """
+    return workflows.fit(
+        vae,
+        ds.train,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        test=ds.test,
+        device=device,
+        elbo=elbo,
+        clip_norm=clip_norm,
+        kl_weight=kl_weight,
+        kl_warmup_epochs=kl_warmup,
+        progress=progress,
+        **more,
+    )
+
+
+def train_linear_vae(
+    ds: Dataset,
+    latent_dim: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float | None,
+    seed: int,
+    device,
+    progress: bool | None,
+) -> tuple[LinearVAE, History]:
+    """A LinearVAE fitted on ``ds.train`` (seeded initialization), moved to the CPU."""
+    torch.manual_seed(seed)
+    vae = LinearVAE(ds.data_dim, latent_dim)
+    history = workflows.fit(
+        vae,
+        ds.train,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    return vae.cpu(), history
+
+
+def fit_ppca(ds: Dataset, latent_dim: int) -> tuple[PPCA, float, torch.Tensor]:
+    """PPCA fitted on ``ds.train`` (float64): the model, its fit seconds, test log p(x)."""
+    t = time.perf_counter()
+    ppca = PPCA(latent_dim).fit(ds.train.double())
+    seconds = time.perf_counter() - t
+    return ppca, seconds, ppca.log_prob(ds.test.double())
+
+
+def linear_check(ds, k: int, *, epochs, batch_size, **training) -> dict:
+    """Fit PPCA and a LinearVAE on ds.train and compare them (evaluate.compare_to_ppca).
+
+    ``epochs`` and ``batch_size`` complete :func:`linear_schedule`; ``training``: ``lr``,
+    ``seed``, ``device``, ``progress`` of :func:`train_linear_vae`.
+    """
+    X = ds.train
+    ppca = PPCA(k).fit(X.double())
+    epochs, batch_size = linear_schedule(len(X), epochs=epochs, batch_size=batch_size)
+    vae, history = train_linear_vae(ds, k, epochs=epochs, batch_size=batch_size, **training)
+    result = evaluate.compare_to_ppca(vae, ppca, X.double())
+    test_ll = float(evaluate.exact_log_likelihood(vae, ds.test.double()).mean())
+    targets = workflows.CHECK_TARGETS
+    result.update(
+        {
+            "fit_seconds": history.seconds,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": history.config["lr"],
+            "targets": dict(targets),
+            "passed": all(result[key] <= tol for key, tol in targets.items()),
+            "test_log_likelihood_linear_vae": test_ll,
+            "test_log_likelihood_ppca": float(ppca.log_prob(ds.test.double()).mean()),
+        }
+    )
+    return {"result": result, "vae": vae, "ppca": ppca, "history": history}
+
+
+# ---------------------------------------------------------------------- numbers and files
+def sem(values: torch.Tensor) -> float:
+    """The standard error of the mean of per-sample values."""
+    return float(values.std() / math.sqrt(len(values)))
+
+
+def bits_per_dim(nats: float, data_dim: int, levels: int | None) -> float | None:
+    """Bits per dimension on the integer pixel scale, for dequantized data in [0, 1]."""
+    if levels is None:
+        return None
+    return -(nats - data_dim * math.log(levels)) / (data_dim * math.log(2.0))
+
+
+def environment() -> dict:
+    """Versions and threads, recorded with every result."""
+    from .. import __version__
+
+    return {
+        "ppvae": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as indented JSON."""
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def vae_figures(vae: VAE, ds, out: Path, history, device, reference=None) -> tuple:
+    """The training curve and prior samples of a VAE; also test rows, their codes, the shape.
+
+    Returns
+    -------
+    (dict, Tensor, Tensor, tuple or None)
+        The figure file names, 10 test rows on ``device``, E_q[z | x] of the test split and
+        the image shape (None: the data are not images).
+    """
+    figs = {}
+    figs["training_curve"] = plots.training_curve(
+        history, out / "training_curve.png", reference=reference
+    ).name
+    image_shape = as_image_shape(ds.image_shape, ds.data_dim)
+    vae.eval()
+    with torch.no_grad():
+        x = ds.test[:10].to(device)
+        if image_shape is not None:
+            torch.manual_seed(0)
+            figs["samples"] = plots.image_grid(
+                [vae.sample(10), vae.sample(10)],
+                image_shape,
+                out / "samples_vae.png",
+                title="VAE: E[x | z], z ~ p(z)",
+            ).name
+        loc = torch.cat([vae.encode(c.to(device))[0] for c in ds.test.split(4096)])
+    return figs, x, loc, image_shape

@@ -1,0 +1,467 @@
+"""``ppvae fit``: train one VAE or one autoencoder, with checkpoints, and save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import evaluate, plots, workflows
+from ..autoencoders import (
+    Autoencoder,
+    ContractiveAutoencoder,
+    DenoisingAutoencoder,
+    SparseAutoencoder,
+    StackedAutoencoder,
+)
+from ..checkpoints import save
+from ..data import Dataset, as_image_shape
+from ..errors import InputError
+from .common import Result, environment, finish, make_vae, start, train_vae, vae_figures
+
+
+# ---------------------------------------------------------------------- the VAE
+def fit_vae(
+    dataset: Dataset | str = "digits",
+    *,
+    latent_dim: int = 8,
+    hidden=(256,),
+    likelihood: str = "gaussian",
+    prior: str = "standard",
+    architecture: str = "mlp",
+    epochs: int = 300,
+    batch_size: int = 128,
+    lr: float | None = None,
+    elbo: str | None = None,
+    clip_norm: float | None = None,
+    kl_weight: float = 1.0,
+    kl_warmup: int = 0,
+    iw_samples: int = 1000,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    metadata: dict | None = None,
+) -> Result:
+    """Train one VAE with checkpoints in ``out``, evaluate it, save ``out/model.pt``.
+
+    Parameters
+    ----------
+    dataset : Dataset or str
+        The data (a name is loaded with ``seed``, dynamically binarized for
+        ``likelihood="bernoulli"``).
+    latent_dim, hidden, likelihood, prior, architecture
+        The VAE (see :class:`~ppvae.VAE`).
+    epochs, batch_size, lr, elbo, clip_norm, kl_weight, kl_warmup, seed, device, progress
+        Its training (see :func:`~ppvae.fit`).
+    iw_samples : int
+        Importance samples K of the test log-likelihood estimate.
+    out : path, optional
+        Folder for ``checkpoint.pt`` (every epoch), ``model.pt``, ``metrics.json`` and the
+        figures (None: write nothing).
+    resume, overwrite : bool
+        Continue the run checkpointed in ``out``; or replace the run held there.
+    metadata : dict, optional
+        JSON-able extras stored in the checkpoint (the CLI stores its settings).
+
+    Returns
+    -------
+    Result
+        ``metrics`` as in ``metrics.json`` (nats per sample; empty on ranks other than 0 of
+        a distributed run); ``models`` ``vae``.
+    """
+    if resume and out is None:
+        raise InputError("resume=True needs out, the folder of the run")
+    binarize = "dynamic" if likelihood == "bernoulli" else None
+    model = {
+        "likelihood": likelihood,
+        "prior": prior,
+        "architecture": architecture,
+        "latent_dim": latent_dim,
+        "hidden": hidden,
+    }
+    s = start(
+        dataset,
+        latent_dim=latent_dim,
+        seed=seed,
+        device=device,
+        out=out,
+        overwrite=overwrite,
+        resume=resume,
+        binarize=binarize,
+        build=lambda d: make_vae(d, **model),
+    )
+    ds, dev, vae, out = s.data, s.device, s.model, s.out
+    history = train_vae(
+        vae,
+        ds,
+        dev,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        elbo=elbo,
+        clip_norm=clip_norm,
+        kl_weight=kl_weight,
+        kl_warmup=kl_warmup,
+        seed=seed,
+        progress=progress,
+        binarize=binarize,
+        checkpoint_dir=out,
+        resume=resume,
+        overwrite=overwrite,
+        metadata=metadata,
+    )
+    if workflows.distributed_world()[1] != 0:  # rank 0 evaluates and writes the outputs
+        return Result({}, {"vae": vae}, history, out)
+    metrics = _evaluate_and_save_vae(vae, ds, history, model, iw_samples, seed, out, dev)
+    finish(out, "metrics.json", metrics)
+    return Result(metrics, {"vae": vae}, history, out)
+
+
+def _evaluate_and_save_vae(vae, ds, history, model: dict, iw_samples, seed, out, device) -> dict:
+    """Test ELBO and IW estimate, the figures and ``out/model.pt``: metrics.json's content."""
+    torch.manual_seed(seed)
+    test_elbo = float(evaluate.elbo(vae, ds.test, num_samples=10).mean())
+    test_iw = evaluate.log_likelihood(vae, ds.test, num_samples=iw_samples)
+    meta = {
+        "dataset": ds.name,
+        "seed": seed,
+        "binarize": ds.binarize,
+        "dequantized": ds.dequantized,
+    }
+    figs = _fit_vae_figures(vae, ds, out, history, device) if out is not None else {}
+    vae.cpu()
+    if out is not None:
+        save(vae, out / "model.pt", history=history, metadata=meta)
+    config = history.config
+    return {
+        "command": "fit",
+        "model": "vae",
+        **meta,
+        **model,
+        "hidden": list(model["hidden"]),  # in the place of model's, as a JSON list
+        "epochs": config["epochs"],
+        "batch_size": config["batch_size"],
+        "lr": config["lr"],
+        "fit_config": config,
+        "test_elbo": test_elbo,
+        "test_log_likelihood_iw": float(test_iw.mean()),
+        "iw_samples": iw_samples,
+        "fit_seconds": history.seconds,
+        "history": history.to_dict(),
+        "figures": figs,
+        "environment": environment(),
+    }
+
+
+def _fit_vae_figures(vae, ds, out: Path, history, device) -> dict:
+    figs, x, loc, image_shape = vae_figures(vae, ds, out, history, device)
+    if image_shape is not None:
+        with torch.no_grad():
+            figs["reconstructions"] = plots.image_grid(
+                [x.cpu(), vae.reconstruct(x).cpu()],
+                image_shape,
+                out / "reconstructions.png",
+                row_labels=["test data", "VAE"],
+                title="Test reconstructions",
+            ).name
+    figs["latent_scatter"] = plots.latent_scatter(
+        {"VAE: E_q[z | x]": loc}, ds.test_labels, out / "latent_scatter.png"
+    ).name
+    return figs
+
+
+# ---------------------------------------------------------------------- the autoencoders
+AUTOENCODER_OPTIONS = {
+    "ae": (),
+    "dae": ("noise", "noise_level"),
+    "sae": ("sparsity", "rho", "beta", "l1"),
+    "cae": ("contraction",),
+    "stacked": ("noise_level", "finetune_epochs", "labels"),
+}
+"""The model-specific parameters of :func:`fit_autoencoder`, by ``model``."""
+
+
+def make_autoencoder(
+    model: str,
+    data_dim: int,
+    latent_dim: int,
+    *,
+    hidden=(256,),
+    likelihood: str = "gaussian",
+    noise: str = "mask",
+    noise_level: float | None = None,
+    sparsity: str = "kl",
+    rho: float = 0.05,
+    beta: float = 3.0,
+    l1: float = 1e-3,
+    contraction: float = 0.05,
+):
+    """One of the autoencoders (``model`` in ``ae dae sae cae stacked``)."""
+    hidden = tuple(hidden)
+    if model not in AUTOENCODER_OPTIONS:
+        raise InputError(f"model must be one of {', '.join(AUTOENCODER_OPTIONS)}, got {model!r}")
+    if likelihood not in ("gaussian", "bernoulli"):
+        raise InputError(
+            f"model {model!r} reconstructs with likelihood 'gaussian' (squared error) "
+            f"or 'bernoulli' (cross-entropy), not {likelihood!r}"
+        )
+    if model == "stacked":
+        if likelihood != "gaussian":
+            raise InputError(
+                "model 'stacked' pretrains with the squared error (likelihood 'gaussian')"
+            )
+        noise = 0.0 if noise_level is None else noise_level
+        return StackedAutoencoder(data_dim, hidden=(*hidden, latent_dim), noise_level=noise)
+    common = {"hidden": hidden, "likelihood": likelihood}
+    if model == "ae":
+        return Autoencoder(data_dim, latent_dim, **common)
+    if model == "dae":
+        return DenoisingAutoencoder(
+            data_dim,
+            latent_dim,
+            noise=noise,
+            noise_level=0.3 if noise_level is None else noise_level,
+            **common,
+        )
+    if model == "sae":
+        return SparseAutoencoder(
+            data_dim, latent_dim, penalty=sparsity, rho=rho, beta=beta, l1=l1, **common
+        )
+    return ContractiveAutoencoder(data_dim, latent_dim, lam=contraction, **common)
+
+
+def fit_autoencoder(
+    dataset: Dataset | str = "digits",
+    *,
+    model: str = "ae",
+    latent_dim: int = 8,
+    hidden=(256,),
+    likelihood: str = "gaussian",
+    noise: str = "mask",
+    noise_level: float | None = None,
+    sparsity: str = "kl",
+    rho: float = 0.05,
+    beta: float = 3.0,
+    l1: float = 1e-3,
+    contraction: float = 0.05,
+    finetune_epochs: int | None = None,
+    labels: int | None = None,
+    epochs: int = 300,
+    batch_size: int = 128,
+    lr: float | None = None,
+    clip_norm: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    metadata: dict | None = None,
+) -> Result:
+    """Train one autoencoder, save ``out/model.pt``, metrics and figures.
+
+    ``model`` ``ae``, ``dae``, ``sae`` and ``cae`` train by one :func:`~ppvae.fit` with
+    checkpoints in ``out`` (resumable); ``stacked`` runs greedy layer-wise pretraining and
+    supervised fine-tuning (several fits, not checkpointed: it cannot be resumed, and it
+    does not clip gradients).
+
+    Parameters
+    ----------
+    dataset : Dataset or str
+        The data (a name is loaded with ``seed``, dynamically binarized for
+        ``likelihood="bernoulli"``).
+    model : {"ae", "dae", "sae", "cae", "stacked"}
+        Vanilla, denoising, sparse, contractive or stacked autoencoder.
+    latent_dim, hidden, likelihood
+        The code size, hidden widths and the reconstruction loss (``"gaussian"``: squared
+        error; ``"bernoulli"``: cross-entropy).
+    noise, noise_level, sparsity, rho, beta, l1, contraction
+        The model-specific settings (see :mod:`ppvae.autoencoders`).
+    finetune_epochs, labels : int, optional
+        ``stacked``: fine-tuning epochs (default ``epochs``) and labelled training images
+        (default all).
+    epochs, batch_size, lr, clip_norm, seed, device, progress
+        Training (see :func:`~ppvae.fit`).
+    out : path, optional
+        Folder for ``checkpoint.pt``, ``model.pt``, ``metrics.json`` and the figures.
+    resume, overwrite, metadata
+        As in :func:`fit_vae`.
+
+    Returns
+    -------
+    Result
+        ``metrics`` as in ``metrics.json``: test reconstruction error (squared, per image),
+        per-epoch objective (and for ``stacked`` the test accuracy); ``models`` ``model``.
+    """
+    _refuse_settings(model, resume=resume, clip_norm=clip_norm, out=out)
+    binarize = "dynamic" if likelihood == "bernoulli" else None
+    s = start(
+        dataset,
+        latent_dim=latent_dim,
+        seed=seed,
+        device=device,
+        out=out,
+        overwrite=overwrite,
+        resume=resume,
+        binarize=binarize,
+        build=lambda d: make_autoencoder(
+            model,
+            d,
+            latent_dim,
+            hidden=hidden,
+            likelihood=likelihood,
+            noise=noise,
+            noise_level=noise_level,
+            sparsity=sparsity,
+            rho=rho,
+            beta=beta,
+            l1=l1,
+            contraction=contraction,
+        ),
+    )
+    ds, ae, out = s.data, s.model, s.out
+    metrics: dict = {"command": "fit", "model": model, "dataset": ds.name, "seed": seed}
+    train = {"batch_size": batch_size, "lr": lr, "seed": seed, "device": s.device}
+    if model == "stacked":
+        finetune_epochs = epochs if finetune_epochs is None else finetune_epochs
+        history = _fit_stacked(
+            ae,
+            ds,
+            metrics,
+            epochs=epochs,
+            finetune_epochs=finetune_epochs,
+            labels=labels,
+            progress=progress,
+            **train,
+        )
+    else:
+        history = workflows.fit(
+            ae,
+            ds.train,
+            epochs=epochs,
+            binarize=binarize,
+            clip_norm=clip_norm,
+            checkpoint_dir=out,
+            resume=resume,
+            overwrite=overwrite,
+            metadata=metadata,
+            progress=progress,
+            **train,
+        )
+        if workflows.distributed_world()[1] != 0:
+            return Result({}, {"model": ae}, history, out)
+        ae.cpu()
+        metrics["fit_seconds"] = history.seconds
+    _evaluate_autoencoder(ae, ds, history, metrics)
+    if out is not None:
+        metrics["figures"] = _autoencoder_figures(ae, model, ds, out, history, seed)
+        save(ae, out / "model.pt", history=history, metadata={"dataset": ds.name, "seed": seed})
+    metrics["environment"] = environment()
+    finish(out, "metrics.json", metrics)
+    return Result(metrics, {"model": ae}, history, out)
+
+
+def _refuse_settings(model: str, *, resume: bool, clip_norm, out) -> None:
+    """Settings fit_autoencoder cannot honour: raise InputError."""
+    stacked = model == "stacked"
+    if stacked and resume:
+        raise InputError("model 'stacked' writes no checkpoint (several fits); it cannot resume")
+    if stacked and clip_norm is not None:
+        raise InputError("model 'stacked' does not clip gradients; clip_norm must be None")
+    if resume and out is None:
+        raise InputError("resume=True needs out, the folder of the run")
+
+
+def _fit_stacked(ae, ds, metrics: dict, *, epochs, finetune_epochs, labels, progress, **train):
+    """Greedy layer-wise pretraining, then fine-tuning on ``labels`` labelled training rows.
+
+    Adds the test accuracy and the pretraining losses to ``metrics``; returns the
+    fine-tuning history.
+    """
+    seed = train["seed"]
+    n_lab = len(ds.train) if labels is None else min(labels, len(ds.train))
+    rows = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(seed))
+    rows = rows[:n_lab]
+    histories = workflows.pretrain(ae, ds.train, epochs=epochs, progress=progress, **train)
+    history = workflows.finetune(
+        ae,
+        ds.train[rows],
+        ds.train_labels[rows],
+        epochs=finetune_epochs,
+        progress=progress,
+        **train,
+    )
+    ae.cpu()
+    acc = float((ae.predict(ds.test) == ds.test_labels).float().mean())
+    metrics.update(
+        {
+            "labels_used": n_lab,
+            "test_accuracy": acc,
+            "pretrain_loss_per_layer": [-h.train_elbo[-1] for h in histories if h.train_elbo],
+            "fit_seconds": sum(h.seconds for h in histories) + history.seconds,
+            "pretrain_config": [h.config for h in histories],
+        }
+    )
+    return history
+
+
+def _evaluate_autoencoder(ae, ds, history, metrics: dict) -> None:
+    """The resolved training settings, test reconstruction error and per-epoch objective."""
+    metrics.update(
+        {
+            "epochs": history.config["epochs"],
+            "batch_size": history.config["batch_size"],
+            "lr": history.config["lr"],
+            "fit_config": history.config,
+        }
+    )
+    ae.eval()
+    metrics["test_reconstruction_error"] = ae.reconstruction_error(ds.test)
+    metrics["train_objective_per_sample"] = [-v for v in history.train_elbo]
+
+
+def _autoencoder_figures(ae, model: str, ds, out: Path, history, seed: int) -> dict:
+    figs = {}
+    figs["training_curve"] = plots.training_curve(
+        history,
+        out / "training_curve.png",
+        title="fine-tuning: log p(y | x)" if model == "stacked" else "minus the objective",
+    ).name
+    image_shape = as_image_shape(ds.image_shape, ds.data_dim)
+    test = ds.test
+    with torch.no_grad():
+        x = test[:10]
+        if image_shape is not None:
+            rows_ = [x]
+            labels = ["test data"]
+            if model == "dae":
+                torch.manual_seed(seed)
+                noisy = ae.corrupt(x)
+                rows_ += [noisy, ae.reconstruct(noisy)]
+                labels += ["corrupted", "DAE(corrupted)"]
+            rows_.append(ae.reconstruct(x))
+            labels.append(f"{model}(data)")
+            figs["reconstructions"] = plots.image_grid(
+                rows_,
+                image_shape,
+                out / "reconstructions.png",
+                row_labels=labels,
+                title="Test reconstructions",
+            ).name
+            figs["features"] = plots.feature_tiles(
+                ae.first_layer_features(),
+                image_shape,
+                out / "features.png",
+                title=f"{model}: first-layer filters",
+            ).name
+        codes = torch.cat([ae.encode(c) for c in test.split(4096)])
+    figs["latent_scatter"] = plots.latent_scatter(
+        {f"{model}: code f(x)": codes},
+        ds.test_labels,
+        out / "latent_scatter.png",
+        code_name="codes",
+    ).name
+    return figs
