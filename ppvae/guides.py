@@ -125,7 +125,7 @@ class FullRankGaussian(Guide):
 
     def moments(self, out, draws: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         loc, scale_tril = out
-        return loc, scale_tril.pow(2).sum(-1).sqrt()
+        return loc, scale_tril.pow(2).sum(-1).sqrt().expand(loc.shape)
 
 
 class ContextEncoder(nn.Module):

@@ -166,8 +166,8 @@ class LinearGaussianEncoder(nn.Module):
         if self.residual:
             raise RuntimeError("a residual linear encoder is evaluated by LinearVAE.encode")
         loc = (x - self.c) @ self.V.T
-        if self.full_rank:
-            return loc, self.scale.expand(*loc.shape, loc.shape[-1])
+        if self.full_rank:  # one (k, k) factor, broadcast by MultivariateNormal
+            return loc, self.scale
         return loc, self.scale.expand(loc.shape)
 
 

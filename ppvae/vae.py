@@ -354,8 +354,8 @@ class LinearVAE(VAE):
     def encoder_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         V, c, scale = self.guide_params()
         loc = (x - c) @ V.T
-        if self.encoder.full_rank:
-            return loc, scale.expand(*loc.shape, self.latent_dim)
+        if self.encoder.full_rank:  # one (k, k) factor for every row: MultivariateNormal
+            return loc, scale  # broadcasts it without a triangular solve per row
         return loc, scale.expand(loc.shape)
 
     def config(self) -> dict:
