@@ -10,6 +10,7 @@ from .autoencoders import (
 )
 from .checkpoints import load, save
 from .data import Dataset, MemmapDataset, binarize, check_data, dequantize, load_dataset
+from .guides import IAF, DiagonalGaussian, FullRankGaussian, Guide
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace, Likelihood
 from .nets import ConvDecoder, ConvEncoder, GaussianEncoder, MLPDecoder
 from .ppca import PPCA
@@ -37,6 +38,7 @@ from .vae import VAE, LinearVAE
 __version__ = "0.1.0"
 
 __all__ = [
+    "IAF",
     "PPCA",
     "VAE",
     "Autoencoder",
@@ -47,9 +49,12 @@ __all__ = [
     "ConvEncoder",
     "Dataset",
     "DenoisingAutoencoder",
+    "DiagonalGaussian",
     "EarlyStopping",
+    "FullRankGaussian",
     "Gaussian",
     "GaussianEncoder",
+    "Guide",
     "HierarchicalGaussian",
     "History",
     "Laplace",

@@ -184,7 +184,8 @@ def add_objective(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--elbo",
         default=None,
-        choices=("auto", *ELBOS),
+        # the importance-weighted objectives need K draws per point: Python only for now
+        choices=("auto", *(name for name in ELBOS if not name.startswith("iwae"))),
         help="ELBO estimator (default: auto, analytic KL where the prior has one; compiled "
         "by torch.jit.trace for VAEs built from ppvae's own parts)",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
@@ -11,6 +12,7 @@ from ..errors import InputError
 from ..guides import DiagonalGaussian
 from ..program import Program, as_program
 from ..vae import VAE, LinearVAE
+from .iwae import IWAE_ELBO
 from .pyro_jit import PATCH_APPLIES, CachedJitTrace_ELBO, CachedJitTraceMeanField_ELBO
 
 __all__ = ["ELBOS", "LatentScale", "analytic_kl", "estimator_name", "make_elbo"]
@@ -20,7 +22,11 @@ ELBOS = {
     "meanfield": TraceMeanField_ELBO,
     "jit": CachedJitTrace_ELBO,
     "jit-meanfield": CachedJitTraceMeanField_ELBO,
+    "iwae": IWAE_ELBO,
+    "iwae-dreg": partial(IWAE_ELBO, dreg=True),
 }
+"""Estimators by name; each is called with ``num_particles`` (K draws per data point for the
+importance-weighted ``"iwae"`` and ``"iwae-dreg"``, see :mod:`ppvae.train.iwae`)."""
 
 
 def analytic_kl(program: Program) -> bool:
