@@ -465,3 +465,20 @@ def test_divergence_names_the_options_and_the_resume_command(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "--lr" in err and "--clip-norm" in err and "(lr)" not in err
     assert f"ppvae fit --resume {out}" in err
+
+
+def test_fit_takes_the_guide_and_the_importance_weighted_objective(tmp_path, capsys):
+    out = tmp_path / "iwae"
+    argv = ["fit", *SMALL, "--epochs", "2", "--hidden", "8", "--iw-samples", "3"]
+    extra = ["--guide", "fullrank", "--elbo", "iwae", "--num-particles", "3"]
+    assert main([*argv, *extra, "--out", str(out)]) == 0
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert payload["fit_config"]["elbo"] == "iwae"
+    assert payload["fit_config"]["num_particles"] == 3
+    assert payload["config"]["guide"] == {"name": "fullrank"}
+    assert isinstance(ppvae.load(out / "model.pt").q, ppvae.FullRankGaussian)
+    capsys.readouterr()
+    code, err = _exit(["fit", "--resume", str(out), "--num-particles", "5"], capsys)
+    assert code == 2 and "--num-particles" in err[0], err
+    code, err = _exit(["fit", "--model", "ae", *SMALL, "--guide", "iaf"], capsys)
+    assert code == 2 and "--guide" in err[0], err

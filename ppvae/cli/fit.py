@@ -14,7 +14,16 @@ from .options import UserError
 
 RESUMABLE = ("resume", "epochs", "lr", "clip_norm", "device", "progress", "nproc")
 """What ``--resume DIR`` may be given with: how long, how fast and where to train."""
-VAE_ONLY = ("prior", "architecture", "elbo", "kl_weight", "kl_warmup", "iw_samples")
+VAE_ONLY = (
+    "prior",
+    "architecture",
+    "guide",
+    "elbo",
+    "num_particles",
+    "kl_weight",
+    "kl_warmup",
+    "iw_samples",
+)
 """Options of the VAE that an autoencoder cannot honour."""
 
 
@@ -36,7 +45,9 @@ def add_parser(sub, name: str):
         help="vae, or an autoencoder: ae, dae, sae, cae, stacked (default vae)",
     )
     options.add_data(p)
-    options.add_vae(p, title="the model (--prior and --architecture: --model vae only)")
+    options.add_vae(
+        p, title="the model (--prior, --architecture and --guide: --model vae only)"
+    )
     options.add_training(p)
     options.add_objective(p)
     options.add_iw(p)
@@ -239,7 +250,9 @@ def _fit(run, ds, out: Path):
             ds,
             prior=run.prior,
             architecture=run.architecture,
+            guide=getattr(run, "guide", "diagonal"),  # absent from runs saved before guides
             elbo=run.elbo,
+            num_particles=getattr(run, "num_particles", 1),
             kl_weight=run.kl_weight,
             kl_warmup=run.kl_warmup,
             iw_samples=run.iw_samples,

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from ..data import DATASETS
+from ..guides import GUIDES
 from ..likelihoods import LIKELIHOODS
 from ..priors import PRIORS
 from ..workflows import ELBOS, existing_run, load
@@ -135,6 +136,13 @@ def add_vae(p: argparse.ArgumentParser, likelihoods=None, title="the VAE") -> No
         choices=("mlp", "conv"),
         help="VAE networks: MLPs (--hidden) or convolutional (28 x 28 images only)",
     )
+    g.add_argument(
+        "--guide",
+        default="diagonal",
+        choices=sorted(GUIDES),
+        help="q(z|x): diagonal Gaussian (default), full-rank Gaussian, or inverse "
+        "autoregressive flow",
+    )
 
 
 def add_training(p: argparse.ArgumentParser, epochs=300, batch_size=128, clip=True) -> None:
@@ -184,10 +192,16 @@ def add_objective(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--elbo",
         default=None,
-        # the importance-weighted objectives need K draws per point: Python only for now
-        choices=("auto", *(name for name in ELBOS if not name.startswith("iwae"))),
+        choices=("auto", *ELBOS),
         help="ELBO estimator (default: auto, analytic KL where the prior has one; compiled "
-        "by torch.jit.trace for VAEs built from ppvae's own parts)",
+        "by torch.jit.trace for VAEs built from ppvae's own parts); iwae and iwae-dreg: the "
+        "importance-weighted bound with --num-particles draws per point",
+    )
+    g.add_argument(
+        "--num-particles",
+        type=positive_int,
+        default=1,
+        help="draws per data point of the estimator (K of iwae; default 1)",
     )
     g.add_argument(
         "--kl-weight",
@@ -279,6 +293,7 @@ def vae_settings(args) -> dict:
         "likelihood": args.likelihood,
         "prior": args.prior,
         "architecture": args.architecture,
+        "guide": args.guide,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
@@ -286,6 +301,7 @@ def vae_settings(args) -> dict:
         "clip_norm": args.clip_norm,
         "kl_weight": args.kl_weight,
         "kl_warmup": args.kl_warmup,
+        "num_particles": args.num_particles,
     }
 
 

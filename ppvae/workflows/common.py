@@ -244,6 +244,7 @@ def make_vae(
     likelihood: str = "gaussian",
     prior: str = "standard",
     architecture: str = "mlp",
+    guide: str = "diagonal",
 ) -> VAE:
     """The VAE of the workflows (``architecture="conv"`` needs 28 x 28 images)."""
     if architecture == "conv" and data_dim != 784:
@@ -257,6 +258,7 @@ def make_vae(
         likelihood=likelihood,
         prior=prior,
         architecture=architecture,
+        guide=guide,
     )
 
 
@@ -274,6 +276,7 @@ def train_vae(
     kl_warmup: int,
     seed: int,
     progress: bool | None,
+    num_particles: int = 1,
     **more,
 ) -> History:
     """:func:`~ppvae.fit` of the workflows' VAE on ``ds.train``, tracking ``ds.test``.
@@ -293,6 +296,7 @@ def train_vae(
         clip_norm=clip_norm,
         kl_weight=kl_weight,
         kl_warmup_epochs=kl_warmup,
+        num_particles=num_particles,
         progress=progress,
         **more,
     )

@@ -32,6 +32,7 @@ def compare(
     likelihood: str = "gaussian",
     prior: str = "standard",
     architecture: str = "mlp",
+    guide: str = "diagonal",
     epochs: int = 300,
     batch_size: int = 128,
     lr: float | None = None,
@@ -39,6 +40,7 @@ def compare(
     clip_norm: float | None = None,
     kl_weight: float = 1.0,
     kl_warmup: int = 0,
+    num_particles: int = 1,
     linear_epochs: int | None = None,
     linear_batch_size: int | None = None,
     iw_samples: int = 1000,
@@ -58,10 +60,11 @@ def compare(
     ----------
     dataset : Dataset or str
         The data (a name is loaded with ``seed``).
-    latent_dim, hidden, likelihood, prior, architecture
+    latent_dim, hidden, likelihood, prior, architecture, guide
         The nonlinear VAE (see :class:`~ppvae.VAE`); PPCA and the LinearVAE share
         ``latent_dim``.
-    epochs, batch_size, lr, elbo, clip_norm, kl_weight, kl_warmup, seed, device, progress
+    epochs, batch_size, lr, elbo, num_particles, clip_norm, kl_weight, kl_warmup, seed, device,
+    progress
         The VAE's training (see :func:`~ppvae.fit`).
     linear_epochs, linear_batch_size : int, optional
         The LinearVAE's training (default: :func:`linear_schedule`).
@@ -93,7 +96,13 @@ def compare(
         out=out,
         overwrite=overwrite,
         build=lambda d: make_vae(
-            d, k, hidden=hidden, likelihood=likelihood, prior=prior, architecture=architecture
+            d,
+            k,
+            hidden=hidden,
+            likelihood=likelihood,
+            prior=prior,
+            architecture=architecture,
+            guide=guide,
         ),
     )
     ds, dev, vae, out = s.data, s.device, s.model, s.out
@@ -126,6 +135,7 @@ def compare(
         clip_norm=clip_norm,
         kl_weight=kl_weight,
         kl_warmup=kl_warmup,
+        num_particles=num_particles,
         seed=seed,
         progress=progress,
     )

@@ -29,6 +29,7 @@ def fit_vae(
     likelihood: str = "gaussian",
     prior: str = "standard",
     architecture: str = "mlp",
+    guide: str = "diagonal",
     epochs: int = 300,
     batch_size: int = 128,
     lr: float | None = None,
@@ -36,6 +37,7 @@ def fit_vae(
     clip_norm: float | None = None,
     kl_weight: float = 1.0,
     kl_warmup: int = 0,
+    num_particles: int = 1,
     iw_samples: int = 1000,
     seed: int = 0,
     device: str = "cpu",
@@ -52,9 +54,10 @@ def fit_vae(
     dataset : Dataset or str
         The data (a name is loaded with ``seed``, dynamically binarized for
         ``likelihood="bernoulli"``).
-    latent_dim, hidden, likelihood, prior, architecture
+    latent_dim, hidden, likelihood, prior, architecture, guide
         The VAE (see :class:`~ppvae.VAE`).
-    epochs, batch_size, lr, elbo, clip_norm, kl_weight, kl_warmup, seed, device, progress
+    epochs, batch_size, lr, elbo, num_particles, clip_norm, kl_weight, kl_warmup, seed, device,
+    progress
         Its training (see :func:`~ppvae.fit`).
     iw_samples : int
         Importance samples K of the test log-likelihood estimate.
@@ -79,6 +82,7 @@ def fit_vae(
         "likelihood": likelihood,
         "prior": prior,
         "architecture": architecture,
+        "guide": guide,
         "latent_dim": latent_dim,
         "hidden": hidden,
     }
@@ -105,6 +109,7 @@ def fit_vae(
         clip_norm=clip_norm,
         kl_weight=kl_weight,
         kl_warmup=kl_warmup,
+        num_particles=num_particles,
         seed=seed,
         progress=progress,
         binarize=binarize,

@@ -32,6 +32,7 @@ def run_experiment(
     likelihood: str = "gaussian",
     prior: str = "standard",
     architecture: str = "mlp",
+    guide: str = "diagonal",
     epochs: int = 300,
     batch_size: int = 128,
     lr: float | None = None,
@@ -39,6 +40,7 @@ def run_experiment(
     clip_norm: float | None = None,
     kl_weight: float = 1.0,
     kl_warmup: int = 0,
+    num_particles: int = 1,
     iw_samples: int = 1000,
     check_epochs: int | None = None,
     check_batch_size: int | None = None,
@@ -58,9 +60,10 @@ def run_experiment(
     ----------
     dataset : Dataset or str
         The data (a name is loaded with ``seed``).
-    latent_dim, hidden, likelihood, prior, architecture
+    latent_dim, hidden, likelihood, prior, architecture, guide
         The VAE (see :class:`~ppvae.VAE`).
-    epochs, batch_size, lr, elbo, clip_norm, kl_weight, kl_warmup, seed, device, progress
+    epochs, batch_size, lr, elbo, num_particles, clip_norm, kl_weight, kl_warmup, seed, device,
+    progress
         Its training (see :func:`~ppvae.fit`; ``kl_warmup`` is ``kl_warmup_epochs``).
     iw_samples : int
         Importance samples K of the VAE's test log-likelihood estimate.
@@ -83,6 +86,7 @@ def run_experiment(
         "likelihood": likelihood,
         "prior": prior,
         "architecture": architecture,
+        "guide": guide,
     }
     s = start(
         dataset,
@@ -107,6 +111,7 @@ def run_experiment(
         clip_norm=clip_norm,
         kl_weight=kl_weight,
         kl_warmup=kl_warmup,
+        num_particles=num_particles,
         seed=seed,
         progress=progress,
     )
