@@ -94,3 +94,33 @@ def test_iwae_refuses_global_latents_and_trains_with_a_warm_up(digits):
     )  # fmt: skip
     assert h.config["elbo"] == "iwae-dreg" and h.epochs == 4
     assert h.test_elbo[-1] > h.test_elbo[0]
+
+
+@pytest.mark.parametrize("guide", ["fullrank", "iaf"])
+def test_iwae_with_a_richer_guide_resumes_exactly(guide, digits, tmp_path):
+    x = digits.train[:200]
+    runs = []
+    for split in (False, True):
+        torch.manual_seed(0)
+        vae = ppvae.VAE(64, 3, hidden=(16,), guide=guide)
+        folder = tmp_path / f"{guide}-{split}"
+        # DReG detaches q's parameters in log q, which a flow's transforms do not expose
+        elbo = "iwae-dreg" if guide == "fullrank" else "iwae"
+        settings = dict(batch_size=50, elbo=elbo, num_particles=3, checkpoint_dir=folder)
+        if split:
+            ppvae.fit(vae, x, epochs=2, **settings)
+            torch.manual_seed(1)  # a new process: other initial weights, overwritten on resume
+            vae = ppvae.VAE(64, 3, hidden=(16,), guide=guide)
+            h = ppvae.fit(vae, x, epochs=4, resume=True, **settings)
+        else:
+            h = ppvae.fit(vae, x, epochs=4, **settings)
+        runs.append((h.train_elbo, {k: v.clone() for k, v in vae.state_dict().items()}))
+    assert runs[0][0] == runs[1][0]
+    for key in runs[0][1]:
+        assert torch.equal(runs[0][1][key], runs[1][1][key]), key
+
+
+def test_dreg_refuses_a_flow_guide_by_name(digits):
+    vae = ppvae.VAE(64, 2, hidden=(8,), guide="iaf")
+    with pytest.raises(ProgramError, match=r"TransformedDistribution.*use elbo='iwae'"):
+        ppvae.fit(vae, digits.train[:50], epochs=1, elbo="iwae-dreg", num_particles=2)
