@@ -52,8 +52,20 @@ def _kl_std_normal(loc, scale):
     return 0.5 * (loc.pow(2) + scale.pow(2) - 1.0 - 2.0 * scale.log()).sum(-1)
 
 
-def hand_written_mlp(vae: VAE, X: torch.Tensor, batch: int, fused: bool = False):
-    """(a) for the MLP: returns a function running ``steps`` steps."""
+def _bernoulli_logits(out, x):
+    return -F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
+
+
+def _bernoulli_probs(out, x):
+    return -F.binary_cross_entropy(out, x, reduction="none").sum(-1)
+
+
+def hand_written_mlp(
+    vae, X: torch.Tensor, batch: int, fused: bool = False, log_lik=_bernoulli_logits
+):
+    """(a) for a minibatch MLP VAE: its encoder and decoder, the minibatch ELBO scaled to N with
+    an analytic KL, torch Adam; ``log_lik(decoder output, x)`` per row (Bernoulli on logits for
+    ppvae's VAE, on probabilities for Pyro's example). Returns a function running steps."""
     opt = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=fused)
     n = X.shape[0]
 
@@ -64,8 +76,7 @@ def hand_written_mlp(vae: VAE, X: torch.Tensor, batch: int, fused: bool = False)
             xb = X[perm[i : i + batch]]
             loc, scale = vae.encoder(xb)
             z = loc + scale * torch.randn_like(loc)
-            logits = vae.decoder(z)
-            ll = -F.binary_cross_entropy_with_logits(logits, xb, reduction="none").sum(-1)
+            ll = log_lik(vae.decoder(z), xb)
             loss = -(n / xb.shape[0]) * (ll - _kl_std_normal(loc, scale)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -88,29 +99,6 @@ def hand_written_linear(vae: LinearVAE, X: torch.Tensor, fused: bool = False):
             sigma = vae.likelihood.scale
             ll = -0.5 * (X - mean).pow(2).sum(-1) / sigma**2 - D * (sigma.log() + half_log_2pi)
             loss = -(ll - _kl_std_normal(loc, scale)).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    return run
-
-
-def hand_written_pyro_example(vae, X: torch.Tensor, batch: int):
-    """(a) for Pyro's example VAE: its networks, Bernoulli on the decoder's probabilities
-    (scaled to N, as fit trains it), analytic KL, default torch Adam."""
-    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
-    n = X.shape[0]
-
-    def run(steps: int) -> None:
-        perm = torch.randperm(n)
-        for s in range(steps):
-            i = (s * batch) % (n - batch + 1)
-            xb = X[perm[i : i + batch]]
-            loc, scale = vae.encoder(xb)
-            z = loc + scale * torch.randn_like(loc)
-            probs = vae.decoder(z)
-            ll = -F.binary_cross_entropy(probs, xb, reduction="none").sum(-1)
-            loss = -(n / xb.shape[0]) * (ll - _kl_std_normal(loc, scale)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -227,7 +215,9 @@ def main() -> None:
         pyro.clear_param_store()
         user = measure(
             {
-                "a_hand_written": hand_written_pyro_example(users["a"], X_mlp, batch),
+                "a_hand_written": hand_written_mlp(
+                    users["a"], X_mlp, batch, log_lik=_bernoulli_probs
+                ),
                 "b_pyro_classic_svi": classic_svi(users["b"], X_mlp, batch, 1e-3, False),
                 "c_ppvae_fit": ppvae_fit(users["c"], X_mlp, batch, "user_program"),
             },
