@@ -17,7 +17,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import pyro
 import torch
@@ -28,19 +27,16 @@ from ..autoencoders import StackedAutoencoder
 from ..checkpoints import (
     CHECKPOINT_FORMAT,
     FORMAT_VERSION,
-    MODEL_CLASSES,
-    _model_entry,
     load_weights,
     read_training_checkpoint,
     rng_state,
-    set_rng_state,
 )
 from ..data import check_data
 from ..errors import InputError
 from ..program import Program, as_program, inspect_program
 from . import step as _step
-from .batches import Stream, fingerprint, same_fingerprint, support_check
-from .config import RESUME_MAY_CHANGE, HoldThenDecay, TrainConfig, resolve_device
+from .batches import Stream, fingerprint, support_check
+from .config import HoldThenDecay, TrainConfig, resolve_device
 from .hooks import (
     Checkpoint,
     ProgressBar,
@@ -50,8 +46,15 @@ from .hooks import (
     Untimed,
     _call,
 )
-from .objectives import LatentScale, estimator_name, make_elbo
+from .objectives import LatentScale, make_elbo
 from .pyro_jit import _TraceKeyed
+from .resume import (
+    check_resumable,
+    checkpoint_path,
+    load_param_store,
+    model_state,
+    restore_rng,
+)
 from .step import GuardedStep, distributed_world
 
 __all__ = ["History", "Run", "finetune", "fit", "pretrain"]
@@ -108,22 +111,6 @@ def _program_and_data(program, train, data) -> tuple[Program, object]:
     if callable(train) and not isinstance(train, (torch.Tensor, Dataset, DataLoader)):
         raise InputError("fit(model, guide, train): the training data are missing")
     return as_program(program), train
-
-
-def _model_state(program: Program, store_params: dict) -> dict:
-    """The program's entry in a checkpoint: class, config and weights (and, for a user's
-    program, the unconstrained values of its param-store sites)."""
-    if program.is_ppvae and type(program.module).__name__ in MODEL_CLASSES:
-        return _model_entry(program.module)
-    module = program.module
-    return {
-        "class": program.name,
-        "config": None,
-        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        if module is not None
-        else {},
-        "param_store": {n: v.detach().cpu() for n, v in store_params.items()},
-    }
 
 
 class Run:
@@ -216,7 +203,7 @@ class Run:
         return {
             "format": CHECKPOINT_FORMAT,
             "format_version": FORMAT_VERSION,
-            **_model_state(self.program, self.store_params()),
+            **model_state(self.program, self.store_params()),
             "optimizer": self.stepper.state_dict(),
             "rng": rng_state(self.gen),
             "rank_rng": ranks_rng,
@@ -304,18 +291,18 @@ class Run:
         self.history.train_elbo.append(-float(epoch_loss) / (self.n_batches * self.n))
         self.epoch, self.step, self.perm, self.partial = epoch + 1, 0, None, 0.0
 
-    def _checkpoint_path(self):
+    def _saved_path(self):
         for hook in self.hooks:
             if isinstance(hook, Checkpoint) and hook.path is not None:
                 return hook.path
         return None
 
     def _saved_note(self) -> str:
-        path = self._checkpoint_path()
+        path = self._saved_path()
         return f"; checkpoint saved to {path}" if path is not None and self.rank == 0 else ""
 
     def _kept_note(self) -> str:
-        path = self._checkpoint_path()
+        path = self._saved_path()
         if path is None or not path.exists():
             return ""
         return f"; the last good checkpoint {path} (epoch {self.epoch}) is kept"
@@ -475,7 +462,7 @@ def fit(
     if config is not None:  # keywords left at their defaults do not override the object
         settings = {k: v for k, v in settings.items() if v != _KEYWORD_DEFAULTS[k]}
     cfg = TrainConfig.resolve(prog, config, **settings)
-    ckpt_path = _checkpoint_path(checkpoint_dir, resume, overwrite)
+    ckpt_path = checkpoint_path(checkpoint_dir, resume, overwrite)
     run = _new_run(prog, cfg, train, labels, test, ckpt_path, metadata)
     payload = read_training_checkpoint(ckpt_path) if resume else None
     _start(run, payload, ckpt_path)
@@ -545,7 +532,7 @@ def _start(run: Run, payload: dict | None, ckpt_path) -> None:
     states; then move the program and the data to the device."""
     prog, cfg = run.program, run.config
     if payload is not None:
-        _check_resumable(payload, prog, run.fit_config, cfg.epochs, ckpt_path)
+        check_resumable(payload, prog, run.fit_config, cfg.epochs, ckpt_path)
         if prog.module is not None:
             load_weights(prog.module, payload["state_dict"], ckpt_path)
         run.history = History(**payload["history"])
@@ -564,7 +551,7 @@ def _start(run: Run, payload: dict | None, ckpt_path) -> None:
     if run.labels is not None:
         run.labels = run.labels.to(run.device)
     if payload is not None:
-        _restore_rng(run, payload)
+        restore_rng(run, payload)
     run.history.config = {
         **{k: v for k, v in run.fit_config.items() if k not in ("data", "labels")},
         "epochs": cfg.epochs,
@@ -587,7 +574,7 @@ def _trace_and_check(run: Run, payload: dict | None, ckpt_path):
     else:
         run.stream.data_dim, run.stream.check = info.data_dim, run.support_check
     if payload is not None and payload.get("param_store") and not prog.is_ppvae:
-        _load_param_store(payload["param_store"], ckpt_path)
+        load_param_store(payload["param_store"], ckpt_path)
     return info
 
 
@@ -628,22 +615,6 @@ _KEYWORD_DEFAULTS = {
 }  # fmt: skip
 
 
-def _checkpoint_path(checkpoint_dir, resume: bool, overwrite: bool) -> Path | None:
-    if resume and checkpoint_dir is None:
-        raise InputError("resume=True needs checkpoint_dir")
-    if resume and overwrite:
-        raise InputError("resume=True and overwrite=True exclude each other")
-    if checkpoint_dir is None:
-        return None
-    path = Path(checkpoint_dir) / "checkpoint.pt"
-    if path.exists() and not (resume or overwrite):
-        raise InputError(
-            f"checkpoint_dir {checkpoint_dir} already holds a run's checkpoint.pt; pass "
-            "resume=True to continue it or overwrite=True to start afresh"
-        )
-    return path
-
-
 def _check_labels(labels, n: int, test):
     if labels is None:
         return None
@@ -676,31 +647,6 @@ def _batch_size(batch_size: int, n: int, world: int) -> int:
     return bs
 
 
-def _restore_rng(run: Run, payload: dict) -> None:
-    """Every random stream where the interrupted run left it (each rank its own)."""
-    ranks_rng = payload.get("rank_rng")
-    if run.world > 1 and ranks_rng is not None and len(ranks_rng) == run.world:
-        set_rng_state(ranks_rng[run.rank], run.gen)  # each rank's own guide noise continues
-    else:
-        set_rng_state(payload["rng"], run.gen)
-        if run.world > 1 and run.rank > 0:  # only rank 0's state was saved (an interrupted
-            # epoch, or another world size): fresh noise per rank, not a copy of rank 0's
-            pyro.set_rng_seed(run.config.seed + run.rank + 1009 * (1 + run.epoch))
-    if run.stream is not None and payload.get("stream_rng") is not None:
-        run.stream.gen.set_state(payload["stream_rng"])
-    if run.perm is not None:
-        run.perm = run.perm.to(run._rows_device())
-
-
-def _load_param_store(saved: dict, path) -> None:
-    store = pyro.get_param_store()
-    with torch.no_grad():
-        for name, value in saved.items():
-            if name not in store.keys():
-                raise InputError(f"{path}: the program has no param-store site {name!r}")
-            store._params[name].copy_(value)
-
-
 class _ReleaseParams:
     """On entering and leaving ``fit``, let a ppvae program register its parameters with
     Pyro again (``params_held``; see ``ppvae.vae.register_module``)."""
@@ -716,43 +662,6 @@ class _ReleaseParams:
     def __exit__(self, *exc):
         if self.module is not None:
             self.module.params_held = False
-
-
-def _check_resumable(payload: dict, program: Program, fit_config: dict, epochs: int, path) -> None:
-    saved = payload["fit_config"]
-    config = program.module.config() if program.is_ppvae and payload["config"] else None
-    if payload["class"] != _model_state_class(program) or payload["config"] != config:
-        raise InputError(
-            f"{path}: the checkpoint is of a different model ({payload['class']} "
-            f"{payload['config']}), not {_model_state_class(program)} {config}"
-        )
-    if not same_fingerprint(saved["data"], fit_config["data"]):
-        raise InputError(f"{path}: the checkpoint was written for different training data")
-    for key, value in fit_config.items():
-        if key == "elbo" and estimator_name(saved.get(key), program) == estimator_name(
-            value, program
-        ):
-            continue  # compiled or eager, auto or named: the same estimator
-        if key not in ("data", *RESUME_MAY_CHANGE) and saved.get(key) != value:
-            raise InputError(
-                f"{path}: cannot resume with {key}={value!r}; the run used {saved.get(key)!r}"
-            )
-    done = payload["progress"]["epoch"]
-    if epochs < done:
-        raise InputError(
-            f"{path}: the checkpoint has {done} epochs done, more than epochs={epochs}"
-        )
-    if epochs != saved["epochs"] and fit_config["lr_decay"] != 1.0:
-        raise InputError(
-            f"{path}: the learning-rate schedule spans {saved['epochs']} epochs; "
-            f"resume with epochs={saved['epochs']}"
-        )
-
-
-def _model_state_class(program: Program) -> str:
-    if program.is_ppvae and type(program.module).__name__ in MODEL_CLASSES:
-        return type(program.module).__name__
-    return program.name
 
 
 def pretrain(
