@@ -32,6 +32,7 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from torch import nn
+from torch.distributions.kl import register_kl
 from torch.nn import functional as F
 
 from .errors import InputError
@@ -97,8 +98,14 @@ class FullRankEncoder(nn.Module):
         k = self.latent_dim = int(latent_dim)
         self.min_scale = float(min_scale)
         self.net = mlp(data_dim, hidden, k + k * (k + 1) // 2, activation)
-        self.register_buffer("_rows", torch.tril_indices(k, k)[0], persistent=False)
-        self.register_buffer("_cols", torch.tril_indices(k, k)[1], persistent=False)
+        rows, cols = torch.tril_indices(k, k)
+        self.register_buffer("_rows", rows, persistent=False)
+        self.register_buffer("_cols", cols, persistent=False)
+        with torch.no_grad():  # start uncorrelated: the off-diagonal outputs begin at zero
+            last = self.net[-1]
+            off = k + (rows != cols).nonzero().squeeze(-1)
+            last.weight[off] = 0.0
+            last.bias[off] = 0.0
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.latent_dim
@@ -111,10 +118,32 @@ class FullRankEncoder(nn.Module):
         return loc, scale_tril
 
 
+@register_kl(dist.MultivariateNormal, dist.Independent)
+def _kl_fullrank_diagonal(p: dist.MultivariateNormal, q: dist.Independent) -> torch.Tensor:
+    """KL(N(m, L L^T) || N(mu, diag(sigma^2))) in closed form, so that a full-rank guide
+    against a Gaussian prior trains on the analytic-KL ``TraceMeanField_ELBO``:
+    ``0.5 [sum_j (S_jj + (m_j - mu_j)^2) / sigma_j^2 - k + sum_j log sigma_j^2 - log det S]``."""
+    base = q.base_dist
+    if not isinstance(base, dist.Normal) or q.reinterpreted_batch_ndims != 1:
+        raise NotImplementedError
+    var = base.scale.pow(2)
+    L = p._unbroadcasted_scale_tril
+    cov_diag = L.pow(2).sum(-1)
+    logdet = 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    quad = ((cov_diag + (p.loc - base.loc).pow(2)) / var).sum(-1)
+    return 0.5 * (quad - p.event_shape[-1] + var.log().sum(-1) - logdet)
+
+
 class FullRankGaussian(Guide):
-    """``q(z | x) = N(loc(x), L(x) L(x)^T)`` with a lower-triangular ``L`` (all correlations)."""
+    """``q(z | x) = N(loc(x), L(x) L(x)^T)`` with a lower-triangular ``L`` (all correlations).
+
+    Its KL to a Gaussian prior with a diagonal covariance has a closed form (registered with
+    ``torch.distributions.kl``), so it trains on the analytic-KL estimator like the diagonal
+    guide (eagerly: it is not compiled).
+    """
 
     name = "fullrank"
+    analytic_kl = True
 
     def encoder(self, data_dim, hidden, activation) -> nn.Module:
         return FullRankEncoder(data_dim, self.latent_dim, hidden, activation)
