@@ -13,6 +13,8 @@ history reports ``-loss / N``: the ELBO in nats per sample.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import math
 import os
 import time
@@ -608,11 +610,12 @@ def _make_stepper(run: Run, info, payload: dict | None) -> GuardedStep:
 
 
 _KEYWORD_DEFAULTS = {
-    "epochs": 10, "batch_size": 128, "lr": None, "seed": 0, "elbo": None, "num_particles": 1,
-    "betas": None, "lr_decay": None, "decay_start": None, "device": "cpu", "binarize": None,
-    "clip_norm": None, "kl_weight": 1.0, "kl_warmup_epochs": 0, "progress": None,
-    "validate": None,
-}  # fmt: skip
+    p.name: p.default
+    for p in inspect.signature(fit).parameters.values()
+    if p.name in {f.name for f in dataclasses.fields(TrainConfig)}
+}
+"""fit's own defaults of the settings (read from its signature, so they cannot drift): a
+keyword left at its default does not override a ``config=`` object."""
 
 
 def _check_labels(labels, n: int, test):
