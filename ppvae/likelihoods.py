@@ -21,6 +21,7 @@ from .errors import InputError
 __all__ = [
     "LIKELIHOODS",
     "Bernoulli",
+    "BernoulliLogits",
     "ContinuousBernoulli",
     "DiagonalNormal",
     "Gaussian",
@@ -99,6 +100,62 @@ class DiagonalNormal(dist.TorchDistribution):
         return h.expand(self.batch_shape)
 
 
+class BernoulliLogits(dist.TorchDistribution):
+    """``Bernoulli(logits=logits).to_event(1)`` with its log density in one fused pass.
+
+    ``log_prob`` is ``-sum_d BCE_with_logits(logits_d, x_d)``: torch's ``Bernoulli`` negates
+    the (..., D) array before ``Independent`` sums it, and validation checks the support of the
+    value broadcast to the logits' shape; here the sum comes first and the support is checked
+    on the value as given (an (N, D) minibatch, not (K, N, D)). At K = 5000 on MNIST this is
+    about a fifth of importance-weighted evaluation's time. Same values, same gradients. The
+    logits are not validated (NaN logits give a NaN log density, which ``fit`` refuses).
+    """
+
+    arg_constraints: ClassVar[dict] = {}
+    support = dist.constraints.independent(dist.constraints.boolean, 1)
+    has_enumerate_support = False
+
+    def __init__(self, logits: torch.Tensor, validate_args=None):
+        self.logits = logits
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(BernoulliLogits, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.logits = self.logits.expand(batch_shape + self.event_shape)
+        super(BernoulliLogits, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.probs
+
+    @property
+    def variance(self) -> torch.Tensor:
+        p = self.probs
+        return p * (1 - p)
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            return torch.bernoulli(self.probs.expand(shape))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = torch.broadcast_tensors(self.logits, value)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        p = self.probs
+        return F.binary_cross_entropy_with_logits(self.logits, p, reduction="none").sum(-1)
+
+
 class Likelihood(nn.Module):
     """Base class: ``forward(params) -> Distribution`` with event dim 1."""
 
@@ -125,7 +182,7 @@ class Bernoulli(Likelihood):
     name = "bernoulli"
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Bernoulli(logits=params).to_event(1)
+        return BernoulliLogits(params)
 
     def check_support(self, x: torch.Tensor, what: str = "data") -> None:
         bad = (x != 0) & (x != 1)
