@@ -13,6 +13,7 @@ __all__ = [
     "fmt",
     "run_report",
     "run_table",
+    "trust_paragraph",
 ]
 
 
@@ -26,6 +27,93 @@ def _align(rows: list[tuple[str, ...]]) -> list[str]:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return lines
+
+
+TRUSTED_GAP = 1.0
+"""BDMC gaps (nats per point) below which a report calls AIS's estimate certified."""
+
+
+def trust_paragraph(certified: dict | None, khat_share: float | None, iw_samples: int) -> str:
+    """Which of the VAE's likelihood estimates to trust, and why, in words.
+
+    Parameters
+    ----------
+    certified : dict or None
+        The ``certified`` block (:func:`ppvae.workflows.common.certify_likelihood`): AIS on
+        the IW estimate's points and BDMC's gap, or None where AIS was skipped.
+    khat_share : float or None
+        Share of test points whose IW weights have PSIS k-hat > 0.7.
+    iw_samples : int
+        K of the IW estimate.
+    """
+    share = (
+        ""
+        if khat_share is None
+        else f" PSIS k-hat exceeds 0.7 on {khat_share:.0%} of the test points, so"
+    )
+    iw = (
+        f"The importance-weighted (IW, K = {iw_samples}) estimate is a stochastic lower bound "
+        f"on the VAE's log-likelihood, with the guide as proposal;{share} "
+        + (
+            "its weights are too heavy-tailed for its standard error to mean much and its "
+            "distance to log p(x) is unknown."
+            if khat_share is not None and khat_share > 0.1
+            else "its distance to log p(x) is not known from it alone."
+        )
+    )
+    if certified is None:
+        return iw + " AIS was not run (ais_points = 0), so nothing certifies it."
+    a = certified["ais"]
+    lines = [
+        iw,
+        "",
+        f"Annealed importance sampling (AIS: T = {a['num_steps']} HMC transitions from the "
+        f"guide to the posterior, {a['num_chains']} chains) on {a['n_points']} of the same "
+        f"test points gives {a['mean']:.3f} ± {a['sem']:.3f} nats, "
+        f"{a['minus_iw']:+.3f} ± {a['minus_iw_sem']:.3f} against IW on those points (paired). "
+        "It is also a stochastic lower bound, but one that tightens to log p(x) as T grows "
+        "whatever the guide's quality.",
+    ]
+    b = certified.get("bdmc")
+    if b is None:
+        lines += ["", "BDMC was not run (bdmc_points = 0), so AIS's own error is not bounded."]
+        return "\n".join(lines)
+    lines += [
+        "",
+        f"On {b['n_points']} points simulated from the VAE, where an exact posterior sample is "
+        f"known, bidirectional Monte Carlo (BDMC) at the same settings brackets log p(x) "
+        f"between {b['lower']:.3f} (forward AIS) and {b['upper']:.3f} (reverse AIS): a gap of "
+        f"{b['gap']:.3f} ± {b['gap_sem']:.3f} nats per point (largest {b['gap_max']:.2f}).",
+        "",
+    ]
+    ais_below = a["minus_iw"] < -3 * a["minus_iw_sem"]
+    bound = max(b["gap"], 0.0) + 2 * b["gap_sem"]
+    agree = abs(a["minus_iw"]) <= 3 * a["minus_iw_sem"]
+    if b["gap"] <= TRUSTED_GAP and not ais_below:
+        lines.append(
+            f"**Trust AIS**: it is the tighter of the two lower bounds, and on data drawn from "
+            f"the model it is within about {bound:.2f} nats of the truth on average (BDMC's gap "
+            "plus two standard errors). That is a guide to its error on the test points, not a "
+            "proof: it holds to the degree the VAE fits them as it fits its own samples."
+            + (
+                " Here IW agrees with AIS within their errors, which is itself evidence that "
+                "the guide is a good proposal for these points."
+                if agree
+                else ""
+            )
+        )
+    elif ais_below:
+        lines.append(
+            "**Trust neither fully**: AIS falls below IW, so at these settings its chains do not "
+            "reach the posterior; IW is the tighter lower bound. Raise ais_steps."
+        )
+    else:
+        lines.append(
+            f"**Trust neither fully**: BDMC's gap of {b['gap']:.2f} nats says AIS has not "
+            f"converged at T = {a['num_steps']}; both numbers are lower bounds whose distance "
+            "to log p(x) may be that large. Raise ais_steps until the gap is small."
+        )
+    return "\n".join(lines)
 
 
 def run_table(m: dict) -> str:
@@ -54,6 +142,22 @@ def run_table(m: dict) -> str:
             f"{v['fit_seconds']:.1f}",
         ),
     ]
+    a = (v.get("certified") or {}).get("ais")
+    if a:
+        rows.append(
+            (
+                f"VAE (AIS, T={a['num_steps']}, first {a['n_points']} test points)",
+                f"{a['mean']:.3f} ± {a['sem']:.3f}",
+                "",
+                "",
+                "",
+            )
+        )
+        b = v["certified"].get("bdmc")
+        if b:
+            rows.append(
+                (f"  BDMC gap on {b['n_points']} simulated points", fmt(b["gap"]), *[""] * 3)
+            )
     return f"{m['dataset']}: test set, nats per sample (higher is better)\n" + "\n".join(
         _align(rows)
     )
@@ -124,8 +228,12 @@ def run_report(m: dict) -> str:
         "± is the standard error of the mean over test images. The VAE's importance-weighted "
         "estimate is a stochastic lower bound on its log-likelihood; PPCA's is exact.",
         "",
-        f"The VAE's test log-likelihood is {abs(gap):.2f} nats per image "
+        f"The VAE's test log-likelihood (IW) is {abs(gap):.2f} nats per image "
         f"{'above' if gap > 0 else 'below'} PPCA's.",
+        "",
+        "## Which likelihood of the VAE to trust",
+        "",
+        trust_paragraph(v.get("certified"), v.get("khat_share_gt_0.7"), v["iw_samples"]),
         "",
         "## The linear VAE against PPCA",
         "",
@@ -208,14 +316,48 @@ def compare_table(r: dict) -> str:
                 f"{m['fit_seconds']:.1f}",
             )
         )
+        a = (m.get("certified") or {}).get("ais")
+        if a:
+            rows.append(
+                (
+                    f"  same VAE, AIS (T={a['num_steps']}, {a['num_chains']} chains; IW on "
+                    f"its {a['n_points']} points: {a['iw_same_points']:.3f})",
+                    "",
+                    f"{a['mean']:.3f}",
+                    f"{a['mean']:.3f} ± {a['sem']:.3f}",
+                    *([""] * 6),
+                )
+            )
     note = (
         f"nats per sample (higher is better); train/test: exact for PPCA and LinearVAE, "
-        f"IW (K={r['iw_samples']}) for the VAE on {r['eval_points']} points per split"
+        f"IW (K={r['iw_samples']}) for the VAE on {_points(r)} points" + _ais_note(r)
     )
     return f"{r['dataset']}: {note}\n" + "\n".join(_align(rows))
 
 
+def _points(r: dict) -> str:
+    """How many points per split the IW estimates used: eval_points, or the split if smaller."""
+    n = r["eval_points"]
+    train, test = (min(n, r.get(f"n_{split}", n)) for split in ("train", "test"))
+    return f"{n}" if train == test == n else f"{train} train / {test} test"
+
+
+def _ais_note(r: dict) -> str:
+    for m in r["models"].values():
+        a = (m.get("certified") or {}).get("ais")
+        if a:
+            return f"; AIS on the first {a['n_points']} of the IW test points"
+    return ""
+
+
 def compare_report(r: dict) -> str:
-    """``compare.md``: the table of :func:`compare_table` and the scatter figure."""
+    """``compare.md``: the table of :func:`compare_table`, which likelihood to trust, figures."""
     figure = f"\n![PPCA vs VAE]({r['figure']})\n" if r.get("figure") else ""
-    return f"# ppvae compare: {r['dataset']}\n\n```\n{compare_table(r)}\n```\n{figure}"
+    trust = ""
+    for name, m in r["models"].items():
+        if "certified" in m:
+            text = trust_paragraph(
+                m["certified"], m["test"].get("khat_share_gt_0.7"), r["iw_samples"]
+            )
+            trust = f"\n## Which likelihood of the {name} to trust\n\n{text}\n"
+    return f"# ppvae compare: {r['dataset']}\n\n```\n{compare_table(r)}\n```\n{trust}{figure}"

@@ -29,11 +29,13 @@ TINY = [
     "3",
 ]
 TINY_AE = [a for a in TINY if a not in ("--iw-samples", "5")]  # autoencoders: no IW estimate
+# AIS and BDMC on a few points with a few steps: the path runs, its numbers are checked elsewhere
+TINY_AIS = ["--ais-points", "4", "--ais-steps", "5", "--ais-chains", "2", "--bdmc-points", "3"]
 
 
 def test_run_writes_every_output(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", *TINY, *TINY_CHECK, "--out", str(out)]) == 0
+    assert main(["run", *TINY, *TINY_CHECK, *TINY_AIS, "--out", str(out)]) == 0
     expected = {
         "metrics.json",
         "report.md",
@@ -60,6 +62,10 @@ def test_run_writes_every_output(tmp_path, capsys):
     assert "PPCA" in report and "training_curve.png" in report
     assert m["ppca_check"]["epochs"] == 5 and math.isfinite(m["ppca_check"]["loglik_gap"])
     assert "LinearVAE" in report and "covariance_rel_error" in report
+    cert = m["vae"]["certified"]
+    assert cert["ais"]["n_points"] == 4 and cert["bdmc"]["n_points"] == 3
+    assert math.isfinite(m["vae"]["khat_share_gt_0.7"])
+    assert "Which likelihood of the VAE to trust" in report and "**Trust" in report
     printed = capsys.readouterr().out
     assert "PPCA (exact)" in printed and "loglik_gap" in printed
 
@@ -109,6 +115,7 @@ def test_compare_writes_table_scatter_and_inference_data(tmp_path, capsys):
         "1",
         "--nuts-samples",
         "60",
+        *TINY_AIS,
     ]
     assert main([*argv, "--out", str(out)]) == 0
     r = json.loads((out / "compare.json").read_text())
@@ -124,7 +131,13 @@ def test_compare_writes_table_scatter_and_inference_data(tmp_path, capsys):
     assert int(ll["vae"].notnull().sum()) == 50  # IW estimates on the evaluation subset
     assert (out / "loglik_scatter.png").exists() and (out / "nuts_vs_guide.png").exists()
     assert len(vae["nuts"]) == 1 and math.isfinite(vae["nuts"][0]["r_hat_max"])
-    assert "k>0.7" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "k>0.7" in printed and "AIS (T=5, 2 chains;" in printed
+    cert = vae["certified"]
+    assert cert["ais"]["n_points"] == 4 and cert["bdmc"]["n_points"] == 3
+    assert math.isfinite(cert["ais"]["mean"]) and math.isfinite(cert["bdmc"]["gap"])
+    report = (out / "compare.md").read_text()
+    assert "to trust" in report and "BDMC" in report and "**Trust" in report
 
 
 def test_check_ppca_writes_its_comparison(tmp_path, capsys):
@@ -253,7 +266,10 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------- issue #14, part 3
 SMALL = ["--n-train", "60", "--n-test", "20", "--latent-dim", "2"]
-TINY_EVAL = ["--iw-samples", "3", "--eval-points", "5", "--gap-points", "2", "--nuts-points", "0"]
+TINY_EVAL = [
+    *("--iw-samples", "3", "--eval-points", "5", "--gap-points", "2", "--nuts-points", "0"),
+    *("--ais-points", "0"),
+]
 
 
 def _training_module():
@@ -351,7 +367,21 @@ def test_resume_may_change_epochs_lr_clip_norm_and_progress(tmp_path):
 @pytest.mark.parametrize(
     "argv, held",
     [
-        (["run", *SMALL, "--epochs", "1", "--hidden", "8", "--check-epochs", "1"], "metrics.json"),
+        (
+            [
+                "run",
+                *SMALL,
+                "--epochs",
+                "1",
+                "--hidden",
+                "8",
+                "--check-epochs",
+                "1",
+                "--ais-points",
+                "0",
+            ],
+            "metrics.json",
+        ),
         (["fit", *SMALL, "--epochs", "1", "--hidden", "8"], "model.pt"),
         (["check-ppca", *SMALL, "--epochs", "1"], "check_ppca.json"),
         (
@@ -407,7 +437,18 @@ def test_stacked_cannot_resume_and_never_offers_to(tmp_path, capsys, monkeypatch
 
 def test_reports_show_the_resolved_settings(tmp_path):
     out = tmp_path / "run"
-    argv = ["run", *SMALL, "--epochs", "1", "--hidden", "8", "--iw-samples", "3"]
+    argv = [
+        "run",
+        *SMALL,
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+        "--iw-samples",
+        "3",
+        "--ais-points",
+        "0",
+    ]
     assert main([*argv, "--check-epochs", "1", "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["vae"]["lr"] == 1e-3 and m["vae"]["fit_config"]["betas"] == [0.9, 0.999]
@@ -423,7 +464,18 @@ def test_run_checks_the_linear_vae_on_compare_s_schedule(tmp_path, monkeypatch):
     monkeypatch.setattr(wf, "LINEAR_BATCH_SIZE", 20)
     monkeypatch.setattr(wf, "LINEAR_STEPS", 6)
     out = tmp_path / "run"
-    argv = ["run", *SMALL, "--epochs", "1", "--hidden", "8", "--iw-samples", "3"]
+    argv = [
+        "run",
+        *SMALL,
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+        "--iw-samples",
+        "3",
+        "--ais-points",
+        "0",
+    ]
     assert main([*argv, "--out", str(out)]) == 0
     check = json.loads((out / "metrics.json").read_text())["ppca_check"]
     assert (check["epochs"], check["batch_size"]) == (2, 20)

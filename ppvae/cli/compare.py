@@ -62,6 +62,7 @@ def add_parser(sub, name: str):
         default=500,
         help="NUTS warm-up steps and draws per chain, 2 chains (default 500)",
     )
+    options.add_ais(p)
     options.add_output(p, name)
     return p
 
@@ -82,6 +83,7 @@ def main(args) -> int:
         gap_points=args.gap_points,
         nuts_points=args.nuts_points,
         nuts_samples=args.nuts_samples,
+        **options.ais_settings(args),
     )
     r = result.metrics
     print(reports.compare_table(r))

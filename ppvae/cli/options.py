@@ -10,7 +10,7 @@ from ..data import DATASETS
 from ..guides import GUIDES
 from ..likelihoods import LIKELIHOODS
 from ..priors import PRIORS
-from ..workflows import ELBOS, existing_run, load
+from ..workflows import AIS_DEFAULTS, ELBOS, existing_run, load
 
 
 class UserError(Exception):
@@ -224,6 +224,49 @@ def add_iw(p: argparse.ArgumentParser) -> None:
         default=1000,
         help="importance samples K for the VAE's log-likelihood estimate (default 1000)",
     )
+
+
+def add_ais(p: argparse.ArgumentParser) -> None:
+    """--ais-points --ais-steps --ais-chains --bdmc-points: the certified likelihood."""
+    d = AIS_DEFAULTS
+    g = p.add_argument_group(
+        "the VAE's likelihood certified by AIS, with BDMC's bound on its error"
+    )
+    g.add_argument(
+        "--ais-points",
+        type=nonneg_int,
+        default=d["ais_points"],
+        help=f"test points estimated by AIS as well as IW (default {d['ais_points']}; 0: no "
+        "AIS and no BDMC)",
+    )
+    g.add_argument(
+        "--ais-steps",
+        type=positive_int,
+        default=d["ais_steps"],
+        help=f"AIS's annealing steps T, one HMC transition each (default {d['ais_steps']})",
+    )
+    g.add_argument(
+        "--ais-chains",
+        type=positive_int,
+        default=d["ais_chains"],
+        help=f"AIS chains per point (default {d['ais_chains']})",
+    )
+    g.add_argument(
+        "--bdmc-points",
+        type=nonneg_int,
+        default=d["bdmc_points"],
+        help=f"points simulated from the VAE for BDMC's gap (default {d['bdmc_points']}; 0: none)",
+    )
+
+
+def ais_settings(args) -> dict:
+    """The workflow keywords of :func:`add_ais`'s options."""
+    return {
+        "ais_points": args.ais_points,
+        "ais_steps": args.ais_steps,
+        "ais_chains": args.ais_chains,
+        "bdmc_points": args.bdmc_points,
+    }
 
 
 def add_output(p: argparse.ArgumentParser, command: str) -> None:

@@ -36,6 +36,7 @@ def add_parser(sub, name: str):
         help="its batch size (default: the training set up to "
         f"{workflows.LINEAR_FULL_BATCH_MAX:,} rows, else {workflows.LINEAR_BATCH_SIZE})",
     )
+    options.add_ais(p)
     options.add_output(p, name)
     return p
 
@@ -50,6 +51,7 @@ def main(args) -> int:
         workflows.run_experiment,
         **options.vae_settings(args),
         iw_samples=args.iw_samples,
+        **options.ais_settings(args),
         check_epochs=args.check_epochs,
         check_batch_size=args.check_batch_size,
     )

@@ -28,6 +28,7 @@ so setting ``ppvae.workflows.fit`` or ``ppvae.workflows.LINEAR_STEPS`` reaches a
 from __future__ import annotations
 
 from .common import (  # noqa: F401  (the training loop, re-exported for ppvae.cli)
+    AIS_DEFAULTS,
     CHECK_TARGETS,
     ELBOS,
     LINEAR_BATCH_SIZE,

@@ -366,6 +366,80 @@ def linear_check(ds, k: int, *, epochs, batch_size, **training) -> dict:
 
 
 # ---------------------------------------------------------------------- numbers and files
+AIS_DEFAULTS = {"ais_points": 100, "ais_steps": 200, "ais_chains": 8, "bdmc_points": 50}
+"""How much AIS and BDMC ``run`` and ``compare`` do by default (about a minute on digits)."""
+
+
+def certify_likelihood(
+    vae,
+    X: torch.Tensor,
+    iw_log_px: torch.Tensor,
+    *,
+    ais_points: int,
+    ais_steps: int,
+    ais_chains: int,
+    bdmc_points: int,
+    seed: int,
+    progress: bool | None = None,
+) -> dict | None:
+    """AIS on the first ``ais_points`` rows of X (whose IW estimates are ``iw_log_px``) and
+    BDMC's gap on ``bdmc_points`` points simulated from the model, at the same settings.
+
+    Returns the ``certified`` block of a report (None when ``ais_points`` is 0): the AIS mean
+    and its standard error over points, its paired difference to IW on the same points, and
+    BDMC's mean lower and upper bounds and their gap, all in nats per point, with timings.
+    """
+    for name, v in (("ais_points", ais_points), ("bdmc_points", bdmc_points)):
+        if isinstance(v, bool) or int(v) != v or v < 0:
+            raise InputError(f"{name} must be a non-negative integer, got {v!r}")
+    if not ais_points:
+        return None
+    vae.cpu().eval()
+    x = X[:ais_points]
+    t = time.perf_counter()
+    ais = evaluate.ais_log_likelihood(
+        vae, x, num_steps=ais_steps, num_chains=ais_chains, seed=seed, progress=progress
+    )
+    ais_s = time.perf_counter() - t
+    diff = ais.log_px - iw_log_px[: x.shape[0]]
+    out = {
+        "ais": {
+            "n_points": int(x.shape[0]),
+            "num_steps": ais_steps,
+            "num_chains": ais_chains,
+            "mean": ais.mean,
+            "sem": sem(ais.log_px),
+            "mc_se_mean": float(ais.mc_se.mean()),
+            "ess_mean": float(ais.ess.mean()),
+            "acceptance_mean": float(ais.acceptance.mean()),
+            "iw_same_points": float(iw_log_px[: x.shape[0]].mean()),
+            "minus_iw": float(diff.mean()),
+            "minus_iw_sem": sem(diff),
+            "seconds": ais_s,
+        }
+    }
+    if bdmc_points:
+        t = time.perf_counter()
+        r = evaluate.bdmc(
+            vae,
+            bdmc_points,
+            num_steps=ais_steps,
+            num_chains=ais_chains,
+            seed=seed,
+            progress=progress,
+        )
+        out["bdmc"] = {
+            "n_points": bdmc_points,
+            "lower": float(r.lower.log_px.mean()),
+            "upper": float(r.upper.mean()),
+            "gap": float(r.gap.mean()),
+            "gap_sem": sem(r.gap),
+            "gap_max": float(r.gap.max()),
+            "seconds": time.perf_counter() - t,
+        }
+    return out
+
+
 def sem(values: torch.Tensor) -> float:
     """The standard error of the mean of per-sample values."""
     return float(values.std() / math.sqrt(len(values)))

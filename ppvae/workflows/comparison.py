@@ -10,8 +10,10 @@ import torch
 from .. import evaluate, plots, reports
 from ..data import Dataset
 from .common import (
+    AIS_DEFAULTS,
     Result,
     bits_per_dim,
+    certify_likelihood,
     environment,
     finish,
     fit_ppca,
@@ -48,6 +50,10 @@ def compare(
     gap_points: int = 200,
     nuts_points: int = 3,
     nuts_samples: int = 500,
+    ais_points: int = AIS_DEFAULTS["ais_points"],
+    ais_steps: int = AIS_DEFAULTS["ais_steps"],
+    ais_chains: int = AIS_DEFAULTS["ais_chains"],
+    bdmc_points: int = AIS_DEFAULTS["bdmc_points"],
     seed: int = 0,
     device: str = "cpu",
     progress: bool | None = None,
@@ -75,6 +81,11 @@ def compare(
         inference gaps.
     nuts_points, nuts_samples : int
         Test points whose VAE posterior NUTS also samples; warm-up steps and draws per chain.
+    ais_points, ais_steps, ais_chains, bdmc_points : int
+        The VAE's likelihood certified: AIS (:func:`~ppvae.evaluate.ais_log_likelihood`, T =
+        ``ais_steps``, C = ``ais_chains``) on the first ``ais_points`` test points of the IW
+        subset, and BDMC's gap at the same settings on ``bdmc_points`` points simulated from
+        the VAE (:func:`~ppvae.evaluate.bdmc`). ``ais_points=0`` skips both.
     out : path, optional
         Folder for ``compare.json``, ``compare.md``, the scatter and ``log_likelihood.nc``.
     overwrite : bool
@@ -140,6 +151,17 @@ def compare(
         progress=progress,
     )
     vae_scores = _vae_row(vae, ds, h, scores)
+    vae_scores["certified"] = certify_likelihood(
+        vae,
+        _subset_rows(ds.test, eval_points, seed + 1),
+        vae_scores["test_per_sample"],
+        ais_points=ais_points,
+        ais_steps=ais_steps,
+        ais_chains=ais_chains,
+        bdmc_points=bdmc_points,
+        seed=seed,
+        progress=progress,
+    )
     rows[f"VAE ({prior} prior, {likelihood})"] = vae_scores
     nuts = _nuts(vae, ds, vae_scores, points=nuts_points, samples=nuts_samples, seed=seed)
     per_sample = {

@@ -10,8 +10,10 @@ import torch
 from .. import evaluate, plots, reports
 from ..data import Dataset
 from .common import (
+    AIS_DEFAULTS,
     Result,
     bits_per_dim,
+    certify_likelihood,
     environment,
     finish,
     fit_ppca,
@@ -42,6 +44,10 @@ def run_experiment(
     kl_warmup: int = 0,
     num_particles: int = 1,
     iw_samples: int = 1000,
+    ais_points: int = AIS_DEFAULTS["ais_points"],
+    ais_steps: int = AIS_DEFAULTS["ais_steps"],
+    ais_chains: int = AIS_DEFAULTS["ais_chains"],
+    bdmc_points: int = AIS_DEFAULTS["bdmc_points"],
     check_epochs: int | None = None,
     check_batch_size: int | None = None,
     seed: int = 0,
@@ -67,6 +73,12 @@ def run_experiment(
         Its training (see :func:`~ppvae.fit`; ``kl_warmup`` is ``kl_warmup_epochs``).
     iw_samples : int
         Importance samples K of the VAE's test log-likelihood estimate.
+    iw_samples : int
+        Importance samples K per test point (with PSIS k-hat).
+    ais_points, ais_steps, ais_chains, bdmc_points : int
+        AIS on the first ``ais_points`` test points and BDMC's gap on ``bdmc_points`` points
+        simulated from the VAE, at T = ``ais_steps`` and C = ``ais_chains`` (see
+        :func:`~ppvae.workflows.compare`); ``ais_points=0`` skips both.
     check_epochs, check_batch_size : int, optional
         The LinearVAE check's training (default: :func:`linear_schedule`).
     out : path, optional
@@ -116,6 +128,17 @@ def run_experiment(
         progress=progress,
     )
     vae_metrics = _vae_metrics(vae, ds, history, model, iw_samples=iw_samples, seed=seed)
+    vae_metrics["certified"] = certify_likelihood(
+        vae,
+        ds.test,
+        vae_metrics.pop("test_per_sample"),
+        ais_points=ais_points,
+        ais_steps=ais_steps,
+        ais_chains=ais_chains,
+        bdmc_points=bdmc_points,
+        seed=seed,
+        progress=progress,
+    )
     metrics = _metrics(ds, latent_dim, ppca_metrics, vae_metrics, seed=seed, device=dev)
     check = linear_check(
         ds,
@@ -172,7 +195,9 @@ def _vae_metrics(vae, ds, history, model: dict, *, iw_samples: int, seed: int) -
     torch.manual_seed(seed)
     t = time.perf_counter()
     test_elbo = evaluate.elbo(vae, ds.test, num_samples=10)
-    test_iw = evaluate.log_likelihood(vae, ds.test, num_samples=iw_samples)
+    psis = iw_samples >= evaluate.PSIS_MIN_SAMPLES  # k-hat needs a tail of weights
+    est = evaluate.estimate_log_likelihood(vae, ds.test, num_samples=iw_samples, psis=psis)
+    test_iw = est.log_px
     eval_s = time.perf_counter() - t
     train_elbo = float(evaluate.elbo(vae, ds.train, num_samples=1).mean())
     config = history.config
@@ -181,6 +206,8 @@ def _vae_metrics(vae, ds, history, model: dict, *, iw_samples: int, seed: int) -
         "test_log_likelihood_iw": float(test_iw.mean()),
         "test_log_likelihood_iw_sem": sem(test_iw),
         "iw_samples": iw_samples,
+        "khat_share_gt_0.7": est.khat_share,
+        "test_per_sample": test_iw,
         "train_elbo": train_elbo,
         "test_bits_per_dim_iw": bits_per_dim(float(test_iw.mean()), ds.data_dim, ds.levels),
         "hidden": list(model["hidden"]),
