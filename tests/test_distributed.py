@@ -94,6 +94,7 @@ def work(rank, path, out, rendezvous):
         params.append(ae.state_dict())
     if rank == 0:
         torch.save(params, out)
+    torch.distributed.barrier()  # tear down together: gloo may abort a rank whose peer left
     torch.distributed.destroy_process_group()
 
 if __name__ == "__main__":

@@ -81,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.given = given_options(argv)
     module = COMMANDS[args.command]
-    joined = False
+    joined = finished = False
     try:
         if getattr(args, "nproc", 1) > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             module.preflight(args)  # refuse bad options once, before starting N processes
             return _launch(argv, args.nproc)
         joined = _init_distributed(args)
-        return module.main(args)
+        status = module.main(args)
+        finished = status == 0
+        return status
     except (UserError, InputError) as exc:
         print(f"ppvae {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -103,7 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     finally:
         if joined:
-            torch.distributed.destroy_process_group()
+            _leave_process_group(barrier=finished)
+
+
+def _leave_process_group(*, barrier: bool) -> None:
+    """Destroy the process group, after a barrier when this rank finished its work, so that no
+    rank tears its connections down while a peer still uses them (gloo then aborts the peer:
+    "terminate called without an active exception"). A rank that failed skips the barrier:
+    its peers fail on their next collective instead of waiting for it."""
+    if barrier:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def divergence_remedy(message: str, *, clip: bool, resume: str | None) -> str:
