@@ -41,6 +41,16 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-decay", type=float, default=1.0, help="final lr factor (fit's lr_decay)")
+    p.add_argument("--decay-start", type=float, default=0.0, help="share of steps held at lr")
+    p.add_argument("--kl-warmup", type=int, default=0, help="epochs of linear KL warm-up")
+    p.add_argument(
+        "--curve-images",
+        type=int,
+        default=1000,
+        help="test images whose one-sample ELBO is recorded after each epoch (0: none)",
+    )
+    p.add_argument("--save", default=None, help="write the trained model here (ppvae.save)")
     p.add_argument("--iw-samples", type=int, default=5000)
     p.add_argument("--n-test", type=int, default=None, help="test subset (default: all 10,000)")
     p.add_argument(
@@ -68,6 +78,10 @@ def main() -> None:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_decay=args.lr_decay,
+        decay_start=args.decay_start,
+        kl_warmup_epochs=args.kl_warmup,
+        test=ds.test[: args.curve_images] if args.curve_images else None,
         seed=args.seed,
         binarize="dynamic",
         elbo=args.elbo,
@@ -75,6 +89,8 @@ def main() -> None:
         device=args.device,
     )
     train_s = time.perf_counter() - t0
+    if args.save:
+        ppvae.save(vae, args.save, history=history)
     rss_after_training = peak_rss_mib()
     t1 = time.perf_counter()
     torch.manual_seed(args.seed + 1)
@@ -100,8 +116,17 @@ def main() -> None:
                 "active_units": active_units,
                 "guide": args.guide,
                 "num_particles": args.num_particles,
-                "train_minutes": train_s / 60,
+                "train_minutes": history.seconds / 60,
+                "train_wall_seconds_with_curve": train_s,
                 "final_train_elbo": history.train_elbo[-1] if history.train_elbo else None,
+                "lr": args.lr,
+                "lr_decay": args.lr_decay,
+                "decay_start": args.decay_start,
+                "kl_warmup_epochs": args.kl_warmup,
+                "batch_size": args.batch_size,
+                "train_curve": history.train_elbo,
+                "test_curve_images": args.curve_images,
+                "test_elbo_curve": history.test_elbo,
                 "train_seconds": train_s,
                 "steps_per_s": history.steps / history.seconds if history.steps else None,
                 "eval_seconds": eval_s,
