@@ -30,9 +30,12 @@ __all__ = [
     "MemmapDataset",
     "binarize",
     "check_data",
+    "check_missing",
     "dequantize",
     "load_dataset",
+    "missing_as_nan",
     "read_idx",
+    "split_missing",
 ]
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
@@ -170,6 +173,59 @@ def check_data(
         kind = "infinite" if allow_nan else "NaN or infinite"
         raise InputError(f"{name}: {n_bad} {kind} value(s), first at row {row}, column {col}")
     return X
+
+
+def split_missing(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(x, mask)``: the data with 0 at every missing (NaN) entry, and the boolean observed
+    mask (True where observed), the encoding a program that takes ``mask`` receives
+    (:mod:`ppvae.program`). ``mask`` is None for complete data, which are returned as given.
+
+    Parameters
+    ----------
+    X : torch.Tensor, shape (N, D)
+
+    Returns
+    -------
+    x : torch.Tensor, shape (N, D)
+    mask : torch.Tensor of bool, shape (N, D), or None
+    """
+    missing = torch.isnan(X)
+    if not bool(missing.any()):
+        return X, None
+    return X.masked_fill(missing, 0.0), ~missing
+
+
+def missing_as_nan(X: torch.Tensor, mask, *, name: str = "mask") -> torch.Tensor:
+    """``X`` with NaN wherever the boolean observed ``mask`` is False (a copy), the other way
+    of saying which entries are missing. ``mask=None`` returns ``X``.
+
+    Raises
+    ------
+    ValueError
+        A mask of another shape, or not boolean.
+    """
+    if mask is None:
+        return X
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool:
+        raise WrongTypeError(
+            f"{name}: expected a boolean array (True where observed), got {mask.dtype}"
+        )
+    if tuple(mask.shape) != tuple(X.shape):
+        raise InputError(
+            f"{name}: shape {tuple(mask.shape)} does not match the data's {tuple(X.shape)}"
+        )
+    return X.masked_fill(~mask.to(X.device), float("nan"))
+
+
+def check_missing(observed: torch.Tensor, name: str = "data") -> None:
+    """Refuse rows with no observed entry (they carry no information about anything)."""
+    empty = ~observed.any(dim=1)
+    if bool(empty.any()):
+        raise InputError(
+            f"{name}: {int(empty.sum())} row(s) have every entry missing (NaN), first at row "
+            f"{int(empty.nonzero()[0])}; drop them, they carry no information"
+        )
 
 
 def dequantize(values: torch.Tensor, levels: int, generator: torch.Generator) -> torch.Tensor:

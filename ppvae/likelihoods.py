@@ -171,6 +171,31 @@ class Likelihood(nn.Module):
         """E[x | z] for decoder output ``params``."""
         return self(params).mean
 
+    def features(self, params: torch.Tensor) -> dist.TorchDistribution:
+        """The per-feature distribution, batch shape ``params.shape`` (no event dimension).
+
+        A likelihood that defines it factorizes over features and so can marginalize missing
+        entries (:meth:`masked`); the base class does not.
+        """
+        raise NotImplementedError(
+            f"the {type(self).__name__} likelihood does not say how it factorizes over "
+            "features (define features(params)), so it cannot mask missing entries"
+        )
+
+    @property
+    def factorizes(self) -> bool:
+        """Whether :meth:`features` is defined (missing entries can be masked out)."""
+        return type(self).features is not Likelihood.features
+
+    def masked(self, params: torch.Tensor, mask: torch.Tensor | None) -> dist.TorchDistribution:
+        """``p(x | z)`` over the observed entries only: ``features(params).mask(mask)``, then
+        ``to_event(1)``. ``mask`` (..., D) is True where x is observed; a missing entry then
+        contributes nothing to the log density (nor to its gradient), so the density is the
+        exact marginal over the observed entries. ``mask=None``: the full ``self(params)``."""
+        if mask is None:
+            return self(params)
+        return self.features(params).mask(mask).to_event(1)
+
     def config(self) -> dict:
         """JSON-able constructor arguments (for saving)."""
         return {"name": self.name}
@@ -183,6 +208,9 @@ class Bernoulli(Likelihood):
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return BernoulliLogits(params)
+
+    def features(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Bernoulli(logits=params)
 
     def check_support(self, x: torch.Tensor, what: str = "data") -> None:
         bad = (x != 0) & (x != 1)
@@ -253,6 +281,9 @@ class Gaussian(Likelihood):
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return DiagonalNormal(params, self.scale.to(params.dtype))
 
+    def features(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Normal(params, self.scale.to(params.dtype).expand(params.shape))
+
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return params
 
@@ -277,6 +308,9 @@ class ContinuousBernoulli(Likelihood):
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         return dist.ContinuousBernoulli(logits=params).to_event(1)
 
+    def features(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=params)
+
     def check_support(self, x: torch.Tensor, what: str = "data") -> None:
         bad = (x < 0) | (x > 1)
         if bool(bad.any()):
@@ -295,7 +329,10 @@ class Laplace(Gaussian):
     name = "laplace"
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Laplace(params, self.scale.expand(params.shape)).to_event(1)
+        return self.features(params).to_event(1)
+
+    def features(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Laplace(params, self.scale.expand(params.shape))
 
 
 LIKELIHOODS = {

@@ -358,6 +358,61 @@ class PPCA:
         cov = 0.5 * (cov + cov.T)
         return MultivariateNormal(loc, covariance_matrix=cov.expand(X.shape[0], -1, -1))
 
+    def impute(self, X, return_cov: bool = False):
+        """Exact conditional mean (and covariance) of the missing (NaN) entries given the
+        observed ones.
+
+        With ``z | x_o ~ N(m_n, Sigma_n)`` (:func:`_masked_posterior`) and
+        ``x_m = W_m z + mean_m + eps``, ``E[x_m | x_o] = W_m m_n + mean_m`` and
+        ``Cov[x_m | x_o] = W_m Sigma_n W_m^T + s2 I``, which equals the Gaussian conditional
+        ``C_mm - C_mo C_oo^-1 C_om`` of the marginal ``N(mean, W W^T + s2 I)``.
+
+        Parameters
+        ----------
+        X : array-like, shape (N, D)
+            NaN marks a missing entry; every row needs one observed entry.
+        return_cov : bool
+            Also return the conditional covariances.
+
+        Returns
+        -------
+        mean : torch.Tensor, shape (N, D)
+            ``X`` with every missing entry replaced by its conditional mean.
+        cov : torch.Tensor, shape (N, D, D), only with ``return_cov``
+            The conditional covariance of each row's missing entries, zero in the rows and
+            columns of its observed entries. Without ``return_cov`` the diagonal is available
+            as :meth:`impute_variance`.
+        """
+        X = self._as_input(X, allow_nan=True)
+        observed = ~torch.isnan(X)
+        _check_missing(observed, check_columns=False)
+        obs = observed.to(torch.float64)
+        Xz = torch.where(observed, X, torch.zeros((), dtype=X.dtype)).to(torch.float64)
+        W = self.W_.double()
+        _, m, Sigma = _masked_posterior(Xz, obs, self.mean_.double(), W, self.noise_variance_)
+        filled = torch.where(observed, X, (m @ W.T + self.mean_.double()).to(X.dtype))
+        if not return_cov:
+            return filled
+        WS = torch.einsum("dk,nkl->ndl", W, Sigma)
+        cov = WS @ W.T + self.noise_variance_ * torch.eye(W.shape[0], dtype=torch.float64)
+        miss = (~observed).to(torch.float64)
+        cov = cov * miss[:, :, None] * miss[:, None, :]
+        return filled, cov.to(X.dtype)
+
+    def impute_variance(self, X) -> torch.Tensor:
+        """Conditional variance of each missing entry given the row's observed ones
+        (``diag(W_m Sigma_n W_m^T) + s2``), 0 where observed, shape (N, D); no (N, D, D)
+        array is formed."""
+        X = self._as_input(X, allow_nan=True)
+        observed = ~torch.isnan(X)
+        _check_missing(observed, check_columns=False)
+        obs = observed.to(torch.float64)
+        Xz = torch.where(observed, X, torch.zeros((), dtype=X.dtype)).to(torch.float64)
+        W = self.W_.double()
+        _, _, Sigma = _masked_posterior(Xz, obs, self.mean_.double(), W, self.noise_variance_)
+        var = torch.einsum("dk,nkl,dl->nd", W, Sigma, W) + self.noise_variance_
+        return (var * (1.0 - obs)).to(X.dtype)
+
     def transform(self, X) -> torch.Tensor:
         """Posterior means ``E[z | x]``, shape (N, k)."""
         return self.posterior(X).mean

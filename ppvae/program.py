@@ -21,6 +21,16 @@ ppvae's VAE does); a program whose model takes only ``x`` (Pyro's ``examples/vae
 is run under :class:`ScaleDataPlate`, which multiplies every site inside the ``"data"`` plate by
 N / (plate size). Either way a minibatch ELBO is an unbiased estimate of the full-data ELBO.
 
+Missing entries: a program whose model and guide accept ``mask`` can be trained and evaluated
+on data with missing entries (NaN in the data, or ``fit(..., mask=...)``). It is then called with
+``x`` holding 0 at every missing entry and ``mask``, a boolean (B, D) tensor that is True where x
+is observed; the model must leave the missing entries out of its likelihood by masking the
+per-feature distribution before summing over features (``Normal(loc, scale).mask(mask)
+.to_event(1)``, as ppvae's likelihoods do in ``Likelihood.masked``), so that its log density is
+the exact marginal of the observed entries, and the guide may read ``x`` and ``mask`` as its
+encoding of what was observed. Data without missing entries are passed with no ``mask`` at all.
+A program that takes no ``mask`` refuses data with NaN entries.
+
 Everything else an evaluator needs (the data dimension, the support of the observations, the
 local latent sites and their widths) is read from a trace of the program on a few rows of the
 data by :func:`inspect_program`, which also turns a broken contract into one
@@ -100,12 +110,15 @@ class Program:
         parameters live in Pyro's param store).
     takes_num_data : bool
         Whether model and guide accept ``num_data`` (they scale their plate themselves).
+    takes_mask : bool
+        Whether model and guide accept ``mask`` (they can marginalize missing entries).
     """
 
     model: Callable
     guide: Callable
     module: nn.Module | None = None
     takes_num_data: bool = False
+    takes_mask: bool = False
 
     @property
     def name(self) -> str:
@@ -119,17 +132,42 @@ class Program:
         """A program built by ppvae itself (its modules follow the ``params_held`` protocol)."""
         return self.module is not None and type(self.module).__module__.startswith("ppvae.")
 
-    def bind(self, num_data: int | None) -> tuple[Callable, Callable]:
-        """``(model, guide)`` to call as ``fn(x, **kwargs)`` on minibatches of an N-row set."""
+    def bind(self, num_data: int | None, masked: bool = False) -> tuple[Callable, Callable]:
+        """``(model, guide)`` to call as ``fn(x, **kwargs)`` on minibatches of an N-row set.
+
+        ``masked=True``: called as ``fn(x, mask, **kwargs)``, the observed mask positional, so
+        that a compiled estimator (``torch.jit.trace``) takes it as an input, not a constant.
+        """
         if self.takes_num_data:
-            return self.model, self.guide
-        scale = ScaleDataPlate(num_data)
-        return _drop_num_data(scale(self.model)), _drop_num_data(scale(self.guide))
+            model, guide = self.model, self.guide
+        else:
+            scale = ScaleDataPlate(num_data)
+            model, guide = _drop_num_data(scale(self.model)), _drop_num_data(scale(self.guide))
+        if masked:
+            return _mask_positional(model), _mask_positional(guide)
+        return model, guide
+
+    def require_mask(self, what: str, n_missing: int) -> None:
+        """Raise ``InputError`` unless the program can marginalize missing entries."""
+        if not self.takes_mask:
+            raise InputError(
+                f"{what}: {n_missing} NaN (missing) value(s); the program {self.name} cannot "
+                "marginalize missing entries (its model and guide take no mask argument; see "
+                "ppvae.program): drop or impute them, or use a program that takes mask "
+                "(ppvae's VAE and LinearVAE do)"
+            )
 
     def point_estimates(self) -> dict[str, torch.Tensor]:
         """Plug-in values of global latent sites (``module.point_estimates()``), else {}."""
         fn = getattr(self.module, "point_estimates", None)
         return dict(fn()) if callable(fn) else {}
+
+
+def _mask_positional(fn: Callable) -> Callable:
+    def call(x, mask=None, *args, **kwargs):
+        return fn(x, *args, mask=mask, **kwargs)
+
+    return call
 
 
 def _drop_num_data(fn: Callable) -> Callable:
@@ -175,6 +213,7 @@ def as_program(program, guide: Callable | None = None) -> Program:
             module=program,
             takes_num_data=_accepts(program.model, "num_data")
             and _accepts(program.guide, "num_data"),
+            takes_mask=_takes_mask(program.model, program.guide, program),
         )
     else:
         raise ProgramError(
@@ -191,7 +230,23 @@ def as_program(program, guide: Callable | None = None) -> Program:
         guide,
         module=module,
         takes_num_data=_accepts(model, "num_data") and _accepts(guide, "num_data"),
+        takes_mask=_takes_mask(model, guide, module),
     )
+
+
+def _takes_mask(model: Callable, guide: Callable, module) -> bool:
+    """Model and guide accept ``mask`` (explicitly: ``**kwargs`` alone does not promise to
+    use it), and a module may decline (``module.can_mask`` False: a ppvae VAE whose
+    likelihood does not factorize over features)."""
+    explicit = all("mask" in _parameters(fn) for fn in (model, guide))
+    return explicit and bool(getattr(module, "can_mask", True))
+
+
+def _parameters(fn: Callable) -> set[str]:
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def program_parameters(program: Program, store_names=None) -> list[torch.Tensor]:

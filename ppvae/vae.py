@@ -151,7 +151,12 @@ class VAE(nn.Module):
     def _plate(self, x: torch.Tensor, num_data: int | None) -> pyro.plate:
         return data_plate(x, num_data)
 
-    def model(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+    def model(
+        self,
+        x: torch.Tensor,
+        num_data: int | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Generative model p(z) p(x | z) with ``x`` observed at site ``"x"``.
 
         Parameters
@@ -160,6 +165,9 @@ class VAE(nn.Module):
             A minibatch.
         num_data : int, optional
             Size N of the full data set the minibatch is drawn from (default B: no scaling).
+        mask : torch.Tensor of bool, shape (B, D), optional
+            True where ``x`` is observed: the likelihood is then that of the observed entries
+            only (:meth:`~ppvae.likelihoods.Likelihood.masked`); ``x`` holds 0 elsewhere.
 
         Returns
         -------
@@ -170,21 +178,35 @@ class VAE(nn.Module):
         plate = self._plate(x, num_data)
         z = self.prior.model(plate)
         with plate:
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            pyro.sample("x", self.likelihood.masked(self.decoder(z), mask), obs=x)
         return z
 
-    def guide(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+    def guide(
+        self,
+        x: torch.Tensor,
+        num_data: int | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Recognition model q(z | x) at site ``"z"``: the :class:`~ppvae.guides.Guide`'s
-        distribution of the encoder's output (``N(loc(x), diag(scale(x)^2))`` by default)."""
+        distribution of the encoder's output (``N(loc(x), diag(scale(x)^2))`` by default).
+        With a ``mask``, the encoder reads ``x`` with its missing entries at 0 (zero
+        imputation, as in MIWAE; Mattei & Frellsen 2019)."""
         register_module(self, self.pyro_name, self)
         plate = self._plate(x, num_data)
         self.prior.guide(plate)
         with plate:
-            return pyro.sample("z", self.q.distribution(self.encoder_output(x)))
+            return pyro.sample("z", self.q.distribution(self.encoder_output(x, mask)))
+
+    @property
+    def can_mask(self) -> bool:
+        """Whether this VAE can be trained and evaluated on data with missing entries: its
+        likelihood factorizes over features (every likelihood ppvae ships does)."""
+        return self.likelihood.factorizes
 
     # ------------------------------------------------------------------ plain PyTorch API
-    def encoder_output(self, x: torch.Tensor):
-        """What the guide's distribution is built from (the encoder's output)."""
+    def encoder_output(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        """What the guide's distribution is built from (the encoder's output); ``x`` holds 0
+        at the missing entries where ``mask`` is given."""
         return self.encoder(x)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -351,12 +373,48 @@ class LinearVAE(VAE):
         d = torch.sqrt(s2 / M.diagonal()) * torch.exp(enc.raw_scale) + enc.min_scale
         return V, self.b + enc.c, d
 
-    def encoder_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encoder_output(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if mask is not None:
+            return self._masked_encoder_output(x, mask)
         V, c, scale = self.guide_params()
         loc = (x - c) @ V.T
         if self.encoder.full_rank:  # one (k, k) factor for every row: MultivariateNormal
             return loc, scale  # broadcasts it without a triangular solve per row
         return loc, scale.expand(loc.shape)
+
+    def _masked_encoder_output(self, x: torch.Tensor, mask: torch.Tensor):
+        """q(z | x_o) for rows with missing entries.
+
+        ``"residual"``: offsets from each row's exact posterior given its observed entries,
+        ``N(M_n^-1 W_o^T (x_o - b_o), s2 M_n^-1)`` with ``M_n = W_o^T W_o + s2 I``: the mean
+        is ``M_n^-1 W^T r + dV r`` with ``r = mask * (x - b - dc)``, the scale
+        ``sqrt(s2 / diag M_n) exp(dl)`` (diagonal) or ``chol(s2 M_n^-1) (L_offsets)``
+        (full rank, which contains the exact posterior of every row: the ELBO is then the exact
+        observed-data log-likelihood at zero offsets). ``"free"``: ``V (mask * (x - c))`` with
+        the row-independent scale.
+        """
+        enc = self.encoder
+        m = mask.to(x.dtype)
+        if not enc.residual:
+            loc = (m * (x - enc.c)) @ enc.V.T
+            scale = enc.scale
+            return (loc, scale) if enc.full_rank else (loc, scale.expand(loc.shape))
+        W, s2 = self.W, self.noise_variance
+        k = self.latent_dim
+        eye = torch.eye(k, dtype=W.dtype, device=W.device)
+        WW = (W[:, :, None] * W[:, None, :]).reshape(W.shape[0], k * k)
+        M = (m @ WW).reshape(*m.shape[:-1], k, k) + s2 * eye  # (B, k, k)
+        r = m * (x - self.b - enc.c)
+        chol = torch.linalg.cholesky(M)
+        loc = torch.cholesky_solve((r @ W).unsqueeze(-1), chol).squeeze(-1) + r @ enc.V.T
+        if enc.full_rank:
+            exact = torch.linalg.cholesky(s2 * torch.cholesky_inverse(chol))
+            offsets = enc.tril.tril(-1) + torch.diag(torch.exp(enc.raw_scale))
+            return loc, exact @ offsets + enc.min_scale * eye
+        diag = M.diagonal(dim1=-2, dim2=-1)
+        return loc, torch.sqrt(s2 / diag) * torch.exp(enc.raw_scale) + enc.min_scale
 
     def config(self) -> dict:
         return {

@@ -84,9 +84,12 @@ def test_fit_rejects_bad_input(digits):
     with pytest.raises(ValueError, match="expected 64 columns"):
         ppvae.fit(vae, train[:, :10])
     bad = train.clone()
-    bad[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    bad[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="infinite"):
         ppvae.fit(vae, bad)
+    bad[0, 0] = float("nan")  # a missing entry: the VAE marginalizes it, an autoencoder cannot
+    with pytest.raises(ValueError, match="NaN"):
+        ppvae.fit(ppvae.Autoencoder(64, 2, hidden=(8,)), bad)
     with pytest.raises(ValueError, match="test: expected 64 columns"):
         ppvae.fit(vae, train, test=train[:, :3])
     with pytest.raises(ValueError, match="epochs"):
@@ -264,7 +267,7 @@ def test_a_bad_streamed_batch_is_named_before_its_step(tmp_path):
         def __getitem__(self, i):
             row = torch.rand(8)
             if int(i) == 37:
-                row[2] = float("nan")
+                row[2] = float("inf")
             return row
 
     vae = ppvae.VAE(8, 2, hidden=(4,))

@@ -17,6 +17,11 @@ chunks over data points and over K so that memory stays bounded.
 Where the guide is a poor proposal (PSIS k-hat above 0.7), :func:`ais_log_likelihood` anneals
 from it to the posterior instead, and :func:`bdmc` bounds the error of that estimate from both
 sides on data simulated from the model (:mod:`ppvae.evaluate.ais`).
+
+Missing entries (NaN) are marginalized by :func:`elbo`, :func:`log_likelihood` and
+:func:`estimate_log_likelihood` for a program that takes ``mask`` (the estimate is then of the
+observed-data log-likelihood log p(x_o)), and filled in by :func:`impute`; the linear-Gaussian
+functions take them in closed form.
 """
 
 from ._common import global_point_estimates
@@ -30,6 +35,7 @@ from .importance import (
     log_importance_weights,
     log_likelihood,
 )
+from .imputation import Imputation, impute
 from .linear import (
     compare_to_ppca,
     elbo_decomposition,
@@ -42,6 +48,7 @@ __all__ = [
     "PSIS_MIN_SAMPLES",
     "AISEstimate",
     "BDMCResult",
+    "Imputation",
     "LikelihoodEstimate",
     "ais_log_likelihood",
     "bdmc",
@@ -51,6 +58,7 @@ __all__ = [
     "estimate_log_likelihood",
     "exact_log_likelihood",
     "global_point_estimates",
+    "impute",
     "inference_gaps",
     "linear_gaussian_params",
     "log_importance_weights",

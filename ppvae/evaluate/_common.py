@@ -12,7 +12,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from ..data import check_data
+from ..data import check_data, check_missing, split_missing
 from ..errors import InputError, ProgramError
 from ..program import (
     Program,
@@ -40,6 +40,7 @@ class _Evaluation:
     fixed: dict
     width: int
     vectorized: bool | None = None  # None: not tried yet
+    mask: torch.Tensor | None = None  # (N, D) True where X is observed; None: complete data
 
     @property
     def module(self):
@@ -63,14 +64,21 @@ def _sum_log_probs(tr, shape: tuple, exclude) -> torch.Tensor:
     return total
 
 
-def _weights_once(program: Program, x, fixed, guide, particles: int | None) -> torch.Tensor:
-    """``log p(x, z) - log q(z | x)``: (K, n) under a particle plate, or (n,) for one draw."""
+def _weights_once(
+    program: Program, x, fixed, guide, particles: int | None, mask=None, traces=None
+) -> torch.Tensor:
+    """``log p(x, z) - log q(z | x)``: (K, n) under a particle plate, or (n,) for one draw.
+    ``mask``: the observed entries of ``x`` (passed to model and guide as ``mask``).
+    ``traces``: a list to which ``(guide_tr, model_tr)`` is appended (for imputation)."""
     model = poutine.condition(program.model, data=fixed) if fixed else program.model
     guide = poutine.block(guide, hide=list(fixed)) if fixed else guide
+    kwargs = {} if mask is None else {"mask": mask}
     shape = (x.shape[0],) if particles is None else (particles, x.shape[0])
     with pyro.plate("_particles", particles or 1, dim=-2) if particles else _nullcontext():
-        guide_tr = poutine.trace(guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
+        guide_tr = poutine.trace(guide).get_trace(x, **kwargs)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x, **kwargs)
+    if traces is not None:
+        traces.append((guide_tr, model_tr))
     return _sum_log_probs(model_tr, shape, fixed) - _sum_log_probs(guide_tr, shape, fixed)
 
 
@@ -95,14 +103,21 @@ def _vectorized(ev: _Evaluation, attempt):
     return attempt(ev.vectorized)
 
 
-def _log_weights(ev: _Evaluation, x, num_samples: int, guide=None) -> torch.Tensor:
+def _log_weights(
+    ev: _Evaluation, x, num_samples: int, guide=None, mask=None, traces=None
+) -> torch.Tensor:
     guide = ev.program.guide if guide is None else guide
 
     def attempt(vectorized: bool) -> torch.Tensor:
+        if traces is not None:
+            traces.clear()
         if vectorized:
-            return _weights_once(ev.program, x, ev.fixed, guide, num_samples)
+            return _weights_once(ev.program, x, ev.fixed, guide, num_samples, mask, traces)
         return torch.stack(
-            [_weights_once(ev.program, x, ev.fixed, guide, None) for _ in range(num_samples)]
+            [
+                _weights_once(ev.program, x, ev.fixed, guide, None, mask, traces)
+                for _ in range(num_samples)
+            ]
         )
 
     return _vectorized(ev, attempt).to(x.dtype)
@@ -120,20 +135,29 @@ def _program_device(program: Program, X: torch.Tensor) -> torch.device:
     return params[0].device if params else X.device
 
 
-def _prepare(program, X, num_samples: int) -> tuple[_Evaluation, torch.Tensor]:
-    """Validate ``X`` and ``num_samples`` against a program, trace it, move ``X`` to it."""
+def _prepare(
+    program, X, num_samples: int, *, missing: str | None = None
+) -> tuple[_Evaluation, torch.Tensor]:
+    """Validate ``X`` and ``num_samples`` against a program, trace it, move ``X`` to it.
+
+    ``missing``: None refuses NaN entries; otherwise the name of the estimator, which
+    marginalizes them (``X`` comes back with 0 there and ``ev.mask`` says what is observed).
+    """
     prog = as_program(program)
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
         raise InputError(f"num_samples must be a positive integer, got {num_samples!r}")
     data_dim = getattr(prog.module, "data_dim", None) if prog.is_ppvae else None
-    X = check_data(X, name="X", data_dim=data_dim, dtype=torch.float32)
+    X = check_data(X, name="X", data_dim=data_dim, dtype=torch.float32, allow_nan=True)
     X = X.to(_program_device(prog, X))
-    info = inspect_program(prog, X[:2])
+    X, mask = _missing_entries(prog, X, missing)
+    head = {} if mask is None else {"mask": mask[:2]}
+    info = inspect_program(prog, X[:2], **head)
+    checked = X if mask is None else torch.where(mask, X, X[mask][:1])  # observed values only
     likelihood = getattr(prog.module, "likelihood", None) if prog.is_ppvae else None
     if likelihood is not None:
-        likelihood.check_support(X, "X")  # ppvae's own, with a message naming the remedy
+        likelihood.check_support(checked, "X")  # ppvae's own, with a message naming the remedy
     else:
-        check_support(info, X, "X")
+        check_support(info, checked, "X")
     fixed = prog.point_estimates()
     unfixed = [name for name in info.global_latents if name not in fixed]
     if unfixed:
@@ -143,7 +167,23 @@ def _prepare(program, X, num_samples: int) -> tuple[_Evaluation, torch.Tensor]:
             "the plate, or a point_estimates() method returning values for the global ones"
         )
     width = max(info.data_dim, info.latent_width, getattr(prog.module, "eval_width", 0) or 0)
-    return _Evaluation(prog, info, fixed, width=width), X
+    return _Evaluation(prog, info, fixed, width=width, mask=mask), X
+
+
+def _missing_entries(prog: Program, X: torch.Tensor, estimator: str | None):
+    """``split_missing(X)`` where the estimator and the program take missing entries."""
+    missing = torch.isnan(X)
+    n_missing = int(missing.sum())
+    if n_missing == 0:
+        return X, None
+    if estimator is None:
+        raise InputError(
+            f"X: {n_missing} NaN (missing) value(s); this estimator needs complete data "
+            "(elbo, log_likelihood, estimate_log_likelihood and impute take missing entries)"
+        )
+    prog.require_mask("X", n_missing)
+    check_missing(~missing, "X")
+    return split_missing(X)
 
 
 def _chunks(n: int, k: int, width: int, max_elements: int) -> tuple[int, int]:

@@ -59,8 +59,9 @@ def _weight_chunks(ev: _Evaluation, X, num_samples, max_elements, guide=None):
     with _EvalMode(ev.module), torch.no_grad():
         for c, i in enumerate(range(0, X.shape[0], n_chunk)):
             x = X[i : i + n_chunk]
+            mask = None if ev.mask is None else ev.mask[i : i + n_chunk]
             yield [
-                _log_weights(ev, x, min(k_chunk, num_samples - j), guide=guide)
+                _log_weights(ev, x, min(k_chunk, num_samples - j), guide=guide, mask=mask)
                 for j in range(0, num_samples, k_chunk)
             ]
             if _TRIM is not None and x.device.type == "cpu" and c % _TRIM_EVERY == 0:
@@ -81,6 +82,8 @@ def elbo(program, X, num_samples: int = 1, *, max_elements: int = _DEFAULT_MAX_E
         A VAE, a module with Pyro ``model``/``guide`` methods, or a ``(model, guide)`` pair
         (see :mod:`ppvae.program`).
     X : array-like, shape (N, D)
+        NaN entries are missing, for a program that takes ``mask``: the estimate is then of
+        the observed entries, log p(x_o).
     num_samples : int
         Guide samples per point.
     max_elements : int
@@ -91,7 +94,7 @@ def elbo(program, X, num_samples: int = 1, *, max_elements: int = _DEFAULT_MAX_E
     torch.Tensor, shape (N,)
         ELBO estimates in nats, on the CPU.
     """
-    ev, X = _prepare(program, X, num_samples)
+    ev, X = _prepare(program, X, num_samples, missing="elbo")
     sums = [
         torch.stack([b.sum(0) for b in blocks]).sum(0)
         for blocks in _weight_chunks(ev, X, num_samples, max_elements)
@@ -119,6 +122,8 @@ def log_likelihood(
         A VAE, a module with Pyro ``model``/``guide`` methods, or a ``(model, guide)`` pair
         (see :mod:`ppvae.program`).
     X : array-like, shape (N, D)
+        NaN entries are missing, for a program that takes ``mask``: the estimate is then of
+        the observed-data log-likelihood log p(x_o).
     num_samples : int
         K, importance samples per data point.
     max_elements : int
@@ -132,7 +137,7 @@ def log_likelihood(
     torch.Tensor, shape (N,)
         Estimates in nats, on the CPU.
     """
-    ev, X = _prepare(program, X, num_samples)
+    ev, X = _prepare(program, X, num_samples, missing="log_likelihood")
     lse = [
         torch.stack([b.logsumexp(0) for b in blocks]).logsumexp(0)
         for blocks in _weight_chunks(ev, X, num_samples, max_elements, guide)
@@ -238,6 +243,7 @@ def estimate_log_likelihood(
         A VAE, a module with Pyro ``model``/``guide`` methods, or a ``(model, guide)`` pair
         (see :mod:`ppvae.program`).
     X : array-like, shape (N, D)
+        NaN entries are missing (see :func:`log_likelihood`).
     num_samples : int
         K, importance samples per data point.
     psis : bool
@@ -262,7 +268,7 @@ def estimate_log_likelihood(
                 f"num_samples={num_samples} is too few for PSIS, which fits a Pareto tail to "
                 f"the largest weights: use at least {PSIS_MIN_SAMPLES}, or psis=False"
             )
-    ev, X = _prepare(program, X, num_samples)
+    ev, X = _prepare(program, X, num_samples, missing="estimate_log_likelihood")
     log_k = math.log(num_samples)
     est, se, khats = [], [], []
     for blocks in _weight_chunks(ev, X, num_samples, max_elements, guide):

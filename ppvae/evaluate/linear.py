@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..data import check_data
+from ..data import check_data, split_missing
 from ..errors import InputError
 from ..ppca import PPCA
 from ..vae import LinearVAE
@@ -48,13 +48,15 @@ def exact_log_likelihood(model, X) -> torch.Tensor:
     ----------
     model : LinearVAE or PPCA
     X : array-like, shape (N, D)
+        NaN entries are missing: a row's value is then the exact marginal density of its
+        observed entries, ``N(b_o, W_o W_o^T + s2 I)`` (the observed-data likelihood).
 
     Returns
     -------
     torch.Tensor, shape (N,), float64
         Log-densities in nats.
     """
-    X = check_data(X, name="X", dtype=torch.float64)
+    X = check_data(X, name="X", dtype=torch.float64, allow_nan=True)
     return _as_ppca(model).log_prob(X.cpu())
 
 
@@ -68,6 +70,8 @@ def elbo_decomposition(
     model : LinearVAE or PPCA
         A linear-Gaussian model ``z ~ N(0, I)``, ``x | z ~ N(W z + b, s2 I)``.
     X : array-like, shape (N, D)
+        NaN entries are missing: every term is then that of the row's observed entries
+        (``log p(x_o)``, ``E_q log p(x_o | z)``, ``KL(q || p(z | x_o))``).
     q_loc : tensor, shape (N, k)
         Means of a Gaussian q(z) per data point.
     q_scale : tensor, shape (N, k) or (k,)
@@ -82,7 +86,10 @@ def elbo_decomposition(
         ``kl_to_prior``, and ``kl_to_posterior`` = KL(q || p(z | x)).
     """
     mean, W, s2 = linear_gaussian_params(model)
-    X = check_data(X, name="X", data_dim=W.shape[0], dtype=torch.float64).cpu()
+    X = check_data(X, name="X", data_dim=W.shape[0], dtype=torch.float64, allow_nan=True).cpu()
+    observed = ~torch.isnan(X)
+    obs = observed.double()
+    X0 = X.masked_fill(~observed, 0.0)
     m = torch.as_tensor(q_loc).detach().double().cpu()
     n, k = m.shape
     if n != X.shape[0] or k != W.shape[1]:
@@ -100,21 +107,28 @@ def elbo_decomposition(
             raise InputError("q_scale_tril must have a positive diagonal")
     S = L @ L.transpose(-1, -2)  # q's covariance, (N, k, k)
     logdet_S = 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    d = W.shape[0]
-    resid = X - mean - m @ W.T
-    # E_q ||x - b - W z||^2 = ||x - b - W m||^2 + tr(W S W^T)
+    d_obs = obs.sum(1)
+    resid = (X0 - mean - m @ W.T) * obs
+    # E_q ||x_o - b_o - W_o z||^2 = ||x_o - b_o - W_o m||^2 + tr(W_o S W_o^T), and
+    # W_o^T W_o = sum_d obs_d w_d w_d^T
+    WtW = (obs @ (W[:, :, None] * W[:, None, :]).reshape(W.shape[0], k * k)).reshape(n, k, k)
     expected_log_lik = -0.5 * (
-        d * math.log(2 * math.pi * s2)
-        + ((resid * resid).sum(1) + (S * (W.T @ W)).sum((-2, -1))) / s2
+        d_obs * math.log(2 * math.pi * s2) + ((resid * resid).sum(1) + (S * WtW).sum((-2, -1))) / s2
     )
     trace_S = S.diagonal(dim1=-2, dim2=-1).sum(-1)
     kl_prior = 0.5 * (trace_S + (m * m).sum(1) - k - logdet_S)
-    post = _as_ppca(model).posterior(X)
-    P = torch.linalg.inv(post.covariance_matrix[0])  # posterior precision, (k, k)
-    diff = post.mean - m
-    logdet_post = torch.linalg.slogdet(post.covariance_matrix[0])[1]
+    # the exact posterior p(z | x_o) = N(mu_n, s2 M_n^-1) with M_n = W_o^T W_o + s2 I
+    M = WtW + s2 * torch.eye(k, dtype=torch.float64)
+    P = M / s2  # posterior precisions, (N, k, k)
+    mu = torch.linalg.solve(M, ((X0 - mean) * obs) @ W)
+    diff = mu - m
+    logdet_post = -torch.linalg.slogdet(P)[1]
     kl_post = 0.5 * (
-        (S * P).sum((-2, -1)) + ((diff @ P) * diff).sum(1) - k + logdet_post - logdet_S
+        (S * P).sum((-2, -1))
+        + ((diff.unsqueeze(-2) @ P).squeeze(-2) * diff).sum(1)
+        - k
+        + logdet_post
+        - logdet_S
     )
     elbo_ = expected_log_lik - kl_prior
     return {
@@ -142,7 +156,8 @@ def compare_to_ppca(linear_vae: LinearVAE, ppca: PPCA, X, kl_threshold: float = 
     ppca : PPCA
         Fitted (by maximum likelihood) to the same data.
     X : array-like, shape (N, D)
-        The data both were fitted to.
+        The data both were fitted to; NaN entries are missing (likelihoods and ELBOs are then
+        those of each row's observed entries, and ``ppca`` should be ``PPCA(method="em")``).
     kl_threshold : float
         A latent dimension is *active* when its mean KL(q(z_j | x) || p(z_j)) exceeds this
         (nats).
@@ -170,16 +185,18 @@ def compare_to_ppca(linear_vae: LinearVAE, ppca: PPCA, X, kl_threshold: float = 
             f"data_dim mismatch: the LinearVAE has D={linear_vae.data_dim}, "
             f"the PPCA D={ppca.n_features_in_}"
         )
-    X = check_data(X, name="X", data_dim=linear_vae.data_dim, dtype=torch.float64).cpu()
+    X = check_data(
+        X, name="X", data_dim=linear_vae.data_dim, dtype=torch.float64, allow_nan=True
+    ).cpu()
     _, W, s2 = linear_gaussian_params(linear_vae)
     _, W_ml, s2_ml = linear_gaussian_params(ppca)
     with torch.no_grad():
         param = next(linear_vae.parameters())
-        x = X.to(device=param.device, dtype=param.dtype)
-        loc, scale = linear_vae.encode(x)  # scale: per-dimension standard deviations
+        x, mask = split_missing(X.to(device=param.device, dtype=param.dtype))
+        out = linear_vae.encoder_output(x, mask)  # the guide's q(z | x_o) of each row
+        loc, scale = linear_vae.q.moments(out)  # scale: per-dimension standard deviations
         if linear_vae.encoder.full_rank:
-            L = linear_vae.guide_params()[2]
-            parts = elbo_decomposition(linear_vae, X, loc, q_scale_tril=L)
+            parts = elbo_decomposition(linear_vae, X, loc, q_scale_tril=out[1])
         else:
             parts = elbo_decomposition(linear_vae, X, loc, scale)
     ll_ml = float(ppca.log_prob(X).mean())

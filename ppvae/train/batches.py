@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import check_data
+from ..data import check_data, check_missing
 from ..errors import InputError
 from ..program import Program, ProgramInfo, check_support
 
@@ -68,6 +68,7 @@ class Stream:
         self.gen = torch.Generator()  # CPU: the permutation indexes host data
         self._batched = None
         self.data_dim: int | None = None  # known after the first batch
+        self.allow_nan = False  # NaN marks a missing entry (a program that takes mask)
         self.check: Callable | None = None  # set by fit once the program is traced
 
     def __len__(self) -> int:
@@ -90,9 +91,11 @@ class Stream:
         rows = torch.arange(self.n) if rows is None else rows
         x = self._fetch(rows)
         what = f"train batch {index + 1}"
-        x = check_data(x, name=what, data_dim=self.data_dim, dtype=torch.float32)
+        x = check_data(
+            x, name=what, data_dim=self.data_dim, dtype=torch.float32, allow_nan=self.allow_nan
+        )
         if self.check is not None:
-            self.check(x, what)
+            self.check(_observed_filled(x, what), what)
         return x
 
     def head(self, rows: int = 2) -> torch.Tensor:
@@ -102,9 +105,20 @@ class Stream:
             name="train batch 1",
             data_dim=self.data_dim,
             dtype=torch.float32,
+            allow_nan=self.allow_nan,
         )
         return x
 
     def fingerprint(self) -> list[float]:
         head = self._fetch(torch.arange(min(self.n, 1024)))
         return [float(self.n), *fingerprint(head.float())[1:]]
+
+
+def _observed_filled(x: torch.Tensor, what: str) -> torch.Tensor:
+    """``x`` with each missing (NaN) entry replaced by an observed value, for support checks;
+    a row with nothing observed is refused."""
+    missing = torch.isnan(x)
+    if not bool(missing.any()):
+        return x
+    check_missing(~missing, what)
+    return torch.where(missing, x[~missing][:1], x)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoints import atomic_torch_save
-from ..data import check_data
+from ..data import check_data, check_missing, split_missing
 from ..errors import InputError
 
 __all__ = [
@@ -69,18 +69,30 @@ def _call(hooks, method: str, run) -> None:
 
 
 def mean_elbo(run, X: torch.Tensor, chunk: int = 4096) -> float:
-    """ELBO of X in nats per sample, one estimate with the training estimator (no weights)."""
-    model, guide = run.program.bind(None)
+    """ELBO of X in nats per sample, one estimate with the training estimator (no weights).
+    Rows with missing (NaN) entries score their observed entries (the program takes mask)."""
+    plain, masked = run.program.bind(None), None
     total = 0.0
     with torch.no_grad():
         for i in range(0, X.shape[0], chunk):
-            total += run.loss_fn.loss(model, guide, X[i : i + chunk])
+            x, mask = split_missing(X[i : i + chunk])
+            if mask is None:
+                total += run.loss_fn.loss(*plain, x)
+            else:
+                masked = masked or run.program.bind(None, masked=True)
+                total += run.loss_fn.loss(*masked, x, mask)
     return -total / X.shape[0]
 
 
 def _held_out(run, X, name: str) -> torch.Tensor:
-    X = check_data(X, name=name, data_dim=run.data_dim, dtype=torch.float32)
-    run.support_check(X, name)
+    takes_mask = run.program.takes_mask
+    X = check_data(X, name=name, data_dim=run.data_dim, dtype=torch.float32, allow_nan=takes_mask)
+    missing = torch.isnan(X)
+    if bool(missing.any()):
+        check_missing(~missing, name)
+        run.support_check(torch.where(missing, X[~missing][:1], X), name)
+    else:
+        run.support_check(X, name)
     return X.to(run.device)
 
 

@@ -33,7 +33,7 @@ from ..checkpoints import (
     read_training_checkpoint,
     rng_state,
 )
-from ..data import check_data
+from ..data import check_data, check_missing, missing_as_nan, split_missing
 from ..errors import InputError
 from ..program import Program, as_program, inspect_program
 from . import step as _step
@@ -147,6 +147,8 @@ class Run:
         self.fit_config: dict = {}
         self.metadata: dict = {}
         self.labels = None
+        self.observed = None  # (N, D) bool where the data have missing entries, else None
+        self.masked = False  # model and guide are bound to take the observed mask
         self.data_dim = None
         self.support_check = None
         self.latent_scale = LatentScale()
@@ -231,10 +233,15 @@ class Run:
                 if rows is None
                 else rows[self.rank :: self.world]
             )
+        mask = None
         if self.stream is not None:
             xb = self.stream.batch(rows, b).to(self.device, non_blocking=True)
+            if self.masked:  # known only as each batch is read
+                xb, mask = split_missing(xb)
         else:
             xb = self.train if rows is None else self.train[rows]
+            if self.observed is not None:
+                mask = self.observed if rows is None else self.observed[rows]
         if self.config.binarize == "dynamic":
             # Uniforms for the whole global minibatch on every rank, this rank's rows
             # kept: the binarization is the single-process one, and the shared
@@ -244,7 +251,7 @@ class Run:
         extra = {}
         if self.labels is not None:
             extra["y"] = self.labels if rows is None else self.labels[rows]
-        return xb, n_rows, extra
+        return xb, mask, n_rows, extra
 
     def _rows_device(self):
         return "cpu" if self.stream is not None else self.device
@@ -273,10 +280,11 @@ class Run:
                 where = f"epoch {epoch + 1}, step {b + 1} of {self.n_batches}"
                 raise TrainingInterrupted(f"interrupted at {where}{self._saved_note()}")
             rows = None if self.perm is None else self.perm[b * bs : (b + 1) * bs]
-            xb, n_rows, extra = self._minibatch(rows, b)
+            xb, mask, n_rows, extra = self._minibatch(rows, b)
+            args = (xb,) if mask is None else (xb, mask)  # the mask is positional: see bind
             try:
                 share = self.world * xb.shape[0] / n_rows
-                loss = self.stepper.step(xb, num_data=self.n, share=share, **extra)
+                loss = self.stepper.step(*args, num_data=self.n, share=share, **extra)
             except FloatingPointError as exc:
                 raise FloatingPointError(
                     f"{exc} at epoch {epoch + 1}, step {b + 1}: training stopped"
@@ -339,6 +347,7 @@ def fit(
     validate: bool | None = None,
     hooks=(),
     config: TrainConfig | None = None,
+    mask: torch.Tensor | None = None,
 ) -> History:
     """Train a Pyro program by stochastic variational inference.
 
@@ -356,7 +365,9 @@ def fit(
     train : array-like of shape (N, D), or torch.utils.data.Dataset / DataLoader
         Training data: in memory (moved to ``device`` once and indexed in place), or streamed
         batch by batch from a dataset (e.g. :class:`~ppvae.MemmapDataset`) in the same seeded
-        order.
+        order. NaN entries are missing values: a program that can marginalize them (its
+        model and guide take ``mask``, as ppvae's VAE and LinearVAE do; see
+        :mod:`ppvae.program`) is trained on the observed entries only, any other refuses them.
     epochs : int
         Passes over the training data (in total, counting those of a resumed run).
     batch_size : int
@@ -413,6 +424,9 @@ def fit(
     config : TrainConfig, optional
         Settings as one object (:class:`~ppvae.train.config.TrainConfig`); keywords given
         here override it.
+    mask : bool tensor of shape (N, D), optional
+        True where ``train`` is observed: the same as NaN at the False entries (in-memory data
+        only; a streamed dataset marks its missing entries with NaN).
     resume : bool
         Continue from ``checkpoint_dir/checkpoint.pt``. The model, data and settings must be
         those of the interrupted run; the result is then identical to an uninterrupted run.
@@ -465,7 +479,7 @@ def fit(
         settings = {k: v for k, v in settings.items() if v != _KEYWORD_DEFAULTS[k]}
     cfg = TrainConfig.resolve(prog, config, **settings)
     ckpt_path = checkpoint_path(checkpoint_dir, resume, overwrite)
-    run = _new_run(prog, cfg, train, labels, test, ckpt_path, metadata)
+    run = _new_run(prog, cfg, train, labels, test, ckpt_path, metadata, mask)
     payload = read_training_checkpoint(ckpt_path) if resume else None
     _start(run, payload, ckpt_path)
     scope = pyro.get_param_store().scope() if prog.is_ppvae else contextlib.nullcontext()
@@ -497,16 +511,27 @@ def fit(
     return run.history
 
 
-def _new_run(prog: Program, cfg: TrainConfig, train, labels, test, ckpt_path, metadata) -> Run:
+def _new_run(
+    prog: Program, cfg: TrainConfig, train, labels, test, ckpt_path, metadata, mask=None
+) -> Run:
     """Validate the data against the program and set up a run at its start (no RNG drawn)."""
     dev = resolve_device(cfg.device)
     data_dim = getattr(prog.module, "data_dim", None) if prog.is_ppvae else None
+    observed = None
     if isinstance(train, (Dataset, DataLoader)):
+        if mask is not None:
+            raise InputError(
+                "mask: given for a streamed dataset; mark its missing entries with NaN instead"
+            )
         train = Stream(train)
         train.data_dim = data_dim
+        train.allow_nan = prog.takes_mask
         n = len(train)
     else:
-        train = check_data(train, name="train", data_dim=data_dim, dtype=torch.float32)
+        train = check_data(
+            train, name="train", data_dim=data_dim, dtype=torch.float32, allow_nan=True
+        )
+        train, observed = _observed_entries(prog, missing_as_nan(train, mask), "train")
         n = train.shape[0]
     labels = _check_labels(labels, n, test)
     loss_fn = make_elbo(cfg.elbo, cfg.num_particles, prog)
@@ -515,10 +540,14 @@ def _new_run(prog: Program, cfg: TrainConfig, train, labels, test, ckpt_path, me
     bs = _batch_size(cfg.batch_size, n, distributed_world()[0])
     run = Run(prog, cfg, loss_fn, train, n, bs, dev)
     run.labels = labels
+    run.observed = observed
+    run.masked = observed is not None or (run.stream is not None and prog.takes_mask)
     run.fit_config = cfg.record(bs)
     run.metadata = metadata or {}
     if ckpt_path is not None:  # a float64 pass over the data: only where a checkpoint needs it
         run.fit_config["data"] = train.fingerprint() if run.stream else fingerprint(train)
+        if observed is not None:
+            run.fit_config["observed"] = fingerprint(observed)
         if labels is not None:
             run.fit_config["labels"] = fingerprint(labels[:, None])
     if run.stream is not None and dev.type == "cpu":
@@ -527,6 +556,18 @@ def _new_run(prog: Program, cfg: TrainConfig, train, labels, test, ckpt_path, me
         # of host rows is drawn on the CPU, and the in-memory one on the device.)
         run.stream.gen = run.gen
     return run
+
+
+def _observed_entries(prog: Program, X: torch.Tensor, name: str):
+    """``(x, mask)`` of :func:`~ppvae.data.split_missing`, after checking that the program can
+    marginalize the missing entries and that no row is missing entirely."""
+    missing = torch.isnan(X)
+    n_missing = int(missing.sum())
+    if n_missing == 0:
+        return X, None
+    prog.require_mask(name, n_missing)
+    check_missing(~missing, name)
+    return split_missing(X)
 
 
 def _start(run: Run, payload: dict | None, ckpt_path) -> None:
@@ -550,6 +591,8 @@ def _start(run: Run, payload: dict | None, ckpt_path) -> None:
         prog.module.to(run.device)
     if run.stream is None:
         run.train = run.train.to(run.device)
+    if run.observed is not None:
+        run.observed = run.observed.to(run.device)
     if run.labels is not None:
         run.labels = run.labels.to(run.device)
     if payload is not None:
@@ -567,10 +610,18 @@ def _trace_and_check(run: Run, payload: dict | None, ckpt_path):
     prog, train = run.program, run.train
     head = train.head(2) if run.stream else train[:2]
     run.store_before = set(pyro.get_param_store().keys())
-    info = inspect_program(prog, head.to(run.device), **_label_kwargs(run.labels, 2))
+    head, head_mask = split_missing(head) if run.stream else (head, None)
+    if run.observed is not None:
+        head_mask = run.observed[:2]
+    kwargs = _label_kwargs(run.labels, 2)
+    if head_mask is not None:
+        kwargs["mask"] = head_mask.to(run.device)
+    info = inspect_program(prog, head.to(run.device), **kwargs)
     run.param_names = info.param_names
     run.data_dim = info.data_dim
     run.support_check = support_check(prog, info, run.config.binarize)
+    if run.observed is not None:
+        run.support_check = _observed_only(run.support_check, run.observed)
     if run.stream is None:
         run.support_check(train, "train")
     else:
@@ -583,7 +634,7 @@ def _trace_and_check(run: Run, payload: dict | None, ckpt_path):
 def _make_stepper(run: Run, info, payload: dict | None) -> GuardedStep:
     """The guarded step on the program bound to N rows, KL-weighted where asked."""
     cfg = run.config
-    model, guide = run.program.bind(run.n)
+    model, guide = run.program.bind(run.n, masked=run.masked)
     if cfg.kl_weight != 1.0 or cfg.kl_warmup_epochs > 0:
         run.latent_scale = LatentScale(*info.local_latents)
         model, guide = run.latent_scale(model), run.latent_scale(guide)
@@ -616,6 +667,19 @@ _KEYWORD_DEFAULTS = {
 }
 """fit's own defaults of the settings (read from its signature, so they cannot drift): a
 keyword left at its default does not override a ``config=`` object."""
+
+
+def _observed_only(check, observed: torch.Tensor):
+    """The support check of the training data applied to its observed entries: the zeros at
+    the missing ones are placeholders (replaced, for the check, by an observed value)."""
+
+    def checked(x: torch.Tensor, what: str) -> None:
+        if what == "train" and x.shape == observed.shape:
+            fill = x[observed][:1].to(x.dtype)
+            x = torch.where(observed.to(x.device), x, fill.to(x.device))
+        check(x, what)
+
+    return checked
 
 
 def _check_labels(labels, n: int, test):

@@ -96,12 +96,17 @@ def check_resumable(payload: dict, program: Program, fit_config: dict, epochs: i
         )
     if not same_fingerprint(saved["data"], fit_config["data"]):
         raise InputError(f"{path}: the checkpoint was written for different training data")
+    holes, now = saved.get("observed"), fit_config.get("observed")
+    if (holes is None) != (now is None) or (holes is not None and not same_fingerprint(holes, now)):
+        raise InputError(
+            f"{path}: the checkpoint was written for training data with other missing entries"
+        )
     for key, value in fit_config.items():
         if key == "elbo" and estimator_name(saved.get(key), program) == estimator_name(
             value, program
         ):
             continue  # compiled or eager, auto or named: the same estimator
-        if key not in ("data", *RESUME_MAY_CHANGE) and saved.get(key) != value:
+        if key not in ("data", "observed", *RESUME_MAY_CHANGE) and saved.get(key) != value:
             raise InputError(
                 f"{path}: cannot resume with {key}={value!r}; the run used {saved.get(key)!r}"
             )

@@ -1,0 +1,282 @@
+"""Missing data: programs trained and evaluated on the observed entries only, checked against
+PPCA-EM's exact observed-data maximum, and imputation against PPCA's exact conditional."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import ppvae
+from ppvae import PPCA, LinearVAE, evaluate
+from ppvae.errors import InputError
+
+from .test_guides import _unseen_linear
+
+
+def _holes(X: torch.Tensor, rate: float = 0.2, seed: int = 1) -> torch.Tensor:
+    """X with a share ``rate`` of entries missing completely at random (NaN)."""
+    g = torch.Generator().manual_seed(seed)
+    Xm = X.clone()
+    Xm[torch.rand(X.shape, generator=g) < rate] = float("nan")
+    return Xm
+
+
+# ---------------------------------------------------------------------- the masked likelihood
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli", "continuous-bernoulli", "laplace"])
+def test_the_masked_likelihood_is_the_density_of_the_observed_entries(likelihood):
+    """log p(x_o | z) computed by the model on zero-filled x with a mask equals the density of
+    the observed sub-vector scored on its own, and the missing entries' values do not matter."""
+    torch.manual_seed(0)
+    vae = ppvae.VAE(6, 2, hidden=(4,), likelihood=likelihood)
+    x = (torch.rand(3, 6) > 0.5).float() if likelihood == "bernoulli" else torch.rand(3, 6)
+    mask = torch.tensor([[1, 1, 0, 1, 0, 1], [0, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 1]]).bool()
+    z = torch.randn(3, 2)
+    params = vae.decoder(z)
+    lp = vae.likelihood.masked(params, mask).log_prob(x.masked_fill(~mask, 0.0))
+    full = vae.likelihood.features(params).log_prob(x)  # (3, 6), one term per feature
+    torch.testing.assert_close(lp, (full * mask).sum(-1))
+    other = x.masked_fill(~mask, 0.0 if likelihood == "bernoulli" else 0.37)
+    torch.testing.assert_close(vae.likelihood.masked(params, mask).log_prob(other), lp)
+    # and the event-1 density without a mask is the per-feature sum
+    torch.testing.assert_close(vae.likelihood(params).log_prob(x), full.sum(-1))
+
+
+def test_missing_entries_get_no_gradient_and_the_encoder_sees_zeros(digits):
+    X = _holes(digits.train[:40])
+    vae = ppvae.VAE(64, 2, hidden=(8,))
+    x, mask = ppvae.data.split_missing(X)
+    assert bool((x[~mask] == 0).all()) and mask.sum() < mask.numel()
+    tr = pyro.poutine.trace(vae.guide).get_trace(x, mask=mask)
+    model_tr = pyro.poutine.trace(pyro.poutine.replay(vae.model, trace=tr)).get_trace(x, mask=mask)
+    decoded = vae.decoder(tr.nodes["z"]["value"])
+    decoded.retain_grad()
+    lp = vae.likelihood.masked(decoded, mask).log_prob(x).sum()
+    lp.backward()
+    assert bool((decoded.grad[~mask] == 0).all()) and bool((decoded.grad[mask] != 0).any())
+    assert model_tr.nodes["x"]["fn"].event_shape == (64,)
+
+
+# ---------------------------------------------------------------------- fit on incomplete data
+def test_fit_takes_nan_or_an_observed_mask_alike(digits):
+    X = digits.train[:200]
+    Xm = _holes(X)
+    runs = []
+    for data, mask in ((Xm, None), (X, ~torch.isnan(Xm))):
+        torch.manual_seed(0)
+        vae = ppvae.VAE(64, 2, hidden=(16,))
+        h = ppvae.fit(vae, data, mask=mask, epochs=3, batch_size=50, seed=0, progress=False)
+        runs.append((h.train_elbo, vae.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    for key, value in runs[0][1].items():
+        assert torch.equal(value, runs[1][1][key]), key
+    # held-out rows with holes are scored on their observed entries, epoch by epoch
+    torch.manual_seed(0)
+    h = ppvae.fit(ppvae.VAE(64, 2, hidden=(16,)), Xm, test=_holes(digits.test[:40]), epochs=2)
+    assert len(h.test_elbo) == 2 and all(map(math.isfinite, h.test_elbo))
+    # and the holes matter: the same data without them train differently
+    torch.manual_seed(0)
+    h_full = ppvae.fit(ppvae.VAE(64, 2, hidden=(16,)), X, epochs=3, batch_size=50, seed=0)
+    assert h_full.train_elbo != runs[0][0]
+
+
+def test_programs_that_cannot_marginalize_refuse_nan_with_one_clear_error(digits):
+    Xm = _holes(digits.train[:50])
+    with pytest.raises(InputError, match=r"NaN \(missing\).*cannot marginalize"):
+        ppvae.fit(ppvae.DenoisingAutoencoder(64, 4, hidden=(8,)), Xm, epochs=1)
+
+    def model(x):  # a user's program without a mask argument
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample(
+                "x", dist.Normal(z.sum(-1, keepdim=True).expand(x.shape), 1.0).to_event(1), obs=x
+            )
+
+    def guide(x):
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc.expand(x.shape[0], 2), 1.0).to_event(1))
+
+    with pytest.raises(InputError, match="cannot marginalize"):
+        ppvae.fit(model, guide, Xm, epochs=1)
+    with pytest.raises(InputError, match="cannot marginalize"):
+        evaluate.log_likelihood((model, guide), Xm, num_samples=2)
+    with pytest.raises(InputError, match="every entry missing"):
+        bad = Xm.clone()
+        bad[3] = float("nan")
+        ppvae.fit(ppvae.VAE(64, 2, hidden=(8,)), bad, epochs=1)
+    with pytest.raises(InputError, match="needs complete data"):
+        evaluate.ais_log_likelihood(ppvae.VAE(64, 2, hidden=(8,)), Xm[:4], num_steps=2)
+    with pytest.raises(InputError, match="mask: shape"):
+        ppvae.fit(ppvae.VAE(64, 2, hidden=(8,)), Xm, mask=torch.ones(3, 3, dtype=torch.bool))
+
+
+def test_a_users_masked_program_trains_and_scores_its_observed_entries(digits):
+    """A user's (model, guide) with a mask argument: the contract of ppvae.program."""
+    d = 64
+
+    def model(x, mask=None):
+        w = pyro.param("w", torch.zeros(d, 2))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample(
+                "z", dist.Normal(torch.zeros(2), 1.0).expand([x.shape[0], 2]).to_event(1)
+            )
+            fx = dist.Normal(z @ w.T + 0.5, 0.3)
+            fx = fx.mask(mask) if mask is not None else fx
+            pyro.sample("x", fx.to_event(1), obs=x)
+
+    def guide(x, mask=None):
+        v = pyro.param("v", torch.zeros(2, d))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal((x - 0.5) @ v.T, 0.5).to_event(1))
+
+    Xm = _holes(digits.train[:300])
+    h = ppvae.fit(model, guide, Xm, epochs=20, batch_size=100, lr=0.05, seed=0, progress=False)
+    assert h.train_elbo[-1] > h.train_elbo[0] + 1.0
+    # the program is linear-Gaussian, x = W z + 0.5 + 0.3 eps: its observed-data marginal is
+    # exact, and the IW estimate of p(x_o) (a lower bound, 2-d latent) must approach it
+    w = pyro.param("w").detach().double()
+    exact = PPCA.from_params(torch.full((d,), 0.5, dtype=torch.float64), w, 0.09)
+    ll = evaluate.log_likelihood((model, guide), Xm[:20], num_samples=3000).double()
+    gap = exact.log_prob(Xm[:20].double()) - ll
+    assert float(gap.mean()) < 0.05 and float(gap.min()) > -0.05, gap
+
+
+def test_streamed_incomplete_data_train_like_in_memory_data_and_resume(digits, tmp_path):
+    Xm = _holes(digits.train[:200])
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(Xm)
+
+        def __getitem__(self, i):
+            return Xm[i]
+
+    states = []
+    for data in (Xm, Rows()):
+        torch.manual_seed(0)
+        vae = ppvae.VAE(64, 2, hidden=(16,))
+        h = ppvae.fit(vae, data, epochs=2, batch_size=50, seed=0, progress=False)
+        states.append((h.train_elbo, vae.state_dict()))
+    for a, b in zip(states[0][0], states[1][0], strict=True):
+        assert abs(a - b) < 1e-4 * abs(a)
+    # resume: 2 + 2 epochs equal 4 at once, with the mask fingerprinted in the checkpoint
+    torch.manual_seed(0)
+    whole = ppvae.VAE(64, 2, hidden=(16,))
+    h4 = ppvae.fit(whole, Xm, epochs=4, batch_size=50, seed=0)
+    torch.manual_seed(0)
+    part = ppvae.VAE(64, 2, hidden=(16,))
+    ppvae.fit(part, Xm, epochs=2, batch_size=50, seed=0, checkpoint_dir=tmp_path)
+    h = ppvae.fit(part, Xm, epochs=4, batch_size=50, seed=0, checkpoint_dir=tmp_path, resume=True)
+    assert h.train_elbo == h4.train_elbo
+    other = Xm.clone()
+    other[torch.isnan(other)] = 0.0  # same zero-filled values, different holes
+    with pytest.raises(InputError):
+        ppvae.fit(
+            part, other, epochs=5, batch_size=50, seed=0, checkpoint_dir=tmp_path, resume=True
+        )
+
+
+# ---------------------------------------------------------------------- the linear ground truth
+@pytest.mark.parametrize("case", ["digits", "unseen"])
+def test_a_linear_vae_on_incomplete_data_lands_on_the_em_maximum(case, digits):
+    """20% of entries missing completely at random. The observed-data log-likelihood of a
+    linear-Gaussian model is exact (each row's marginal N(b_o, W_o W_o^T + s2 I)), and so is
+    EM's maximum of it. The full-rank guide's reference point is each row's exact posterior
+    p(z | x_o), so its ELBO can be tight and its maximum is EM's: log-likelihood gap <= 0.02
+    nats/sample and covariance error <= 5% (the issue's targets). Epochs: the workflows'
+    full-batch LinearVAE schedule (2000) on the unseen data, whose large loadings make it
+    slow (measured gaps 0.18 / 0.10 / 0.000 nats at 300 / 600 / 2000 epochs); 400 on digits,
+    converged there (1e-4 at 300 and at 600)."""
+    X, k = (digits.train.double(), 8) if case == "digits" else (_unseen_linear(), 3)
+    Xm = _holes(X)
+    em = PPCA(k, method="em", max_iter=5000, tol=1e-10).fit(Xm)
+    torch.manual_seed(0)
+    vae = LinearVAE(X.shape[1], k, guide="fullrank")
+    epochs = 400 if case == "digits" else 2000
+    ppvae.fit(vae, Xm.float(), epochs=epochs, batch_size=len(X), seed=0, progress=False)
+    r = evaluate.compare_to_ppca(vae, em, Xm)
+    assert r["loglik_gap"] <= 0.02, r
+    assert abs(r["loglik_gap"]) <= 0.02, r  # and not above the maximum either
+    assert r["covariance_rel_error"] <= 0.05, r
+    assert r["elbo_gap"] <= 0.02, r
+    # the closed-form terms, each computed on its own, satisfy log p(x_o) = ELBO + KL
+    with torch.no_grad():
+        out = vae.encoder_output(*ppvae.data.split_missing(Xm.float()))
+    parts = evaluate.elbo_decomposition(vae, Xm, out[0], q_scale_tril=out[1])
+    torch.testing.assert_close(
+        parts["log_px"], parts["elbo"] + parts["kl_to_posterior"], atol=1e-6, rtol=0
+    )
+    assert float(parts["kl_to_posterior"].min()) >= -1e-9
+
+
+def test_exact_log_likelihood_of_incomplete_rows_is_the_observed_marginal():
+    X = _unseen_linear(n=50)
+    ppca = PPCA(3).fit(X)
+    Xm = _holes(X, rate=0.3)
+    ll = evaluate.exact_log_likelihood(ppca, Xm)
+    C, mu = ppca.covariance().double(), ppca.mean_.double()
+    for i in (0, 7, 31):
+        o = ~torch.isnan(Xm[i])
+        ref = torch.distributions.MultivariateNormal(mu[o], C[o][:, o]).log_prob(Xm[i][o])
+        assert abs(float(ll[i] - ref)) < 1e-9
+
+
+# ---------------------------------------------------------------------- imputation
+def test_ppca_impute_is_the_gaussian_conditional():
+    X = _unseen_linear(n=40)
+    ppca = PPCA(3).fit(X)
+    Xm = _holes(X, rate=0.3, seed=4)
+    filled, cov = ppca.impute(Xm, return_cov=True)
+    C, mu = ppca.covariance().double(), ppca.mean_.double()
+    for i in (0, 5, 17):
+        o = ~torch.isnan(Xm[i])
+        m = ~o
+        gain = C[m][:, o] @ torch.linalg.inv(C[o][:, o])
+        torch.testing.assert_close(filled[i][m], mu[m] + gain @ (Xm[i][o] - mu[o]))
+        torch.testing.assert_close(cov[i][m][:, m], C[m][:, m] - gain @ C[o][:, m])
+        assert float(cov[i][o].abs().max()) == 0.0
+        torch.testing.assert_close(filled[i][o], X[i][o])
+    torch.testing.assert_close(ppca.impute_variance(Xm), cov.diagonal(dim1=-2, dim2=-1))
+
+
+def test_importance_sampled_imputation_matches_the_exact_one_within_its_error(digits):
+    """For a LinearVAE the exact conditional E[x_m | x_o] is PPCA's (same parameters). The
+    self-normalized estimate's z-scores against it, with the reported Monte Carlo standard
+    errors, must look standard normal: RMS near 1 (within 0.8-1.25 for ~640 entries) and no
+    entry beyond 5 standard errors; the conditional variance is estimated within 5%."""
+    Xm = _holes(digits.train.double())
+    torch.manual_seed(0)
+    vae = LinearVAE(64, 4, guide="fullrank")
+    ppvae.fit(vae, Xm.float(), epochs=200, batch_size=len(Xm), seed=0, progress=False)
+    rows = Xm[:50]
+    imp = evaluate.impute(vae, rows, num_samples=500, multiple=4, seed=0)
+    exact = evaluate.linear._as_ppca(vae)  # the same model's exact conditional
+    ref, var = exact.impute(rows), exact.impute_variance(rows)
+    miss = ~imp.mask
+    z = (imp.mean.double() - ref)[miss] / imp.mean_se.double()[miss]
+    assert 0.8 < float(z.pow(2).mean().sqrt()) < 1.25, z.pow(2).mean().sqrt()
+    assert float(z.abs().max()) < 5.0
+    rel = (imp.variance.double()[miss] - var[miss]).abs() / var[miss]
+    assert float(rel.max()) < 0.05, rel.max()
+    torch.testing.assert_close(imp.mean[imp.mask], rows.float()[imp.mask])
+    assert imp.draws.shape == (4, 50, 64) and not bool(torch.isnan(imp.draws).any())
+    assert float(imp.khat.max()) < 0.7 and imp.khat_share == 0.0
+    # the draws scatter around the conditional mean with the conditional variance
+    spread = (imp.draws.double() - ref)[:, miss].pow(2).mean() / var[miss].mean()
+    assert 0.8 < float(spread) < 1.25, spread
+    # seeded: the same call gives the same draws, and torch's generator is left alone
+    state = torch.get_rng_state()
+    again = evaluate.impute(vae, rows, num_samples=500, multiple=4, seed=0)
+    assert torch.equal(again.draws, imp.draws) and torch.equal(torch.get_rng_state(), state)
+
+
+def test_impute_refuses_what_it_cannot_do(digits):
+    vae = ppvae.VAE(64, 2, hidden=(8,))
+    with pytest.raises(InputError, match="nothing to impute"):
+        evaluate.impute(vae, digits.test[:3], num_samples=10)
+    with pytest.raises(InputError, match="at least"):
+        evaluate.impute(vae, _holes(digits.test[:3]), num_samples=2)
+    with pytest.raises(InputError, match="multiple"):
+        evaluate.impute(vae, _holes(digits.test[:3]), num_samples=10, multiple=-1)
