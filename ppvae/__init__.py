@@ -23,6 +23,7 @@ from .priors import (
     VampPrior,
 )
 from .program import Program, as_program
+from .tables import load_table
 from .train import (
     EarlyStopping,
     History,
@@ -83,6 +84,7 @@ __all__ = [
     "fit",
     "load",
     "load_dataset",
+    "load_table",
     "plots",
     "pretrain",
     "save",
