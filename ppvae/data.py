@@ -35,6 +35,7 @@ __all__ = [
     "load_dataset",
     "missing_as_nan",
     "read_idx",
+    "remove_at_random",
     "split_missing",
 ]
 
@@ -216,6 +217,19 @@ def missing_as_nan(X: torch.Tensor, mask, *, name: str = "mask") -> torch.Tensor
             f"{name}: shape {tuple(mask.shape)} does not match the data's {tuple(X.shape)}"
         )
     return X.masked_fill(~mask.to(X.device), float("nan"))
+
+
+def remove_at_random(X: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """A copy of ``X`` with each entry missing (NaN) with probability ``rate``, completely at
+    random; a row left with nothing observed keeps one entry (chosen at random)."""
+    if not 0.0 <= float(rate) < 1.0:
+        raise InputError(f"missing_rate must lie in [0, 1), got {rate!r}")
+    drop = torch.rand(X.shape, generator=generator) < rate
+    empty = drop.all(dim=1)
+    if bool(empty.any()):
+        keep = torch.randint(X.shape[1], (int(empty.sum()),), generator=generator)
+        drop[empty.nonzero()[:, 0], keep] = False
+    return X.masked_fill(drop.to(X.device), float("nan"))
 
 
 def check_missing(observed: torch.Tensor, name: str = "data") -> None:

@@ -204,8 +204,10 @@ def ppca_check(X: torch.Tensor, ppca, linear_vae, result: dict, path: str | os.P
     eigenvalues (``|w_j|^2 + s2``) and noise levels; the LinearVAE's KL per latent dimension.
     """
     X = X.detach().double().cpu()
-    Xc = X - X.mean(0)
-    evals = torch.linalg.eigvalsh(Xc.T @ Xc / X.shape[0]).flip(0).numpy()
+    obs = (~torch.isnan(X)).double()  # missing entries: the pairwise-observed covariance
+    Xc = torch.nan_to_num(X - torch.nansum(X, 0) / obs.sum(0)) * obs
+    pairs = (obs.T @ obs).clamp_min(1.0)
+    evals = torch.linalg.eigvalsh(Xc.T @ Xc / pairs).flip(0).numpy()
     with torch.no_grad():
         W = linear_vae.W.detach().double().cpu()
         s2_vae = float(linear_vae.noise_variance)
@@ -215,7 +217,8 @@ def ppca_check(X: torch.Tensor, ppca, linear_vae, result: dict, path: str | os.P
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     ax, ax2 = fig.subplots(1, 2)
     idx = np.arange(1, len(evals) + 1)
-    ax.semilogy(idx, np.maximum(evals, 1e-300), "k.", ms=4, label="sample covariance")
+    label = "sample covariance" + (" (pairwise observed)" if bool((obs < 1).any()) else "")
+    ax.semilogy(idx, np.maximum(evals, 1e-300), "k.", ms=4, label=label)
     k = len(ppca_eig)
     ax.semilogy(np.arange(1, k + 1), ppca_eig, "o", mfc="none", ms=8, label="PPCA |w|² + s²")
     ax.semilogy(np.arange(1, k + 1), vae_eig, "x", ms=7, label="LinearVAE |w|² + s²")

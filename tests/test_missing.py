@@ -280,3 +280,57 @@ def test_impute_refuses_what_it_cannot_do(digits):
         evaluate.impute(vae, _holes(digits.test[:3]), num_samples=2)
     with pytest.raises(InputError, match="multiple"):
         evaluate.impute(vae, _holes(digits.test[:3]), num_samples=10, multiple=-1)
+
+
+# ---------------------------------------------------------------------- the CLI
+def _table_with_holes(path, n=300, seed=0):
+    """A linear-Gaussian table (12 columns, offset 2, loadings 3/2/1) with 10% empty cells."""
+    X = _unseen_linear(n=n, d=12, k=3, seed=seed) + 1.0
+    X = _holes(X, rate=0.1, seed=seed).numpy()
+    lines = [",".join(f"c{j}" for j in range(12))]
+    lines += [",".join("" if v != v else f"{v:.6f}" for v in row) for row in X]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_check_ppca_on_a_table_with_holes_meets_em(tmp_path, capsys):
+    import json
+
+    from ppvae.cli import main
+
+    table = _table_with_holes(tmp_path / "t.csv")
+    out = tmp_path / "check"
+    argv = ["check-ppca", "--data", str(table), "--standardize", "--latent-dim", "3"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "missing: PPCA is fitted by EM" in printed and "PASS" in printed
+    r = json.loads((out / "check_ppca.json").read_text())
+    assert r["ppca_method"] == "em" and 0.05 < r["missing_share_train"] < 0.15
+    assert r["loglik_gap"] <= 0.02 and r["covariance_rel_error"] <= 0.05
+    assert r["source"] == str(table) and r["dequantized"] is False
+    # --missing-rate on a complete data set, seeded: the same holes twice
+    argv = ["check-ppca", "--missing-rate", "0.2", "--latent-dim", "2", "--epochs", "300"]
+    assert main([*argv, "--out", str(tmp_path / "mr")]) == 0
+    r2 = json.loads((tmp_path / "mr" / "check_ppca.json").read_text())
+    assert abs(r2["missing_share_train"] - 0.2) < 0.01
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--missing-rate", "0.2"], "needs complete data so far"),
+        (["check-ppca", "--standardize"], "--standardize is for --data"),
+        (["check-ppca", "--missing-rate", "1.5"], "--missing-rate must lie in"),
+        (["check-ppca", "--data", "nowhere.csv"], "does not exist"),
+    ],
+)
+def test_table_and_missing_rate_flags_are_refused_where_they_cannot_work(
+    tmp_path, capsys, argv, message
+):
+    from ppvae.cli import main
+
+    assert main([*argv, "--out", str(tmp_path / "x")]) != 0
+    assert message in capsys.readouterr().err
+    table = _table_with_holes(tmp_path / "t.csv", n=30)
+    assert main(["fit", "--data", str(table), "--dataset", "digits", "--out", str(tmp_path / "y")])
+    assert "--data replaces --dataset" in capsys.readouterr().err

@@ -6,10 +6,13 @@ import argparse
 import math
 from pathlib import Path
 
-from ..data import DATASETS
+import torch
+
+from ..data import DATASETS, remove_at_random
 from ..guides import GUIDES
 from ..likelihoods import LIKELIHOODS
 from ..priors import PRIORS
+from ..tables import load_table
 from ..workflows import AIS_DEFAULTS, ELBOS, existing_run, load
 
 
@@ -104,6 +107,27 @@ def add_data(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--latent-dim", type=positive_int, default=8, help="latent dimensions k (default 8)"
+    )
+    g.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="your own table instead of --dataset: a .npy matrix, or a .csv / .parquet table "
+        "(empty cells and NaN are missing entries); split into train/test by --seed; "
+        "likelihoods are densities on the data's own scale (no dequantization)",
+    )
+    g.add_argument(
+        "--standardize",
+        action="store_true",
+        help="with --data: centre and scale each column by its observed training moments",
+    )
+    g.add_argument(
+        "--missing-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="remove this share of entries completely at random (seeded by --seed), in both "
+        "splits (default 0)",
     )
 
 
@@ -298,7 +322,8 @@ def flags(parser: argparse.ArgumentParser, dests) -> str:
 # ---------------------------------------------------------------------- shared steps
 def out_folder(args, *, resume_ok: bool = False) -> Path:
     """--out (default runs/COMMAND-DATASET), refused when it holds a run and --force is absent."""
-    out = Path(args.out) if args.out else Path("runs") / f"{args.command}-{args.dataset}"
+    name = Path(args.data).stem if getattr(args, "data", None) else args.dataset
+    out = Path(args.out) if args.out else Path("runs") / f"{args.command}-{name}"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     held = existing_run(out) if out.is_dir() else []
@@ -315,17 +340,54 @@ def out_folder(args, *, resume_ok: bool = False) -> Path:
     return out
 
 
-def load_data(args, binarize: str | None = None):
-    """The data set named by --dataset --data-root --download --seed --n-train --n-test."""
-    return load(
-        args.dataset,
-        data_root=args.data_root,
-        download=args.download,
-        seed=args.seed,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        binarize=binarize,
-    )
+def load_data(args, binarize: str | None = None, *, missing_ok: bool = False):
+    """The data set named by --dataset --data-root --download --seed --n-train --n-test, or
+    the table of --data (--standardize), with --missing-rate of its entries removed.
+
+    ``missing_ok``: whether the command handles missing entries; otherwise data with any
+    are refused here, before work starts."""
+    given = getattr(args, "given", set())
+    if args.data is None:
+        if args.standardize:
+            raise UserError("--standardize is for --data tables")
+        ds = load(
+            args.dataset,
+            data_root=args.data_root,
+            download=args.download,
+            seed=args.seed,
+            n_train=args.n_train,
+            n_test=args.n_test,
+            binarize=binarize,
+        )
+    else:
+        clash = [d for d in ("dataset", "data_root", "download") if d in given]
+        if clash:
+            raise UserError(f"--data replaces {flag_names(clash)}; give one or the other")
+        if binarize is not None:
+            raise UserError(
+                "--data tables are continuous: use a continuous --likelihood, not bernoulli"
+            )
+        ds = load(load_table(args.data, standardize=args.standardize, seed=args.seed))
+        ds.train = ds.train[: args.n_train] if args.n_train else ds.train
+        ds.test = ds.test[: args.n_test] if args.n_test else ds.test
+    if not 0.0 <= args.missing_rate < 1.0:
+        raise UserError(f"--missing-rate must lie in [0, 1), got {args.missing_rate}")
+    if args.missing_rate > 0:
+        g = torch.Generator().manual_seed(args.seed + 7)
+        ds.train = remove_at_random(ds.train, args.missing_rate, g)
+        ds.test = remove_at_random(ds.test, args.missing_rate, g)
+        ds.info = {**ds.info, "missing_rate": args.missing_rate}
+    if not missing_ok and bool(torch.isnan(ds.train).any() or torch.isnan(ds.test).any()):
+        raise UserError(
+            f"ppvae {args.command} needs complete data so far; missing entries "
+            "(--missing-rate, or empty cells in --data) are handled by check-ppca, and by "
+            "ppvae.fit / ppvae.evaluate in Python"
+        )
+    return ds
+
+
+def flag_names(dests) -> str:
+    return ", ".join("--" + d.replace("_", "-") for d in dests)
 
 
 def vae_settings(args) -> dict:
@@ -357,7 +419,7 @@ def run_workflow(args, workflow, **params):
         The output folder and what ``workflow`` returned.
     """
     out = out_folder(args)
-    ds = load_data(args)
+    ds = load_data(args, missing_ok=params.pop("missing_ok", False))
     result = workflow(
         ds,
         seed=args.seed,

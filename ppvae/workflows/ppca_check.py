@@ -70,7 +70,14 @@ def check_ppca(
         ).name
     r["seconds_total"] = time.perf_counter() - t0
     r.update(
-        {"dataset": ds.name, "latent_dim": latent_dim, "seed": seed, "environment": environment()}
+        {
+            "dataset": ds.name,
+            "source": ds.info.get("source"),  # a --data table: likelihoods on its own scale
+            "dequantized": ds.dequantized,
+            "latent_dim": latent_dim,
+            "seed": seed,
+            "environment": environment(),
+        }
     )
     finish(out, "check_ppca.json", r)
     models = {"linear_vae": check["vae"], "ppca": check["ppca"]}
