@@ -190,7 +190,8 @@ def latent_scatter(
         else:
             z2 = np.column_stack([z[:, 0], np.zeros(len(z))])
             xlabel, ylabel = "z1", ""
-        sc = ax.scatter(z2[:, 0], z2[:, 1], c=c, cmap="tab10", s=6, alpha=0.8)
+        colours = {"c": c, "cmap": "tab10"} if c is not None else {}  # unlabelled: one colour
+        sc = ax.scatter(z2[:, 0], z2[:, 1], s=6, alpha=0.8, **colours)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
