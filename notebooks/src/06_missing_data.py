@@ -30,6 +30,7 @@ VAE_EPOCHS = 3 if SMALL else 100  # minibatch epochs of the nonlinear VAE
 RATE = 0.2  # share of entries missing completely at random
 warnings.filterwarnings("ignore", message="ArviZ is undergoing")
 
+# %%
 import matplotlib.pyplot as plt
 import torch
 
