@@ -383,13 +383,7 @@ class PPCA:
             columns of its observed entries. Without ``return_cov`` the diagonal is available
             as :meth:`impute_variance`.
         """
-        X = self._as_input(X, allow_nan=True)
-        observed = ~torch.isnan(X)
-        _check_missing(observed, check_columns=False)
-        obs = observed.to(torch.float64)
-        Xz = torch.where(observed, X, torch.zeros((), dtype=X.dtype)).to(torch.float64)
-        W = self.W_.double()
-        _, m, Sigma = _masked_posterior(Xz, obs, self.mean_.double(), W, self.noise_variance_)
+        X, observed, W, m, Sigma = self._observed_posterior(X)
         filled = torch.where(observed, X, (m @ W.T + self.mean_.double()).to(X.dtype))
         if not return_cov:
             return filled
@@ -403,15 +397,21 @@ class PPCA:
         """Conditional variance of each missing entry given the row's observed ones
         (``diag(W_m Sigma_n W_m^T) + s2``), 0 where observed, shape (N, D); no (N, D, D)
         array is formed."""
+        X, observed, W, _, Sigma = self._observed_posterior(X)
+        var = torch.einsum("dk,nkl,dl->nd", W, Sigma, W) + self.noise_variance_
+        return (var * (~observed).to(var.dtype)).to(X.dtype)
+
+    def _observed_posterior(self, X):
+        """``(X, observed, W, m, Sigma)``: the checked input, its observed mask, W in float64
+        and each row's posterior p(z | x_o) = N(m_n, Sigma_n) (see :func:`_masked_posterior`)."""
         X = self._as_input(X, allow_nan=True)
         observed = ~torch.isnan(X)
         _check_missing(observed, check_columns=False)
-        obs = observed.to(torch.float64)
         Xz = torch.where(observed, X, torch.zeros((), dtype=X.dtype)).to(torch.float64)
         W = self.W_.double()
-        _, _, Sigma = _masked_posterior(Xz, obs, self.mean_.double(), W, self.noise_variance_)
-        var = torch.einsum("dk,nkl,dl->nd", W, Sigma, W) + self.noise_variance_
-        return (var * (1.0 - obs)).to(X.dtype)
+        obs = observed.to(torch.float64)
+        _, m, Sigma = _masked_posterior(Xz, obs, self.mean_.double(), W, self.noise_variance_)
+        return X, observed, W, m, Sigma
 
     def transform(self, X) -> torch.Tensor:
         """Posterior means ``E[z | x]``, shape (N, k)."""
