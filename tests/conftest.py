@@ -10,7 +10,12 @@ import ppvae
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PPVAE_DATA_ROOT", REPO.parent / "shared" / "data"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist (``make test`` runs two workers on the two cores) each worker computes on
+# one thread, so the workers do not oversubscribe the cores; alone, a run takes up to two.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)

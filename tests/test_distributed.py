@@ -48,24 +48,24 @@ def test_two_process_steps_equal_single_process_steps_on_the_union(tmp_path):
 
 
 def test_a_short_two_process_vae_run_converges_and_resumes_exactly(tmp_path):
-    """40 epochs on 2 processes raise the ELBO; and since guide noise is seeded per rank and
-    each epoch's checkpoint gathers every rank's RNG state, 20 epochs and a resume to 40
-    equal the 40 in one go, bit for bit. (When the ranks resumed from rank 0's state alone,
+    """20 epochs on 2 processes raise the ELBO; and since guide noise is seeded per rank and
+    each epoch's checkpoint gathers every rank's RNG state, 10 epochs and a resume to 20
+    equal the 20 in one go, bit for bit. (When the ranks resumed from rank 0's state alone,
     rank 1 drew rank 0's noise and the runs parted.)"""
-    extra = ["--batch-size", "32", "--n-train", "400", "--hidden", "32"]
+    extra = ["--batch-size", "32", "--n-train", "256", "--hidden", "32"]
     extra += ["--latent-dim", "4", "--iw-samples", "10"]
-    full, metrics = _fit(tmp_path, "full", 2, [*extra, "--epochs", "40"])
+    full, metrics = _fit(tmp_path, "full", 2, [*extra, "--epochs", "20"])
     elbo = metrics["history"]["train_elbo"]
-    assert elbo[-1] > elbo[0] + 20, elbo  # nats per image; digits start near -60
-    assert metrics["history"]["steps"] == 40 * 13
+    assert elbo[-1] > elbo[0] + 20, elbo  # nats per image; measured -52 -> -20
+    assert metrics["history"]["steps"] == 20 * 8
     assert isinstance(full, ppvae.VAE) and full.latent_dim == 4  # rank 0 saved the model
 
-    _fit(tmp_path, "half", 2, [*extra, "--epochs", "20"])
+    _fit(tmp_path, "half", 2, [*extra, "--epochs", "10"])
     out = tmp_path / "half"
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert len(ckpt["rank_rng"]) == 2
     assert not torch.equal(ckpt["rank_rng"][0]["torch"], ckpt["rank_rng"][1]["torch"])
-    cmd = [sys.executable, "-m", "ppvae", "fit", "--resume", str(out), "--epochs", "40"]
+    cmd = [sys.executable, "-m", "ppvae", "fit", "--resume", str(out), "--epochs", "20"]
     proc = subprocess.run(
         [*cmd, "--nproc", "2"], cwd=REPO, capture_output=True, text=True, timeout=300
     )
