@@ -16,7 +16,7 @@ import gzip
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ __all__ = [
     "read_idx",
     "remove_at_random",
     "split_missing",
+    "with_missing",
 ]
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
@@ -75,6 +76,9 @@ class Dataset:
         ``"static"``: both splits are binary. ``"dynamic"``: ``train`` holds pixel intensities
         in [0, 1] to be resampled every epoch (pass ``binarize="dynamic"`` to :func:`ppvae.fit`),
         and ``test`` is binarized once, seeded.
+    test_complete : torch.Tensor or None
+        Where :func:`with_missing` made the test split's holes: that split before them, the
+        truth its imputations are scored against (None otherwise).
     """
 
     name: str
@@ -87,6 +91,7 @@ class Dataset:
     dequantized: bool = False
     binarize: str | None = None
     info: dict = field(default_factory=dict)
+    test_complete: torch.Tensor | None = None
 
     @property
     def data_dim(self) -> int:
@@ -230,6 +235,38 @@ def remove_at_random(X: torch.Tensor, rate: float, generator: torch.Generator) -
         keep = torch.randint(X.shape[1], (int(empty.sum()),), generator=generator)
         drop[empty.nonzero()[:, 0], keep] = False
     return X.masked_fill(drop.to(X.device), float("nan"))
+
+
+def with_missing(ds: Dataset, rate: float, seed: int = 0) -> Dataset:
+    """``ds`` with a share ``rate`` of the entries of both splits missing completely at random
+    (:func:`remove_at_random`, seeded), keeping the complete test split as ``test_complete``.
+
+    The Python face of the CLI's ``--missing-rate``: ``ppvae run --missing-rate P --seed S``
+    fits ``with_missing(ds, P, seed=S)``.
+
+    Parameters
+    ----------
+    ds : Dataset
+        Complete or not; entries already missing stay missing.
+    rate : float
+        In [0, 1); 0 returns ``ds`` unchanged.
+    seed : int
+        Seeds the holes (train first, then test, from one generator).
+
+    Returns
+    -------
+    Dataset
+        A new data set; ``info["missing_rate"]`` records ``rate``.
+    """
+    if not 0.0 <= float(rate) < 1.0:
+        raise InputError(f"rate must lie in [0, 1), got {rate!r}")
+    if rate == 0:
+        return ds
+    g = torch.Generator().manual_seed(int(seed) + 7)
+    train = remove_at_random(ds.train, rate, g)
+    test = remove_at_random(ds.test, rate, g)
+    info = {**ds.info, "missing_rate": float(rate)}
+    return replace(ds, train=train, test=test, info=info, test_complete=ds.test.clone())
 
 
 def check_missing(observed: torch.Tensor, name: str = "data") -> None:

@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -20,6 +21,7 @@ from .errors import InputError
 __all__ = [
     "feature_tiles",
     "image_grid",
+    "imputation_scatter",
     "latent_scatter",
     "loglik_scatter",
     "nuts_vs_guide",
@@ -83,6 +85,8 @@ def image_grid(
 ) -> Path:
     """Draw images as a grid: one tensor of shape (n, D) per row, in [0, 1].
 
+    Missing (NaN) pixels are drawn in red.
+
     Parameters
     ----------
     rows : sequence of tensors, each (n, D)
@@ -93,6 +97,7 @@ def image_grid(
     h, w = image_shape
     n_rows = len(rows)
     n_cols = max(int(r.shape[0]) for r in rows)
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="tab:red")
     fig = Figure(figsize=(max(1.0, 0.6 * n_cols) + 1.2, 0.6 * n_rows + 0.5))
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for i, r in enumerate(rows):
@@ -104,7 +109,7 @@ def image_grid(
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if j < len(imgs):
-                ax.imshow(imgs[j], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.imshow(imgs[j], cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         if row_labels is not None:
             axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
     if title:
@@ -257,6 +262,39 @@ def loglik_scatter(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def imputation_scatter(
+    truth: torch.Tensor, imputed: dict[str, torch.Tensor], path: str | os.PathLike
+) -> Path:
+    """Imputed against true values of the missing entries, one panel per method.
+
+    Parameters
+    ----------
+    truth : tensor of shape (M,)
+        The values that were removed.
+    imputed : dict of name -> tensor of shape (M,)
+        Each method's imputation of the same entries; its RMSE is in the panel's title.
+    path : path of the PNG to write
+    """
+    t = truth.detach().double().cpu().numpy()
+    if not imputed:
+        raise InputError("imputed must name at least one method")
+    fig = Figure(figsize=(4.2 * len(imputed), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(imputed), squeeze=False)[0]
+    lo, hi = float(t.min()), float(t.max())
+    for ax, (name, values) in zip(axes, imputed.items(), strict=True):
+        v = values.detach().double().cpu().numpy()
+        if v.shape != t.shape:
+            raise InputError(f"imputed[{name!r}] has shape {v.shape}, truth {t.shape}")
+        rmse = float(np.sqrt(np.mean((v - t) ** 2)))
+        ax.scatter(t, v, s=4, alpha=0.4)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="imputed = true")
+        ax.set_title(f"{name}: RMSE {rmse:.3g} over {t.size} entries", fontsize=9)
+        ax.set_xlabel("true value of the missing entry")
+        ax.set_ylabel("imputed value E[x_m | x_o]")
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -345,12 +345,18 @@ class PPCA:
     def posterior(self, X) -> MultivariateNormal:
         """Exact posterior ``p(z | x) = N(M^-1 W^T (x - mean), s2 M^-1)``.
 
+        With NaN (missing) entries, each row's ``p(z | x_o)`` given its observed entries
+        (its own ``M_n = W_o^T W_o + s2 I``, see :func:`_masked_posterior`).
+
         Returns
         -------
         torch.distributions.MultivariateNormal
             batch_shape (N,), event_shape (k,).
         """
-        X = self._as_input(X)
+        X = self._as_input(X, allow_nan=True)
+        if bool(torch.isnan(X).any()):
+            _, _, _, m, Sigma = self._observed_posterior(X)
+            return MultivariateNormal(m.to(X.dtype), covariance_matrix=Sigma.to(X.dtype))
         M = self._M()
         L = torch.linalg.cholesky(M)
         loc = torch.cholesky_solve(((X - self.mean_) @ self.W_).T, L).T  # (N, k)
@@ -422,7 +428,8 @@ class PPCA:
         return self.fit(X).transform(X)
 
     def reconstruct(self, X) -> torch.Tensor:
-        """``W E[z | x] + mean``, shape (N, D)."""
+        """``W E[z | x] + mean``, shape (N, D) (with NaN entries, ``E[z | x_o]``: every entry
+        is then predicted from the observed ones)."""
         return self.transform(X) @ self.W_.T + self.mean_
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -17,9 +17,9 @@ __all__ = [
 ]
 
 
-def fmt(x: float | None) -> str:
-    """A number to 3 decimals, or ``n/a`` for None."""
-    return "n/a" if x is None else f"{x:.3f}"
+def fmt(x: float | None, spec: str = ".3f") -> str:
+    """A number in format ``spec`` (3 decimals), or ``n/a`` for None."""
+    return "n/a" if x is None else format(x, spec)
 
 
 def _align(rows: list[tuple[str, ...]]) -> list[str]:
@@ -33,7 +33,9 @@ TRUSTED_GAP = 1.0
 """BDMC gaps (nats per point) below which a report calls AIS's estimate certified."""
 
 
-def trust_paragraph(certified: dict | None, khat_share: float | None, iw_samples: int) -> str:
+def trust_paragraph(
+    certified: dict | None, khat_share: float | None, iw_samples: int, skipped: str | None = None
+) -> str:
     """Which of the VAE's likelihood estimates to trust, and why, in words.
 
     Parameters
@@ -45,6 +47,8 @@ def trust_paragraph(certified: dict | None, khat_share: float | None, iw_samples
         Share of test points whose IW weights have PSIS k-hat > 0.7.
     iw_samples : int
         K of the IW estimate.
+    skipped : str, optional
+        Why AIS was not run, where a reason other than ``ais_points = 0`` kept it off.
     """
     share = (
         ""
@@ -62,7 +66,10 @@ def trust_paragraph(certified: dict | None, khat_share: float | None, iw_samples
         )
     )
     if certified is None:
-        return iw + " AIS was not run (ais_points = 0), so nothing certifies it."
+        why = f" {skipped}, so nothing certifies it." if skipped else (
+            " AIS was not run (ais_points = 0), so nothing certifies it."
+        )
+        return iw + why
     a = certified["ais"]
     lines = [
         iw,
@@ -213,17 +220,15 @@ def run_report(m: dict) -> str:
         if c["batch_size"] >= m["n_train"]
         else f"{c['epochs']} epochs of minibatches of {c['batch_size']}"
     )
+    ppca_label = "EM, exact" if p.get("method") == "em" else "closed form, exact"
     lines = [
         f"# ppvae run: {m['dataset']}",
         "",
-        f"PPCA and a Gaussian VAE with the same latent size (k = {m['latent_dim']}) fitted on the "
-        f"same {m['n_train']} uniformly dequantized training images (D = {m['data_dim']}), "
-        f"evaluated on {m['n_test']} test images. Log-likelihoods are densities on [0, 1]^D in "
-        "nats per image; higher is better.",
+        data_sentence(m),
         "",
         "| model | test log p(x) | test ELBO | bits/dim | train | fit time |",
         "|---|---|---|---|---|---|",
-        f"| PPCA (closed form, exact) | {p['test_log_likelihood']:.3f} ± "
+        f"| PPCA ({ppca_label}) | {p['test_log_likelihood']:.3f} ± "
         f"{p['test_log_likelihood_sem']:.3f} | (exact) | {fmt(p['test_bits_per_dim'])} | "
         f"{p['train_log_likelihood']:.3f} | {p['fit_seconds']:.2f} s |",
         f"| VAE ({v['prior']} prior, {v['likelihood']}), hidden {tuple(v['hidden'])}, "
@@ -241,8 +246,14 @@ def run_report(m: dict) -> str:
         "",
         "## Which likelihood of the VAE to trust",
         "",
-        trust_paragraph(v.get("certified"), v.get("khat_share_gt_0.7"), v["iw_samples"]),
+        trust_paragraph(
+            v.get("certified"),
+            v.get("khat_share_gt_0.7"),
+            v["iw_samples"],
+            skipped=v.get("certified_skipped"),
+        ),
         "",
+        *imputation_section(m.get("imputation")),
         "## The linear VAE against PPCA",
         "",
         f"A LinearVAE (decoder W z + b, guide N(V (x - c), diag(d^2))) trained by SVI for "
@@ -261,6 +272,7 @@ def run_report(m: dict) -> str:
         "samples": "VAE samples: decoder means at z ~ p(z)",
         "samples_ppca": "PPCA samples x ~ p(x)",
         "reconstructions": "Test images and their reconstructions",
+        "imputations": "Test rows with holes and the conditional-mean imputations of the holes",
         "latent_scatter": "Posterior means of the test images, coloured by digit",
         "ppca_check": "Sample-covariance spectrum with the PPCA and LinearVAE fits; KL per "
         "latent dimension",
@@ -283,6 +295,58 @@ def run_report(m: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def data_sentence(m: dict) -> str:
+    """What a run fitted and what its likelihoods are densities of, in one paragraph."""
+    what = "rows of " + m["source"].rsplit("/", 1)[-1] if m.get("source") else "images"
+    prep = "uniformly dequantized " if m.get("dequantized", True) else ""
+    text = (
+        f"PPCA and a VAE with the same latent size (k = {m['latent_dim']}) fitted on the same "
+        f"{m['n_train']} {prep}training {what} (D = {m['data_dim']}), evaluated on "
+        f"{m['n_test']} test {what}. Log-likelihoods are in {m['units']}; higher is better."
+    )
+    share = m.get("missing_share_train") or 0.0
+    if share > 0:
+        made = (
+            f" (removed completely at random at rate {m['missing_rate']:g})"
+            if m.get("missing_rate")
+            else ""
+        )
+        text += (
+            f" {share:.1%} of the training entries are missing{made}: PPCA is fitted by EM and "
+            "the VAE's model scores only the observed entries of each row."
+        )
+    return text
+
+
+def imputation_section(block: dict | None) -> list[str]:
+    """The ``## Imputation`` lines of a run report (none where the test split is complete)."""
+    if block is None:
+        return []
+    lines = [
+        "## Imputation",
+        "",
+        f"{block['n_missing_test']} test entries ({block['missing_share_test']:.1%}) are "
+        "missing. Each method fills them with a conditional mean E[x_m | x_o]: PPCA's is exact; "
+        f"the VAE's is a self-normalized importance-sampling estimate (K = "
+        f"{block['vae_num_samples']} guide draws per row; PSIS k-hat > 0.7 on "
+        f"{fmt(block['vae_khat_share_gt_0.7'], '.0%')} of rows).",
+        "",
+    ]
+    rmse = block.get("rmse")
+    if rmse is None:
+        return [*lines, "The holes came with the data, so there is no truth to score them.", ""]
+    lines += [
+        f"| imputation | RMSE over {block.get('n_scored', block['n_missing_test'])} removed "
+        "test entries |",
+        "|---|---|",
+        f"| column mean of the observed training data | {rmse['mean']:.4f} |",
+        f"| PPCA conditional mean (exact) | {rmse['ppca']:.4f} |",
+        f"| VAE conditional mean (importance sampling) | {rmse['vae']:.4f} |",
+        "",
+    ]
+    return lines
 
 
 def compare_table(r: dict) -> str:

@@ -209,9 +209,13 @@ class VAE(nn.Module):
         at the missing entries where ``mask`` is given."""
         return self.encoder(x)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and standard deviation of q(z | x) per dimension, each of shape (N, k)."""
-        return self.q.moments(self.encoder_output(x))
+    def encode(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of q(z | x) per dimension, each of shape (N, k); with a
+        ``mask`` (True where observed), ``x`` holds 0 at the missing entries
+        (:func:`ppvae.data.split_missing`)."""
+        return self.q.moments(self.encoder_output(x, mask))
 
     def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
         """The distribution p(x | z), batch shape z.shape[:-1], event shape (D,)."""

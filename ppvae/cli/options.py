@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import DATASETS, remove_at_random
+from ..data import DATASETS, with_missing
 from ..guides import GUIDES
 from ..likelihoods import LIKELIHOODS
 from ..priors import PRIORS
@@ -372,16 +372,12 @@ def load_data(args, binarize: str | None = None, *, missing_ok: bool = False):
         ds.test = ds.test[: args.n_test] if args.n_test else ds.test
     if not 0.0 <= args.missing_rate < 1.0:
         raise UserError(f"--missing-rate must lie in [0, 1), got {args.missing_rate}")
-    if args.missing_rate > 0:
-        g = torch.Generator().manual_seed(args.seed + 7)
-        ds.train = remove_at_random(ds.train, args.missing_rate, g)
-        ds.test = remove_at_random(ds.test, args.missing_rate, g)
-        ds.info = {**ds.info, "missing_rate": args.missing_rate}
+    ds = with_missing(ds, args.missing_rate, seed=args.seed)
     if not missing_ok and bool(torch.isnan(ds.train).any() or torch.isnan(ds.test).any()):
         raise UserError(
             f"ppvae {args.command} needs complete data so far; missing entries "
-            "(--missing-rate, or empty cells in --data) are handled by check-ppca, and by "
-            "ppvae.fit / ppvae.evaluate in Python"
+            "(--missing-rate, or empty cells in --data) are handled by run and check-ppca, "
+            "and by ppvae.fit / ppvae.evaluate in Python"
         )
     return ds
 

@@ -8,15 +8,18 @@ from pathlib import Path
 import torch
 
 from .. import evaluate, plots, reports
-from ..data import Dataset
+from ..data import Dataset, as_image_shape
 from .common import (
     AIS_DEFAULTS,
+    MISSING_AIS_REASON,
     Result,
     bits_per_dim,
     certify_likelihood,
     environment,
     finish,
     fit_ppca,
+    has_missing,
+    impute_test,
     linear_check,
     make_vae,
     sem,
@@ -61,6 +64,13 @@ def run_experiment(
     Also checks a LinearVAE trained by SVI against the PPCA maximum-likelihood fit (as
     :func:`check_ppca`), on the schedule of :func:`linear_schedule` unless ``check_epochs``
     / ``check_batch_size`` are given.
+
+    Data with missing (NaN) entries (e.g. :func:`~ppvae.data.with_missing`) are fitted as
+    they are: PPCA by EM, the VAE's model scoring each row's observed entries, so both test
+    log-likelihoods are densities of the observed entries. AIS and BDMC are then skipped
+    (``metrics["vae"]["certified_skipped"]`` says why), and the test split's holes are
+    imputed by both models and, where ``test_complete`` holds the truth, scored by RMSE
+    against the column-mean baseline (``metrics["imputation"]``, ``imputations.png``).
 
     Parameters
     ----------
@@ -128,11 +138,14 @@ def run_experiment(
         progress=progress,
     )
     vae_metrics = _vae_metrics(vae, ds, history, model, iw_samples=iw_samples, seed=seed)
+    incomplete = has_missing(ds)
+    if incomplete:
+        vae_metrics["certified_skipped"] = MISSING_AIS_REASON
     vae_metrics["certified"] = certify_likelihood(
         vae,
         ds.test,
         vae_metrics.pop("test_per_sample"),
-        ais_points=ais_points,
+        ais_points=0 if incomplete else ais_points,
         ais_steps=ais_steps,
         ais_chains=ais_chains,
         bdmc_points=bdmc_points,
@@ -140,6 +153,11 @@ def run_experiment(
         progress=progress,
     )
     metrics = _metrics(ds, latent_dim, ppca_metrics, vae_metrics, seed=seed, device=dev)
+    imputed = None
+    if bool(torch.isnan(ds.test).any()):
+        metrics["imputation"], imputed = impute_test(
+            vae, ppca, ds, num_samples=iw_samples, seed=seed
+        )
     check = linear_check(
         ds,
         latent_dim,
@@ -154,6 +172,8 @@ def run_experiment(
     models = {"vae": vae, "ppca": ppca, "linear_vae": check["vae"]}
     if out is not None:
         metrics["figures"] = _run_figures(vae, ppca, check, ds, out, history, dev, seed, metrics)
+        if imputed is not None:
+            metrics["figures"].update(imputation_figure(ds, imputed, out))
     metrics["seconds_total"] = time.perf_counter() - t0
     vae.cpu()
     finish(out, "metrics.json", metrics, report=("report.md", reports.run_report))
@@ -169,7 +189,11 @@ def _metrics(ds, latent_dim: int, ppca: dict, vae: dict, *, seed: int, device) -
         "n_test": int(ds.test.shape[0]),
         "data_dim": ds.data_dim,
         "latent_dim": latent_dim,
-        "units": "nats per sample (density of uniformly dequantized data on [0,1]^D)",
+        "units": units(ds),
+        "source": ds.info.get("source"),  # a --data table: likelihoods on its own scale
+        "dequantized": ds.dequantized,
+        "missing_share_train": float(torch.isnan(ds.train).double().mean()),
+        "missing_rate": ds.info.get("missing_rate"),
         "ppca": ppca,
         "vae": vae,
         "seed": seed,
@@ -178,13 +202,64 @@ def _metrics(ds, latent_dim: int, ppca: dict, vae: dict, *, seed: int, device) -
     }
 
 
+def units(ds) -> str:
+    """What the likelihoods of a run on ``ds`` are densities of, in words."""
+    of = (
+        "uniformly dequantized data on [0,1]^D"
+        if ds.dequantized
+        else "the data on their own scale (no dequantization)"
+    )
+    if has_missing(ds):
+        return f"nats per sample (density of each row's observed entries, of {of})"
+    return f"nats per sample (density of {of})"
+
+
+def per_dim_bits(nats: float, ds) -> float | None:
+    """Bits per dimension of dequantized, complete data (None otherwise: a density of
+    observed entries or of data on their own scale has no pixel-level reading)."""
+    if has_missing(ds) or not ds.dequantized:
+        return None
+    return bits_per_dim(nats, ds.data_dim, ds.levels)
+
+
+def imputation_figure(ds, imputed: dict, out: Path) -> dict:
+    """The test rows with holes, their imputations and the truth: an image grid for images
+    (missing pixels in red), else a scatter of imputed against true values."""
+    image_shape = as_image_shape(ds.image_shape, ds.data_dim)
+    truth = ds.test_complete
+    if image_shape is not None:
+        rows = [ds.test[:10], imputed["vae"][:10], imputed["ppca"][:10]]
+        labels = ["with holes", "VAE E[x_m | x_o]", "PPCA E[x_m | x_o]"]
+        if truth is not None:
+            rows.append(truth[:10])
+            labels.append("truth")
+        path = plots.image_grid(
+            rows,
+            image_shape,
+            out / "imputations.png",
+            row_labels=labels,
+            title="Test images with missing pixels (red) and their conditional-mean imputations",
+        )
+        return {"imputations": path.name}
+    if truth is None:
+        return {}  # the file's own holes: no truth to plot against
+    scored = torch.isnan(ds.test) & ~torch.isnan(truth)
+    path = plots.imputation_scatter(
+        truth[scored],
+        {"VAE": imputed["vae"][scored], "PPCA": imputed["ppca"][scored]},
+        out / "imputations.png",
+    )
+    return {"imputations": path.name}
+
+
 def _ppca_metrics(ppca, fit_seconds: float, test: torch.Tensor, ds) -> dict:
     """The ``ppca`` block of metrics.json: exact train and test log-likelihoods."""
     return {
         "test_log_likelihood": float(test.mean()),
         "test_log_likelihood_sem": sem(test),
         "train_log_likelihood": ppca.score(ds.train.double()),
-        "test_bits_per_dim": bits_per_dim(float(test.mean()), ds.data_dim, ds.levels),
+        "test_bits_per_dim": per_dim_bits(float(test.mean()), ds),
+        "method": ppca.method,
         "noise_variance": ppca.noise_variance_,
         "fit_seconds": fit_seconds,
     }
@@ -209,7 +284,7 @@ def _vae_metrics(vae, ds, history, model: dict, *, iw_samples: int, seed: int) -
         "khat_share_gt_0.7": est.khat_share,
         "test_per_sample": test_iw,
         "train_elbo": train_elbo,
-        "test_bits_per_dim_iw": bits_per_dim(float(test_iw.mean()), ds.data_dim, ds.levels),
+        "test_bits_per_dim_iw": per_dim_bits(float(test_iw.mean()), ds),
         "hidden": list(model["hidden"]),
         "prior": model["prior"],
         "likelihood": model["likelihood"],
@@ -229,14 +304,15 @@ def _run_figures(vae, ppca, check, ds, out: Path, history, device, seed: int, m:
     figs, x, loc, image_shape = vae_figures(vae, ds, out, history, device, reference=ref)
     if image_shape is not None:
         with torch.no_grad():
-            rows = [x.cpu(), vae.reconstruct(x).cpu(), ppca.reconstruct(x.cpu().double())]
-            figs["reconstructions"] = plots.image_grid(
-                rows,
-                image_shape,
-                out / "reconstructions.png",
-                row_labels=["test data", "VAE", "PPCA"],
-                title="Test reconstructions: E[x | z] at the posterior mean of z",
-            ).name
+            if not has_missing(ds):  # with holes, imputations.png shows the same comparison
+                rows = [x.cpu(), vae.reconstruct(x).cpu(), ppca.reconstruct(x.cpu().double())]
+                figs["reconstructions"] = plots.image_grid(
+                    rows,
+                    image_shape,
+                    out / "reconstructions.png",
+                    row_labels=["test data", "VAE", "PPCA"],
+                    title="Test reconstructions: E[x | z] at the posterior mean of z",
+                ).name
             figs["samples_ppca"] = plots.image_grid(
                 [ppca.sample(10, torch.Generator().manual_seed(seed)).clamp(0, 1)],
                 image_shape,
