@@ -429,7 +429,26 @@ def compare_report(r: dict) -> str:
     for name, m in r["models"].items():
         if "certified" in m:
             text = trust_paragraph(
-                m["certified"], m["test"].get("khat_share_gt_0.7"), r["iw_samples"]
+                m["certified"],
+                m["test"].get("khat_share_gt_0.7"),
+                r["iw_samples"],
+                skipped=m.get("certified_skipped"),
             )
             trust = f"\n## Which likelihood of the {name} to trust\n\n{text}\n"
-    return f"# ppvae compare: {r['dataset']}\n\n```\n{compare_table(r)}\n```\n{trust}{figure}"
+    holes = ""
+    share = r.get("missing_share_train") or 0.0
+    if share > 0:
+        holes = (
+            f"\n{share:.1%} of the training entries are missing: PPCA is fitted by EM, every "
+            f"likelihood is in {r['units']}, and {r.get('skipped', '')}.\n"
+        )
+    imputation = "\n".join(imputation_section(r.get("imputation")))
+    if r.get("imputation_figure"):
+        imputation += (
+            f"\n![Test rows with holes and their imputations]({r['imputation_figure']})\n"
+        )
+    table = compare_table(r)
+    return (
+        f"# ppvae compare: {r['dataset']}\n\n```\n{table}\n```\n{holes}{trust}{figure}"
+        + (f"\n{imputation}" if imputation else "")
+    )

@@ -320,7 +320,7 @@ def test_check_ppca_on_a_table_with_holes_meets_em(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["compare", "--missing-rate", "0.2"], "needs complete data so far"),
+        (["fit", "--missing-rate", "0.2"], "needs complete data so far"),
         (["check-ppca", "--standardize"], "--standardize is for --data"),
         (["check-ppca", "--missing-rate", "1.5"], "--missing-rate must lie in"),
         (["check-ppca", "--data", "nowhere.csv"], "does not exist"),
@@ -428,3 +428,32 @@ def test_run_on_a_table_with_holes_scores_only_the_entries_it_removed(tmp_path, 
     assert all(math.isfinite(v) for v in imp["rmse"].values())
     assert imp["rmse"]["ppca"] < 0.5 * imp["rmse"]["mean"]
     assert (out / "imputations.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_on_data_with_holes_scores_observed_entries_and_says_what_it_skipped(
+    tmp_path, capsys
+):
+    import json
+
+    from ppvae.cli import main
+
+    out = tmp_path / "cmp"
+    argv = ["compare", "--missing-rate", "0.3", "--n-train", "300", "--n-test", "60"]
+    argv += ["--latent-dim", "4", "--hidden", "16", "--epochs", "5", "--iw-samples", "20"]
+    argv += ["--eval-points", "60", "--linear-epochs", "20", "--ais-points", "3"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "the inference gaps and NUTS were skipped" in capsys.readouterr().out
+    r = json.loads((out / "compare.json").read_text())
+    assert r["ppca_method"] == "em" and abs(r["missing_share_train"] - 0.3) < 0.02
+    vae = r["models"]["VAE (standard prior, gaussian)"]
+    assert vae["certified"] is None and "missing entries" in vae["certified_skipped"]
+    assert vae["amortization_gap"] is None and "nuts" not in vae
+    for row in r["models"].values():
+        test = row["test"]
+        assert test["bits_per_dim"] is None and math.isfinite(test.get("iw", test.get("exact")))
+    # PPCA's exact conditional mean against the column means (the run test gives the why)
+    rmse = r["imputation"]["rmse"]
+    assert rmse["ppca"] < 0.9 * rmse["mean"]
+    report = (out / "compare.md").read_text()
+    assert "## Imputation" in report and "(imputations.png)" in report
+    assert (out / "imputations.png").exists() and (out / "log_likelihood.nc").exists()

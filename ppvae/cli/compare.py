@@ -84,9 +84,18 @@ def main(args) -> int:
         nuts_points=args.nuts_points,
         nuts_samples=args.nuts_samples,
         **options.ais_settings(args),
+        missing_ok=True,  # PPCA by EM, IW and exact likelihoods of observed entries, imputation
     )
     r = result.metrics
     print(reports.compare_table(r))
+    if r.get("skipped"):
+        print(f"{r['missing_share_train']:.1%} of the training entries are missing; {r['skipped']}")
+    rmse = (r.get("imputation") or {}).get("rmse")
+    if rmse:
+        print(
+            "imputation RMSE over missing test entries: "
+            + ", ".join(f"{name} {value:.4f}" for name, value in rmse.items())
+        )
     print(
         f"wrote {out}/compare.json, compare.md, {r['figure']}, {r['netcdf']} "
         f"in {r['seconds_total']:.1f} s"

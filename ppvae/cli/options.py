@@ -376,8 +376,8 @@ def load_data(args, binarize: str | None = None, *, missing_ok: bool = False):
     if not missing_ok and bool(torch.isnan(ds.train).any() or torch.isnan(ds.test).any()):
         raise UserError(
             f"ppvae {args.command} needs complete data so far; missing entries "
-            "(--missing-rate, or empty cells in --data) are handled by run and check-ppca, "
-            "and by ppvae.fit / ppvae.evaluate in Python"
+            "(--missing-rate, or empty cells in --data) are handled by run, compare and "
+            "check-ppca, and by ppvae.fit / ppvae.evaluate in Python"
         )
     return ds
 

@@ -8,23 +8,25 @@ from pathlib import Path
 import torch
 
 from .. import evaluate, plots, reports
-from ..data import Dataset, as_image_shape
+from ..data import Dataset
 from .common import (
     AIS_DEFAULTS,
     MISSING_AIS_REASON,
     Result,
-    bits_per_dim,
     certify_likelihood,
     environment,
     finish,
     fit_ppca,
     has_missing,
+    imputation_figure,
     impute_test,
     linear_check,
     make_vae,
+    per_dim_bits,
     sem,
     start,
     train_vae,
+    units,
     vae_figures,
 )
 
@@ -200,56 +202,6 @@ def _metrics(ds, latent_dim: int, ppca: dict, vae: dict, *, seed: int, device) -
         "device": str(device),
         "environment": environment(),
     }
-
-
-def units(ds) -> str:
-    """What the likelihoods of a run on ``ds`` are densities of, in words."""
-    of = (
-        "uniformly dequantized data on [0,1]^D"
-        if ds.dequantized
-        else "the data on their own scale (no dequantization)"
-    )
-    if has_missing(ds):
-        return f"nats per sample (density of each row's observed entries, of {of})"
-    return f"nats per sample (density of {of})"
-
-
-def per_dim_bits(nats: float, ds) -> float | None:
-    """Bits per dimension of dequantized, complete data (None otherwise: a density of
-    observed entries or of data on their own scale has no pixel-level reading)."""
-    if has_missing(ds) or not ds.dequantized:
-        return None
-    return bits_per_dim(nats, ds.data_dim, ds.levels)
-
-
-def imputation_figure(ds, imputed: dict, out: Path) -> dict:
-    """The test rows with holes, their imputations and the truth: an image grid for images
-    (missing pixels in red), else a scatter of imputed against true values."""
-    image_shape = as_image_shape(ds.image_shape, ds.data_dim)
-    truth = ds.test_complete
-    if image_shape is not None:
-        rows = [ds.test[:10], imputed["vae"][:10], imputed["ppca"][:10]]
-        labels = ["with holes", "VAE E[x_m | x_o]", "PPCA E[x_m | x_o]"]
-        if truth is not None:
-            rows.append(truth[:10])
-            labels.append("truth")
-        path = plots.image_grid(
-            rows,
-            image_shape,
-            out / "imputations.png",
-            row_labels=labels,
-            title="Test images with missing pixels (red) and their conditional-mean imputations",
-        )
-        return {"imputations": path.name}
-    if truth is None:
-        return {}  # the file's own holes: no truth to plot against
-    scored = torch.isnan(ds.test) & ~torch.isnan(truth)
-    path = plots.imputation_scatter(
-        truth[scored],
-        {"VAE": imputed["vae"][scored], "PPCA": imputed["ppca"][scored]},
-        out / "imputations.png",
-    )
-    return {"imputations": path.name}
 
 
 def _ppca_metrics(ppca, fit_seconds: float, test: torch.Tensor, ds) -> dict:
