@@ -218,7 +218,11 @@ def main(args) -> int:
         run.out = str(options.out_folder(args, resume_ok=args.model != "stacked"))
         args.out = run.out
     out = Path(run.out)
-    ds = options.load_data(run, binarize="dynamic" if run.likelihood == "bernoulli" else None)
+    ds = options.load_data(
+        run,
+        binarize="dynamic" if run.likelihood == "bernoulli" else None,
+        missing_ok=run.model == "vae",  # the VAE's likelihood masks holes; autoencoders cannot
+    )
     m = _fit(run, ds, out).metrics
     if not m:  # a rank other than 0 of a distributed run: rank 0 writes and reports
         return 0

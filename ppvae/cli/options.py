@@ -374,10 +374,12 @@ def load_data(args, binarize: str | None = None, *, missing_ok: bool = False):
         raise UserError(f"--missing-rate must lie in [0, 1), got {args.missing_rate}")
     ds = with_missing(ds, args.missing_rate, seed=args.seed)
     if not missing_ok and bool(torch.isnan(ds.train).any() or torch.isnan(ds.test).any()):
+        model = getattr(args, "model", None)
+        what = f"ppvae {args.command}" + (f" --model {model}" if model else "")
         raise UserError(
-            f"ppvae {args.command} needs complete data so far; missing entries "
-            "(--missing-rate, or empty cells in --data) are handled by run, compare and "
-            "check-ppca, and by ppvae.fit / ppvae.evaluate in Python"
+            f"{what} needs complete data (an autoencoder's loss cannot leave entries out); "
+            "missing entries (--missing-rate, or empty cells in --data) are handled by run, "
+            "compare, check-ppca and fit --model vae, and by ppvae.fit / ppvae.evaluate in Python"
         )
     return ds
 

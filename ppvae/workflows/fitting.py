@@ -163,7 +163,18 @@ def _evaluate_and_save_vae(vae, ds, history, model: dict, iw_samples, seed, out,
 
 def _fit_vae_figures(vae, ds, out: Path, history, device) -> dict:
     figs, x, loc, image_shape = vae_figures(vae, ds, out, history, device)
-    if image_shape is not None:
+    if image_shape is not None and bool(torch.isnan(x).any()):
+        vae.cpu()
+        filled = evaluate.impute(vae, x.cpu(), num_samples=200, seed=0).mean
+        vae.to(device)
+        figs["imputations"] = plots.image_grid(
+            [x.cpu(), filled],
+            image_shape,
+            out / "imputations.png",
+            row_labels=["with holes", "VAE E[x_m | x_o]"],
+            title="Test images with missing pixels (red) and their imputations",
+        ).name
+    elif image_shape is not None:
         with torch.no_grad():
             figs["reconstructions"] = plots.image_grid(
                 [x.cpu(), vae.reconstruct(x).cpu()],
