@@ -435,12 +435,12 @@ def compare_report(r: dict) -> str:
                 skipped=m.get("certified_skipped"),
             )
             trust = f"\n## Which likelihood of the {name} to trust\n\n{text}\n"
-    holes = ""
+    holes = f"\nLikelihoods are in {r['units']}.\n" if r.get("units") else ""
     share = r.get("missing_share_train") or 0.0
     if share > 0:
-        holes = (
+        holes += (
             f"\n{share:.1%} of the training entries are missing: PPCA is fitted by EM, every "
-            f"likelihood is in {r['units']}, and {r.get('skipped', '')}.\n"
+            f"likelihood is of each row's observed entries, and {r.get('skipped', '')}.\n"
         )
     imputation = "\n".join(imputation_section(r.get("imputation")))
     if r.get("imputation_figure"):

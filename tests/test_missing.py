@@ -428,6 +428,8 @@ def test_run_on_a_table_with_holes_scores_only_the_entries_it_removed(tmp_path, 
     assert all(math.isfinite(v) for v in imp["rmse"].values())
     assert imp["rmse"]["ppca"] < 0.5 * imp["rmse"]["mean"]
     assert (out / "imputations.png").read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.md").read_text()
+    assert "training rows of t.csv" in report and "on their own scale" in report
 
 
 def test_compare_on_data_with_holes_scores_observed_entries_and_says_what_it_skipped(
@@ -456,6 +458,7 @@ def test_compare_on_data_with_holes_scores_observed_entries_and_says_what_it_ski
     assert rmse["ppca"] < 0.9 * rmse["mean"]
     report = (out / "compare.md").read_text()
     assert "## Imputation" in report and "(imputations.png)" in report
+    assert "Likelihoods are in nats per sample (density of each row's observed entries" in report
     assert (out / "imputations.png").exists() and (out / "log_likelihood.nc").exists()
 
 
