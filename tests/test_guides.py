@@ -103,7 +103,11 @@ def test_a_users_guide_trains_and_evaluates_but_is_not_rebuilt_from_a_config(dig
     vae = ppvae.VAE(64, 2, hidden=(16,), guide=StudentTGuide(2))
     h = ppvae.fit(vae, digits.train[:300], epochs=10, batch_size=100, test=digits.test[:50])
     assert h.test_elbo[-1] > h.test_elbo[0]
-    assert float(evaluate.log_likelihood(vae, digits.test[:5], num_samples=20).mean()) < 0
+    # the IW bound is at least the ELBO (Jensen); a guide of another family leaves a gap
+    torch.manual_seed(0)
+    iw = float(evaluate.log_likelihood(vae, digits.test[:50], num_samples=200).mean())
+    el = float(evaluate.elbo(vae, digits.test[:50], num_samples=200).mean())
+    assert iw > el
     with pytest.raises(InputError, match="custom guide"):
         vae.config()
 

@@ -75,7 +75,8 @@ def test_dynamic_binarization_with_bernoulli():
     with pytest.raises(ValueError, match="binary data"):
         ppvae.fit(vae, ds.train, epochs=1)  # intensities, not binary
     h = ppvae.fit(vae, ds.train, epochs=3, batch_size=50, binarize="dynamic", test=ds.test)
-    assert len(h.test_elbo) == 3 and h.test_elbo[-1] < 0
+    # it learns: the held-out ELBO rises from the first epoch to the last
+    assert len(h.test_elbo) == 3 and h.test_elbo[-1] > h.test_elbo[0], h.test_elbo
 
 
 def test_fit_rejects_bad_input(digits):

@@ -144,7 +144,10 @@ def test_kl_warmup_and_weight_run(digits):
         kl_warmup_epochs=2,
         test=digits.test[:50],
     )
-    assert len(h.test_elbo) == 3
+    # the settings run together and are recorded; that they change the objective epoch by
+    # epoch is checked exactly in test_claims.py (test_fit_applies_kl_weight_and_its_warm_up)
+    assert len(h.test_elbo) == 3 and all(math.isfinite(v) for v in h.train_elbo)
+    assert h.config["kl_weight"] == 0.5 and h.config["kl_warmup_epochs"] == 2
     with pytest.raises(ValueError, match="kl_weight"):
         ppvae.fit(vae, digits.train[:20], epochs=1, kl_weight=-1.0)
 

@@ -1,6 +1,7 @@
 """Checkpoints that survive a kill, exact resume, NaN guards and odd inputs."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,6 +121,10 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_exact(tmp_path, reference):
     assert proc.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert "interrupted at epoch" in last and "--resume" in last and "Traceback" not in err
+    # the checkpoint holds the position the message names: epoch E, before step S
+    epoch, step = map(int, re.search(r"epoch (\d+), step (\d+) of", last).groups())
+    progress = _progress(out / "checkpoint.pt")
+    assert (progress["epoch"], progress["step"]) == (epoch - 1, step - 1), (last, progress)
     res = _cli("fit", "--resume", str(out))
     assert res.returncode == 0, res.stderr
     _assert_identical(out, reference)
