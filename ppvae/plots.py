@@ -24,6 +24,7 @@ __all__ = [
     "imputation_scatter",
     "latent_scatter",
     "loglik_scatter",
+    "loss_curve",
     "nuts_vs_guide",
     "ppca_check",
     "training_curve",
@@ -72,6 +73,46 @@ def training_curve(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def loss_curve(
+    train: Sequence[float],
+    path: str | os.PathLike,
+    *,
+    quantity: str,
+    unit: str,
+    test: Sequence[float] = (),
+    reference: dict[str, float] | None = None,
+    title: str = "",
+) -> Path:
+    """A loss per epoch (lower is better), train and optionally test, labelled as given.
+
+    ``reference``: label -> value drawn as horizontal dashed lines (same unit).
+
+    Parameters
+    ----------
+    train, test : sequences of float
+        The per-epoch values (``test`` may be empty).
+    quantity : str
+        What is plotted, e.g. ``"squared error + penalty"``: the legend reads
+        ``"train <quantity>"`` and ``"test <quantity>"``.
+    unit : str
+        The y-axis label, e.g. ``"per image (sum over pixels)"``.
+    """
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot()
+    epochs = np.arange(1, len(train) + 1)
+    ax.plot(epochs, list(train), label=f"train {quantity} (minibatch mean)")
+    if len(test):
+        ax.plot(epochs, list(test), label=f"test {quantity}")
+    for i, (label, value) in enumerate((reference or {}).items()):
+        ax.axhline(value, color=f"C{i + 2}", linestyle="--", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(unit)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)
 
 
@@ -247,9 +288,16 @@ def ppca_check(X: torch.Tensor, ppca, linear_vae, result: dict, path: str | os.P
 
 
 def loglik_scatter(
-    a: torch.Tensor, b: torch.Tensor, path: str | os.PathLike, *, xlabel: str, ylabel: str
+    a: torch.Tensor,
+    b: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    xlabel: str,
+    ylabel: str,
+    names: tuple[str, str] = ("the first model", "the second model"),
 ) -> Path:
-    """Per-sample log-likelihoods of two models against each other, with the diagonal."""
+    """Per-sample log-likelihoods of two models against each other, with the diagonal;
+    ``names`` (of ``a``'s model, then ``b``'s) name them in the title."""
     a = a.detach().double().cpu().numpy()
     b = b.detach().double().cpu().numpy()
     fig = Figure(figsize=(5.0, 4.6), layout="constrained")
@@ -258,7 +306,7 @@ def loglik_scatter(
     lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="equal")
     above = float((b > a).mean())
-    ax.set_title(f"Test images: second model higher on {100 * above:.0f}%")
+    ax.set_title(f"Test images: {names[1]} higher than {names[0]} on {100 * above:.0f}%")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)

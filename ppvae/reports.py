@@ -424,7 +424,16 @@ def _ais_note(r: dict) -> str:
 
 def compare_report(r: dict) -> str:
     """``compare.md``: the table of :func:`compare_table`, which likelihood to trust, figures."""
-    figure = f"\n![PPCA vs VAE]({r['figure']})\n" if r.get("figure") else ""
+    figure = (
+        f"\n![Per-image test log-likelihoods, PPCA (exact) against the VAE (IW)]({r['figure']})\n"
+        if r.get("figure")
+        else ""
+    )
+    if r.get("nuts_figure"):
+        figure += (
+            f"\n![NUTS samples of p(z | x) with the guide's 1- and 2-sigma ellipses]"
+            f"({r['nuts_figure']})\n"
+        )
     trust = ""
     for name, m in r["models"].items():
         if "certified" in m:

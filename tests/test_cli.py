@@ -59,6 +59,9 @@ def test_run_writes_every_output(tmp_path, capsys):
         assert math.isfinite(value)
     assert len(m["vae"]["history"]["train_elbo"]) == 2
     report = (out / "report.md").read_text()
+    for png in out.glob("*.png"):  # every figure written is shown in the report
+        assert f"]({png.name})" in report, png.name
+    report = (out / "report.md").read_text()
     assert "PPCA" in report and "training_curve.png" in report
     assert m["ppca_check"]["epochs"] == 5 and math.isfinite(m["ppca_check"]["loglik_gap"])
     assert "LinearVAE" in report and "covariance_rel_error" in report
@@ -138,6 +141,9 @@ def test_compare_writes_table_scatter_and_inference_data(tmp_path, capsys):
     assert math.isfinite(cert["ais"]["mean"]) and math.isfinite(cert["bdmc"]["gap"])
     report = (out / "compare.md").read_text()
     assert "to trust" in report and "BDMC" in report and "**Trust" in report
+    for png in out.glob("*.png"):  # every figure written is shown in the report
+        assert f"]({png.name})" in report, png.name
+    assert str(r["nuts_figure"]) in printed
 
 
 def test_check_ppca_writes_its_comparison(tmp_path, capsys):
@@ -184,9 +190,12 @@ def test_fit_an_autoencoder_writes_model_figures_and_metrics(model, tmp_path, ca
     assert type(back).kind == model
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"] == model and math.isfinite(m["test_reconstruction_error"])
-    for fig in ("reconstructions", "features", "latent_scatter", "training_curve"):
+    figures = ("features", "latent_scatter", "training_curve")
+    for fig in figures if model == "stacked" else ("reconstructions", *figures):
         assert (out / m["figures"][fig]).exists(), fig
+    assert {p.name for p in out.glob("*.png")} == set(m["figures"].values())  # all listed
     if model == "stacked":
+        assert "reconstructions" not in m["figures"]  # its decoders no longer match
         # the saved classifier reproduces the reported accuracy on the same 40 test images
         ds = ppvae.load_dataset("digits", seed=0, n_train=200, n_test=40)
         acc = float((back.predict(ds.test) == ds.test_labels).float().mean())

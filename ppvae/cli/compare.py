@@ -96,8 +96,9 @@ def main(args) -> int:
             "imputation RMSE over missing test entries: "
             + ", ".join(f"{name} {value:.4f}" for name, value in rmse.items())
         )
+    written = [r["figure"], r.get("nuts_figure"), r.get("imputation_figure"), r["netcdf"]]
     print(
-        f"wrote {out}/compare.json, compare.md, {r['figure']}, {r['netcdf']} "
+        f"wrote {out}/compare.json, compare.md, {', '.join(w for w in written if w)} "
         f"in {r['seconds_total']:.1f} s"
     )
     return 0

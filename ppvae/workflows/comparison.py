@@ -331,10 +331,11 @@ def _compare_figures(
         out / "loglik_scatter.png",
         xlabel="PPCA test log p(x) (exact, nats)",
         ylabel=f"VAE test log p(x) (IW, K={result['iw_samples']}, nats)",
+        names=("PPCA", "the VAE"),
     ).name
     result["netcdf"] = _write_inference_data(per_sample, idx, out / "log_likelihood.nc")
     if nuts and result["latent_dim"] >= 2:
-        plots.nuts_vs_guide(nuts, out / "nuts_vs_guide.png")
+        result["nuts_figure"] = plots.nuts_vs_guide(nuts, out / "nuts_vs_guide.png").name
 
 
 def _write_inference_data(per_sample: dict, vae_idx: torch.Tensor, path: Path) -> str:

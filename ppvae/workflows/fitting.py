@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from ..autoencoders import (
 from ..checkpoints import save
 from ..data import Dataset, as_image_shape
 from ..errors import InputError
+from ..likelihoods import Gaussian
 from .common import Result, environment, finish, make_vae, start, train_vae, vae_figures
 
 
@@ -439,18 +441,54 @@ def _evaluate_autoencoder(ae, ds, history, metrics: dict) -> None:
     metrics["train_objective_per_sample"] = [-v for v in history.train_elbo]
 
 
-def _autoencoder_figures(ae, model: str, ds, out: Path, history, seed: int) -> dict:
-    figs = {}
-    figs["training_curve"] = plots.training_curve(
-        history,
+def autoencoder_loss(ae, elbos) -> list[float]:
+    """An autoencoder's loss per image (squared error or cross-entropy, plus its penalties)
+    from ``History`` values, which are minus Trace_ELBO's loss per sample: for a Gaussian of
+    fixed scale sigma that loss carries the constant ``D log(sigma sqrt(2 pi))``, removed."""
+    gaussian = isinstance(ae.likelihood, Gaussian)
+    const = ae.data_dim * (math.log(ae.scale) + 0.5 * math.log(2 * math.pi)) if gaussian else 0.0
+    return [-v - const for v in elbos]
+
+
+def _autoencoder_curve(ae, model: str, history, out: Path, test: torch.Tensor) -> Path:
+    """The objective per epoch as the loss it is: History holds minus Trace_ELBO's loss per
+    sample, which for a fixed-scale Gaussian carries the constant D log(sigma sqrt(2 pi))."""
+    if model == "stacked":  # fine-tuning: History is log p(y | x) per labelled example
+        return plots.loss_curve(
+            [-v for v in history.train_elbo],
+            out / "training_curve.png",
+            quantity="cross-entropy -log p(y | x)",
+            unit="nats per labelled image",
+            title="stacked autoencoder: supervised fine-tuning",
+        )
+    gaussian = isinstance(ae.likelihood, Gaussian)
+    quantity = "squared error" if gaussian else "cross-entropy"
+    if model == "dae":
+        quantity += " of corrupted inputs"
+    train_q = quantity + ("" if model in ("ae", "dae") else " + penalty")
+    with torch.no_grad():
+        final = float(ae.reconstruction_error(test))
+    return plots.loss_curve(
+        autoencoder_loss(ae, history.train_elbo),
         out / "training_curve.png",
-        title="fine-tuning: log p(y | x)" if model == "stacked" else "minus the objective",
-    ).name
+        quantity=train_q,
+        unit="per image, summed over pixels" + (" (nats)" if not gaussian else ""),
+        test=autoencoder_loss(ae, history.test_elbo),
+        reference={f"test reconstruction error, final ({final:.3g})": final},
+        title=f"{model}: training loss (lower is better)",
+    )
+
+
+def _autoencoder_figures(ae, model: str, ds, out: Path, history, seed: int) -> dict:
+    figs = {"training_curve": _autoencoder_curve(ae, model, history, out, ds.test).name}
     image_shape = as_image_shape(ds.image_shape, ds.data_dim)
     test = ds.test
     with torch.no_grad():
         x = test[:10]
-        if image_shape is not None:
+        # the stacked model's decoders were pretrained layer by layer and not fine-tuned, so
+        # after fine-tuning they no longer invert its encoder: its reconstructions would be
+        # blobs that say nothing about what was learned, and are not drawn
+        if image_shape is not None and model != "stacked":
             rows_ = [x]
             labels = ["test data"]
             if model == "dae":
@@ -467,6 +505,7 @@ def _autoencoder_figures(ae, model: str, ds, out: Path, history, seed: int) -> d
                 row_labels=labels,
                 title="Test reconstructions",
             ).name
+        if image_shape is not None:
             figs["features"] = plots.feature_tiles(
                 ae.first_layer_features(),
                 image_shape,
