@@ -31,7 +31,7 @@ CAE_LAMBDAS = (0.0, 0.05, 0.5) if SMALL else (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0
 PRETRAIN_EPOCHS = 10 if SMALL else 50  # per layer of the stacked autoencoder
 FINETUNE_EPOCHS = 20 if SMALL else 100  # all labels
 SCARCE_EPOCHS = 60 if SMALL else 300  # 50 labels: one minibatch per epoch
-SCARCE_SEEDS = 2 if SMALL else 5  # label subsets
+SCARCE_SEEDS = 2 if SMALL else 10  # label subsets
 N_LABELS = 50
 
 # pyro and ppvae import tqdm.auto, which warns in Jupyter when ipywidgets is absent
@@ -555,7 +555,7 @@ acc_pre = finetune(copy.deepcopy(pretrained), every_row, FINETUNE_EPOCHS)
 acc_rand = finetune(copy.deepcopy(random_init), every_row, FINETUNE_EPOCHS)
 print(f"all {N} labels, test accuracy: logistic regression {acc_logreg:.3f}, "
       f"stack pretrained + fine-tuned {acc_pre:.3f}, stack from random init {acc_rand:.3f}")
-if not SMALL:
+if not SMALL:  # the stack beats a linear classifier; this alone says nothing of pretraining
     assert acc_pre > acc_logreg
 
 # %% [markdown]
@@ -576,8 +576,11 @@ for seed in range(SCARCE_SEEDS):
     })
 scarce = pd.DataFrame(scarce).set_index("subset")
 diff = scarce["stack, pretrained"] - scarce["stack, random init"]
+diff_se = diff.std() / math.sqrt(len(diff))
 print(f"{N_LABELS} labels: pretrained - random init = {diff.mean():+.3f} "
-      f"+- {diff.std() / math.sqrt(len(diff)):.3f} (mean +- SE over {len(diff)} subsets)")
+      f"+- {diff_se:.3f} (mean +- SE over {len(diff)} subsets)")
+if not SMALL:  # the stated conclusion: pretraining pays off when labels are scarce
+    assert diff.mean() > 2 * diff_se, "the 50-label gain of pretraining exceeds 2 SE"
 print(f"stacked autoencoder section: {time.perf_counter() - t_stack:.1f} s")
 scarce.round(3)
 
@@ -622,5 +625,7 @@ plt.show()
 # * Contractive AE: a small $\lambda$ buys a much flatter encoder for little reconstruction
 #   error; larger $\lambda$ moves along the trade-off curve.
 # * Stacked AE: pretrained, then fine-tuned, it beats logistic regression on raw pixels with
-#   all labels, as does the same stack fine-tuned from random weights; pretraining pays off
-#   when labels are scarce (50 labels: compare the random-init and pretrained columns).
+#   all labels, as does the same stack fine-tuned from random weights, so with all labels
+#   pretraining buys nothing measurable; it pays off when labels are scarce: with 50 labels
+#   the pretrained stack's accuracy exceeds the random-init one's by more than two standard
+#   errors over 10 label subsets (asserted at full size).
