@@ -784,6 +784,72 @@ ax.legend(fontsize=9)
 plt.show()
 
 # %% [markdown]
+# ### The VAE as a generative model
+#
+# The numbers above score the model; a look at what it generates says what they mean. Four
+# views: samples $\mathbb E[x \mid z]$ at $z \sim p(z)$; test images and their reconstructions
+# $\mathbb E[x \mid z = \mathbb E_q[z \mid x]]$; a traversal, moving one latent coordinate (the
+# one with the largest average KL, i.e. the most used) from $-2.5$ to $2.5$ prior standard
+# deviations with the others at 0; and the *aggregated posterior*
+# $q(z) = \frac1N\sum_n q(z \mid x_n)$, the distribution of codes the decoder was actually
+# trained on, against the prior $p(z) = \mathcal N(0, I)$ the samples are drawn from. Where the
+# two differ, prior samples land in regions the decoder has rarely seen. That mismatch is what
+# richer priors address: a mixture of Gaussians $p(z) = \sum_c \pi_c \mathcal N(\mu_c,
+# \operatorname{diag}\sigma_c^2)$ (`prior="mog"`) or the VampPrior
+# $p(z) = \frac1M \sum_m q(z \mid u_m)$, a mixture of the encoder's own posteriors at $M$
+# learned pseudo-inputs $u_m$ (Tomczak & Welling 2018; `prior="vamp"`), both in notebook 03.
+
+# %%
+pyro.set_rng_seed(11)
+with torch.no_grad():
+    samples = vae.sample(10)
+    x_show = data.test[:10]
+    recon = vae.reconstruct(x_show)
+    loc_all, scale_all = vae.encode(data.train)
+kl_dim = 0.5 * (scale_all**2 + loc_all**2 - 1 - 2 * scale_all.log()).mean(0)
+top = torch.argsort(kl_dim, descending=True)
+steps = torch.linspace(-2.5, 2.5, 10)
+z_trav = torch.zeros(10, K)
+z_trav[:, top[0]] = steps
+with torch.no_grad():
+    traversal = vae.decode(z_trav).mean
+fig, axes = plt.subplots(4, 10, figsize=(10, 4.4))
+rows = [("samples", samples), ("test images", x_show), ("reconstructions", recon),
+        (f"traversal z_{int(top[0]) + 1}", traversal)]
+for r, (label, imgs) in enumerate(rows):
+    for c in range(10):
+        ax = axes[r, c]
+        ax.imshow(imgs[c].reshape(8, 8).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+fig.suptitle("The VAE: prior samples, reconstructions, and a walk along its most-used latent")
+plt.show()
+
+# the aggregated posterior's moments per dimension (a mixture: mean of the means; variance
+# = mean of the variances + variance of the means) against the prior's 0 and 1
+agg_mean = loc_all.mean(0)
+agg_var = (scale_all**2).mean(0) + loc_all.var(0, correction=0)
+print("latent dim (by KL):  " + " ".join(f"{int(j) + 1:6d}" for j in top))
+print("mean KL, nats:       " + " ".join(f"{float(kl_dim[j]):6.2f}" for j in top))
+print("aggregate mean:      " + " ".join(f"{float(agg_mean[j]):6.2f}" for j in top))
+print("aggregate variance:  " + " ".join(f"{float(agg_var[j]):6.2f}" for j in top))
+
+fig, ax = plt.subplots(figsize=(5.2, 4.6))
+i, j = int(top[0]), int(top[1])
+z_agg = loc_all + scale_all * torch.randn_like(loc_all)  # one draw of q(z | x_n) per image
+ax.scatter(z_agg[:, i], z_agg[:, j], s=4, alpha=0.4, c=data.train_labels.numpy(), cmap="tab10")
+theta = np.linspace(0, 2 * np.pi, 200)
+for radius in (1, 2):
+    ax.plot(radius * np.cos(theta), radius * np.sin(theta), "k--", lw=1)
+ax.set_xlabel(f"$z_{{{i + 1}}}$")
+ax.set_ylabel(f"$z_{{{j + 1}}}$")
+ax.set_aspect("equal")
+ax.set_title("Aggregated posterior (draws, by digit) vs the prior's 1 and 2 sd circles",
+             fontsize=9)
+plt.show()
+
+# %% [markdown]
 # ## 10. The reparameterization trick
 #
 # SVI needs $\nabla_\phi\, \mathbb E_{q_\phi(z)}[f(z)]$ with
