@@ -193,6 +193,8 @@ for z in (post.sample(), torch.zeros(len(X_test), K, dtype=torch.float64),
     worst = max(worst, float((bayes - log_px).abs().max()))
 print(f"train log-lik {ppca.score(X):.4f}, test {ppca.score(X_test):.4f} nats/image (exact)")
 print(f"noise variance s2 = {s2_ml:.5f}; Bayes' rule holds to {worst:.1e} nats")
+# Bayes: p(z | x) = p(x, z) / p(x), so log p(x, z) - log p(z | x) = log p(x) at *every* z,
+# not only on average: any z, even one far in the tails, must give the same number
 assert worst < 1e-9
 
 # the closed form is a stationary point of the log-likelihood
@@ -404,6 +406,9 @@ for name, (m, Sigma) in candidates.items():
     t = terms[name] = exact_terms(m, Sigma)
     print(f"{name:>18s} " + " ".join(f"{float(v.mean()):15.4f}" for v in t.values()))
     residual = (t["log p(x)"] - t["ELBO"] - t["KL(q||p(z|x))"]).abs().max()
+    # log p(x) = log p(x, z) - log p(z | x) at every z; take E_q of both sides and add and
+    # subtract log q(z): log p(x) = E_q[log p(x, z) - log q] + E_q[log q - log p(z | x)]
+    # = ELBO + KL(q || p(z | x)); KL >= 0 then gives ELBO <= log p(x)
     assert residual < 1e-9, (name, residual)
     assert bool((t["KL(q||p(z|x))"] > -1e-9).all())
     assert bool((t["ELBO"] <= t["log p(x)"] + 1e-9).all())
@@ -564,6 +569,8 @@ print(f"EM: {em.n_iter_} iterations, final log-lik {history[-1]:.8f} vs closed f
       f"{ppca.score(X):.8f} nats/image (gap {gap_em[-1]:.1e})")
 print(f"covariance relative error {cov_rel:.1e}; "
       f"noise variance {em.noise_variance_:.6f} vs {s2_ml:.6f}")
+# with q_t = p(z | x, theta_t): log p(x | theta_t+1) >= ELBO(q_t, theta_t+1) (the bound)
+# >= ELBO(q_t, theta_t) (the M-step maximizes it) = log p(x | theta_t) (the E-step made it tight)
 assert np.all(np.diff(history) >= -1e-12), "EM never decreases the likelihood"
 assert 0 <= gap_em[-1] < 1e-6, "EM reaches the maximum"
 
@@ -753,8 +760,10 @@ plt.show()
 # model and guide are still the Pyro program of section 7 with other functions inside; the
 # posterior is no longer Gaussian and $p(x)$ no longer has a closed form. It is estimated by
 # importance sampling with the guide as proposal (section 3), giving the importance-weighted
-# bound $\mathbb E \log \frac1K\sum_k w_k$, which lies between the ELBO and $\log p(x)$ and
-# rises with $K$ (Burda et al. 2016). PPCA's exact test log-likelihood is the baseline.
+# bound $\mathbb E \log \frac1S\sum_{s=1}^S w_s$ with $S$ importance samples (written $S$ here,
+# since $K$ is the latent dimension), which lies between the ELBO and $\log p(x)$ and rises
+# with $S$ (Burda et al. 2016, who call it $K$). PPCA's exact test log-likelihood is the
+# baseline.
 
 # %%
 vae = ppvae.VAE(D, K, hidden=(256,), likelihood="gaussian")
@@ -765,9 +774,14 @@ vae_elbo = evaluate.elbo(vae, data.test, num_samples=100)
 vae_iw = evaluate.estimate_log_likelihood(vae, data.test, num_samples=IW_SAMPLES)
 print(f"VAE after {VAE_EPOCHS} epochs ({vae_history.seconds:.1f} s), test set, nats/image:")
 print(f"  ELBO                         {float(vae_elbo.mean()):8.3f}")
-print(f"  IW estimate, K={IW_SAMPLES:<5d}         {vae_iw.mean:8.3f} +- {vae_iw.sem:.3f}"
+print(f"  IW estimate, S={IW_SAMPLES:<5d} samples {vae_iw.mean:8.3f} +- {vae_iw.sem:.3f}"
       f"   (share of k-hat > 0.7: {vae_iw.khat_share:.2f})")
-print(f"  PPCA k={K}, exact             {ppca.score(X_test):8.3f}")
+print(f"  PPCA, {K} latent dims, exact  {ppca.score(X_test):8.3f}")
+if vae_iw.khat_share > 0.1:
+    print(f"  k-hat > 0.7 on {vae_iw.khat_share:.0%} of the test images: there the IW number is "
+          "a lower bound of unknown tightness (notebook 02 certifies it with AIS)")
+# per image, log (1/S) sum_s w_s >= (1/S) sum_s log w_s (Jensen: log is concave), whose
+# expectation is the ELBO; and E[(1/S) sum_s w_s] = p(x), so E log(...) <= log p(x), Jensen again
 assert vae_iw.mean > float(vae_elbo.mean()), "the IW bound lies above the ELBO"
 
 fig, ax = plt.subplots(figsize=(6.8, 3.6))
@@ -775,7 +789,7 @@ epochs = np.arange(1, VAE_EPOCHS + 1)
 ax.plot(epochs, vae_history.train_elbo, label="VAE: train ELBO")
 ax.plot(epochs, vae_history.test_elbo, label="VAE: test ELBO")
 ax.axhline(ppca.score(X_test), color="k", ls=":", label=f"PPCA k={K}: exact test log-lik")
-ax.axhline(vae_iw.mean, color="C2", ls="--", label=f"VAE: test IW estimate (K={IW_SAMPLES})")
+ax.axhline(vae_iw.mean, color="C2", ls="--", label=f"VAE: test IW estimate ({IW_SAMPLES} samples)")
 ax.set_ylim(min(vae_history.test_elbo[0], ppca.score(X_test)) - 5, vae_iw.mean + 5)
 ax.set_xlabel("epoch")
 ax.set_ylabel("nats/image")
@@ -912,6 +926,9 @@ for name, g in (("reparameterized", g_rep), ("score function", g_sf)):
     print(f"{name:>16s}: mean {g.mean(0)[:4].numpy().round(2)}, "
           f"sd {g.std(0)[:4].numpy().round(2)}, "
           f"max |z| over {K} coordinates {float(zs.abs().max()):.2f}")
+    # score function: grad E_q[f] = E_q[f grad log q], since grad q = q grad log q (and
+    # E_q[grad log q] = 0); reparameterized: grad E_eps[f(m + s eps)] = E_eps[grad f]. Both
+    # unbiased, so each mean of draws lies within a few standard errors of the exact gradient
     assert bool((zs.abs() < 4).all()), f"{name} estimator is unbiased"
 ratio = float(var_sf.sum() / var_rep.sum())
 print(f"total variance, score function / reparameterized: {ratio:.0f}")
