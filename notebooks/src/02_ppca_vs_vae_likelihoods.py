@@ -145,7 +145,8 @@ plt.show()
 # * **exact**: $\log p(x)$ in closed form (linear-Gaussian models only);
 # * **ELBO**: $\mathbb E_{q}[\log p(x, z) - \log q(z \mid x)]$, Monte Carlo with 100 samples per
 #   image (PPCA's exact posterior makes its ELBO equal to its log-likelihood);
-# * **IW**: $\log \frac1K \sum_k w_k$, $w_k = p(x, z_k)/q(z_k \mid x)$, with its standard error
+# * **IW**: $\log \frac1S \sum_s w_s$, $w_s = p(x, z_s)/q(z_s \mid x)$ over $S$ importance samples
+#   ($K$ is the latent dimension here), with its standard error
 #   over images and Monte Carlo draws, and the share of images whose Pareto $\hat k$ exceeds
 #   0.7, above which the estimate of that image is unreliable (Vehtari et al. 2024);
 # * **bits/dim** on the 17-level integer pixel scale,
@@ -193,8 +194,8 @@ for name in ("LinearVAE", "VAE"):
     }
 table = pd.DataFrame(rows).T
 table["fit (s)"] = pd.Series(fit_seconds)
-print(f"test set: {len(X_test)} images; IW with K={IW_SAMPLES}; gaps on {GAP_POINTS} images; "
-      "nats/image (train: exact log-lik, or the VAE's last-epoch ELBO)")
+print(f"test set: {len(X_test)} images; IW with S={IW_SAMPLES} samples; gaps on {GAP_POINTS} "
+      "images; nats/image (train: exact log-lik, or the VAE's last-epoch ELBO)")
 table.round(4)
 
 # %% [markdown]
@@ -203,7 +204,7 @@ table.round(4)
 # images are compared far more precisely through the per-image differences (a paired standard
 # error), as below for the VAE against PPCA. The VAE's large share of $\hat k > 0.7$ (section 4)
 # does not undo that comparison: the IW estimate is a stochastic *lower* bound,
-# $\mathbb E \log \frac1K\sum_k w_k \le \log p(x)$, and heavy-tailed weights make it fall short
+# $\mathbb E \log \frac1S\sum_s w_s \le \log p(x)$, and heavy-tailed weights make it fall short
 # of the truth, not overshoot it.
 #
 # Checks. For the linear VAE the IW estimate can be compared with the exact value image by
@@ -235,7 +236,7 @@ print(f"VAE - PPCA, test log-likelihood: {float(paired.mean()):+.3f} +- {paired_
 #
 # PSIS fits a generalized Pareto distribution to the largest importance weights of each image;
 # its shape $\hat k$ says how heavy their tail is. Above $\hat k = 0.5$ the variance of the raw
-# weights is already infinite (the estimate still converges, but more slowly than $1/\sqrt K$, and
+# weights is already infinite (the estimate still converges, but more slowly than $1/\sqrt S$, and
 # its standard error is meaningless); 0.7 is the threshold of Vehtari et al. (2024) for the
 # Pareto-*smoothed* estimate, beyond which even smoothing needs impractically many samples. The
 # estimates in the table are the raw ones, so read $\hat k$ in $(0.5, 0.7]$ as a warning too.
@@ -253,7 +254,7 @@ for name in ("LinearVAE", "VAE"):
 ax.axvline(0.7, color="k", ls=":", label="0.7")
 ax.set_xlabel(r"Pareto $\hat k$ of the importance weights")
 ax.set_ylabel("number of test images")
-ax.set_title(f"PSIS diagnostics, K = {IW_SAMPLES}")
+ax.set_title(f"PSIS diagnostics, S = {IW_SAMPLES} importance samples")
 ax.legend(fontsize=8)
 ax = axes[1]
 khat = estimates["VAE"].khat.numpy()
@@ -290,7 +291,7 @@ iw_same = estimates["VAE"].log_px[:AIS_POINTS].double()
 d_ais = ais.log_px.double() - iw_same
 d_se = float(d_ais.std()) / math.sqrt(AIS_POINTS)
 high_khat = float((estimates["VAE"].khat[:AIS_POINTS] > 0.7).double().mean())
-print(f"first {AIS_POINTS} test images, nats/image: IW (K={IW_SAMPLES}) "
+print(f"first {AIS_POINTS} test images, nats/image: IW (S={IW_SAMPLES}) "
       f"{float(iw_same.mean()):.3f}, AIS (T={ais.num_steps}, C=8) {ais.mean:.3f}; "
       f"AIS - IW = {float(d_ais.mean()):+.3f} +- {d_se:.3f} (paired SE); mean HMC acceptance "
       f"{float(ais.acceptance.mean()):.2f}; these images' IW k-hat > 0.7: {high_khat:.0%}")
