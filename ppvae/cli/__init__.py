@@ -142,8 +142,14 @@ def _distributed_worker(rank: int, argv: list[str], nproc: int, rendezvous: str)
     )
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
     status = main(argv)
-    if status:
-        raise SystemExit(status)
+    # Leave without interpreter finalization: by now every file is written (atomically) and
+    # the process group destroyed, but gloo's worker threads can still hold work objects
+    # (DDP's) whose tensors reference Python; freeing them during finalization aborts the
+    # process ("terminate called without an active exception", exit -6), which under load
+    # failed an otherwise finished run. os._exit skips that teardown; the status is the same.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _launch(argv: list[str], nproc: int) -> int:
