@@ -28,6 +28,10 @@ def test_notebook_executes_in_small_mode(path):
     probe = nbformat.v4.new_code_cell("import sys; print(sys.executable)")
     nb.cells.insert(0, probe)
     env = {**os.environ, "PPVAE_NOTEBOOK_SMALL": "1"}
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # one thread per kernel, as conftest gives each worker: two workers' kernels at the
+        # default thread count oversubscribe 2 cores (notebook 06 then took 109 s, not 13 s)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
     client = nbclient.NotebookClient(
         nb,
         timeout=CELL_TIMEOUT,
