@@ -11,6 +11,7 @@ __all__ = [
     "compare_report",
     "compare_table",
     "fmt",
+    "imputation_line",
     "run_report",
     "run_table",
     "trust_paragraph",
@@ -318,6 +319,16 @@ def data_sentence(m: dict) -> str:
             "the VAE's model scores only the observed entries of each row."
         )
     return text
+
+
+def imputation_line(block: dict | None) -> str:
+    """One printed line of imputation RMSEs by method ("" without scored holes)."""
+    rmse = (block or {}).get("rmse")
+    if not rmse:
+        return ""
+    return "imputation RMSE over missing test entries: " + ", ".join(
+        f"{name} {value:.4f}" for name, value in rmse.items()
+    )
 
 
 def imputation_section(block: dict | None) -> list[str]:

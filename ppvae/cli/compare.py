@@ -90,12 +90,8 @@ def main(args) -> int:
     print(reports.compare_table(r))
     if r.get("skipped"):
         print(f"{r['missing_share_train']:.1%} of the training entries are missing; {r['skipped']}")
-    rmse = (r.get("imputation") or {}).get("rmse")
-    if rmse:
-        print(
-            "imputation RMSE over missing test entries: "
-            + ", ".join(f"{name} {value:.4f}" for name, value in rmse.items())
-        )
+    if line := reports.imputation_line(r.get("imputation")):
+        print(line)
     written = [r["figure"], r.get("nuts_figure"), r.get("imputation_figure"), r["netcdf"]]
     print(
         f"wrote {out}/compare.json, compare.md, {', '.join(w for w in written if w)} "

@@ -59,12 +59,8 @@ def main(args) -> int:
     m = result.metrics
     print(reports.run_table(m))
     print(reports.check_table(m["ppca_check"]))
-    rmse = (m.get("imputation") or {}).get("rmse")
-    if rmse:
-        print(
-            "imputation RMSE over missing test entries: "
-            + ", ".join(f"{name} {value:.4f}" for name, value in rmse.items())
-        )
+    if line := reports.imputation_line(m.get("imputation")):
+        print(line)
     print(
         f"wrote {out}/metrics.json, report.md and {len(m['figures'])} figures "
         f"in {m['seconds_total']:.1f} s"
