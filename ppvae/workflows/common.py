@@ -563,6 +563,19 @@ def imputation_figure(ds, imputed: dict, out: Path) -> dict:
     return {"imputations": path.name}
 
 
+def impute_holes(
+    vae, ppca: PPCA, ds: Dataset, out: Path | None, *, num_samples: int, seed: int
+) -> tuple[dict | None, str | None]:
+    """Where ``ds.test`` has holes, :func:`impute_test` and (with ``out``)
+    :func:`imputation_figure`: the report's ``imputation`` block and the figure's file name;
+    (None, None) for a complete test split."""
+    if not bool(torch.isnan(ds.test).any()):
+        return None, None
+    block, imputed = impute_test(vae, ppca, ds, num_samples=num_samples, seed=seed)
+    figure = None if out is None else imputation_figure(ds, imputed, out).get("imputations")
+    return block, figure
+
+
 def sem(values: torch.Tensor) -> float:
     """The standard error of the mean of per-sample values."""
     return float(values.std() / math.sqrt(len(values)))

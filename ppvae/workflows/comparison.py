@@ -18,8 +18,7 @@ from .common import (
     finish,
     fit_ppca,
     has_missing,
-    imputation_figure,
-    impute_test,
+    impute_holes,
     linear_schedule,
     make_vae,
     per_dim_bits,
@@ -184,19 +183,19 @@ def compare(
         "vae": vae_scores.pop("test_per_sample").numpy(),
     }
     result = _result(ds, k, rows, iw_samples=iw_samples, eval_points=eval_points)
-    imputed = None
     if incomplete:
         result["skipped"] = MISSING_GAPS_REASON
-    if bool(torch.isnan(ds.test).any()):
-        result["imputation"], imputed = impute_test(
-            vae, ppca, ds, num_samples=iw_samples, seed=seed
-        )
+    imputation, imputation_png = impute_holes(
+        vae, ppca, ds, out, num_samples=iw_samples, seed=seed
+    )
+    if imputation is not None:
+        result["imputation"] = imputation
     if out is not None:
         _compare_figures(
             result, out, ppca_test, per_sample, nuts, eval_points=eval_points, seed=seed
         )
-        if imputed is not None:
-            result["imputation_figure"] = imputation_figure(ds, imputed, out).get("imputations")
+        if imputation_png is not None:
+            result["imputation_figure"] = imputation_png
     result["seconds_total"] = time.perf_counter() - t0
     result["environment"] = environment()
     finish(out, "compare.json", result, report=("compare.md", reports.compare_report))

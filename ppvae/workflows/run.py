@@ -18,8 +18,7 @@ from .common import (
     finish,
     fit_ppca,
     has_missing,
-    imputation_figure,
-    impute_test,
+    impute_holes,
     linear_check,
     make_vae,
     per_dim_bits,
@@ -155,11 +154,11 @@ def run_experiment(
         progress=progress,
     )
     metrics = _metrics(ds, latent_dim, ppca_metrics, vae_metrics, seed=seed, device=dev)
-    imputed = None
-    if bool(torch.isnan(ds.test).any()):
-        metrics["imputation"], imputed = impute_test(
-            vae, ppca, ds, num_samples=iw_samples, seed=seed
-        )
+    imputation, imputation_png = impute_holes(
+        vae, ppca, ds, out, num_samples=iw_samples, seed=seed
+    )
+    if imputation is not None:
+        metrics["imputation"] = imputation
     check = linear_check(
         ds,
         latent_dim,
@@ -174,8 +173,8 @@ def run_experiment(
     models = {"vae": vae, "ppca": ppca, "linear_vae": check["vae"]}
     if out is not None:
         metrics["figures"] = _run_figures(vae, ppca, check, ds, out, history, dev, seed, metrics)
-        if imputed is not None:
-            metrics["figures"].update(imputation_figure(ds, imputed, out))
+        if imputation_png is not None:
+            metrics["figures"]["imputations"] = imputation_png
     metrics["seconds_total"] = time.perf_counter() - t0
     vae.cpu()
     finish(out, "metrics.json", metrics, report=("report.md", reports.run_report))
