@@ -15,12 +15,13 @@ HMC gradient evaluation of ppvae's annealing path (model and guide traced, autog
 the decoder) against a hand-written gradient of the same log joint, at C chains x n points.
 
 Prints JSON: seconds per image, ratios b/a, c/b and the AIS per-step ratio (medians over
-repetitions), the projected time for all 10,000 MNIST test images, and peak resident memory.
+repetitions, and b/a, c/b of the fastest repetitions), the projected time for all 10,000
+MNIST test images, and peak resident memory.
 Weights only affect the timing through their values' ranges, so the network is untrained
 unless ``--model`` names a saved one (``ppvae.save``); images are MNIST test images from
 ``--data-root`` if given, else random binary images with MNIST's mean intensity.
 
-Usage: python benchmarks/eval_speed.py [--data-root ../shared/data] [--images 20] [--reps 5]
+Usage: python benchmarks/eval_speed.py [--data-root ../shared/data] [--images 20] [--reps 7]
        [--samples 5000] [--threads 1] [--model bench/iwae5.pt]
 """
 
@@ -104,7 +105,7 @@ def main(argv=None):
     p.add_argument("--data-root", default=None)
     p.add_argument("--images", type=int, default=20)
     p.add_argument("--samples", type=int, default=5000)
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=None, help="a saved Burda VAE (ppvae.save)")
     p.add_argument("--ais-chains", type=int, default=16)
@@ -135,6 +136,7 @@ def main(argv=None):
             _timed(lambda: evaluate.estimate_log_likelihood(vae, X, K))[0]
         )
     med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
     ratios_b = [b / a for a, b in zip(times["a_hand"], times["b_log_likelihood"], strict=True)]
     ratios_c = [c / b for b, c in zip(times["b_log_likelihood"], times["c_estimate"], strict=True)]
 
@@ -165,6 +167,11 @@ def main(argv=None):
                 "seconds": med,
                 "b_over_a_log_likelihood_vs_hand": statistics.median(ratios_b),
                 "c_over_b_psis_overhead": statistics.median(ratios_c),
+                # interference from other work on a shared machine only ever adds time, so
+                # the ratio of the fastest repetitions is the least noisy estimate of the cost
+                "best_seconds": best,
+                "b_over_a_best": best["b_log_likelihood"] / best["a_hand"],
+                "c_over_b_best": best["c_estimate"] / best["b_log_likelihood"],
                 "projected_seconds_10000_images": {
                     "a_hand": med["a_hand"] / X.shape[0] * 10000,
                     "b_log_likelihood": med["b_log_likelihood"] / X.shape[0] * 10000,
