@@ -294,6 +294,11 @@ class LinearVAE(VAE):
         ratios, where the free parameterization crawls along a narrow valley.
     init_scale : float
         Initial observation noise standard deviation sqrt(s2).
+    noise_scale : float, optional
+        A fixed observation noise standard deviation sqrt(s2) instead of a learned one. With s2
+        fixed, the ELBO's maximum is the PPCA maximum at that s2: column j of W has squared
+        norm ``max(lambda_j - s2, 0)``, so a latent dimension whose sample eigenvalue
+        ``lambda_j`` does not exceed s2 collapses *exactly* to the prior (zero KL).
 
     Notes
     -----
@@ -320,16 +325,23 @@ class LinearVAE(VAE):
         init_scale: float = 1.0,
         name: str = "vae",
         guide: str = "diagonal",
+        noise_scale: float | None = None,
     ):
         if encoder not in ("residual", "free"):
             raise InputError(f"encoder must be 'residual' or 'free', got {encoder!r}")
         if guide not in ("diagonal", "fullrank"):
             raise InputError(f"guide must be 'diagonal' or 'fullrank', got {guide!r}")
+        if noise_scale is not None and not float(noise_scale) > 0:
+            raise InputError(f"noise_scale must be positive (or None: learned), got {noise_scale}")
         super().__init__(
             data_dim,
             latent_dim,
             hidden=(),
-            likelihood=Gaussian(data_dim, scale="isotropic", init_scale=init_scale),
+            likelihood=Gaussian(
+                data_dim,
+                scale="isotropic" if noise_scale is None else float(noise_scale),
+                init_scale=init_scale,
+            ),
             prior=None,
             encoder=LinearGaussianEncoder(
                 data_dim,
@@ -344,6 +356,7 @@ class LinearVAE(VAE):
         self._custom_nets = False
         self.encoder_parameterization = encoder
         self.init_scale = float(init_scale)
+        self.noise_scale = None if noise_scale is None else float(noise_scale)
 
     @property
     def W(self) -> torch.Tensor:
@@ -427,4 +440,5 @@ class LinearVAE(VAE):
             "encoder": self.encoder_parameterization,
             "init_scale": self.init_scale,
             **({"guide": "fullrank"} if self.encoder.full_rank else {}),
+            **({} if self.noise_scale is None else {"noise_scale": self.noise_scale}),
         }
