@@ -96,6 +96,8 @@ class TrainConfig:
         unknown = sorted(set(settings) - names)
         if unknown:
             raise InputError(f"unknown training setting {unknown[0]!r}")
+        if config is not None and not isinstance(config, cls):
+            raise InputError(f"config must be a TrainConfig, got {type(config).__name__}")
         base = config if config is not None else cls()
         merged = dataclasses.replace(base, **settings)
         declared = getattr(getattr(program, "module", None), "training_defaults", None) or {}
@@ -111,7 +113,14 @@ class TrainConfig:
         _integer("batch_size", self.batch_size, 1)
         _integer("num_particles", self.num_particles, 1)
         _integer("kl_warmup_epochs", self.kl_warmup_epochs, 0)
-        _integer("seed", self.seed, -(2**63))
+        _integer("seed", self.seed, 0)
+        if self.seed >= 2**32:  # what every RNG it seeds (Pyro, NumPy, torch) accepts
+            raise InputError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        for name in ("progress", "validate"):
+            if getattr(self, name) not in (None, True, False):
+                raise InputError(
+                    f"{name} must be True, False or None (the default), got {getattr(self, name)!r}"
+                )
         _positive("lr", self.lr)
         _positive("lr_decay", self.lr_decay)
         if self.clip_norm is not None:

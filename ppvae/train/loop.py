@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import math
 import os
 import time
@@ -479,6 +480,8 @@ def fit(
         settings = {k: v for k, v in settings.items() if v != _KEYWORD_DEFAULTS[k]}
     cfg = TrainConfig.resolve(prog, config, **settings)
     ckpt_path = checkpoint_path(checkpoint_dir, resume, overwrite)
+    hooks = _checked_hooks(hooks)
+    _check_metadata(metadata, checkpoint_dir)
     run = _new_run(prog, cfg, train, labels, test, ckpt_path, metadata, mask)
     payload = read_training_checkpoint(ckpt_path) if resume else None
     _start(run, payload, ckpt_path)
@@ -486,7 +489,7 @@ def fit(
     with scope, SigintFlag() as sigint, _ReleaseParams(prog):
         info = _trace_and_check(run, payload, ckpt_path)
         run.stepper = _make_stepper(run, info, payload)
-        run.user_hooks = list(hooks)
+        run.user_hooks = hooks
         run.hooks = [
             *([TestELBO(test)] if test is not None else []),
             *run.user_hooks,
@@ -511,6 +514,36 @@ def fit(
     return run.history
 
 
+_HOOK_METHODS = ("on_fit_start", "on_epoch_end", "on_interrupt", "on_fit_end")
+
+
+def _checked_hooks(hooks) -> list:
+    """``hooks`` as a list, each one an object with at least one of the hook methods."""
+    if isinstance(hooks, (str, bytes)) or not hasattr(hooks, "__iter__"):
+        raise InputError(f"hooks must be a sequence of Hook objects, got {type(hooks).__name__}")
+    hooks = list(hooks)
+    for hook in hooks:
+        if not any(callable(getattr(hook, m, None)) for m in _HOOK_METHODS):
+            raise InputError(
+                f"hooks: {hook!r} has none of the hook methods ({', '.join(_HOOK_METHODS)})"
+            )
+    return hooks
+
+
+def _check_metadata(metadata, checkpoint_dir) -> None:
+    """Refuse metadata that the checkpoint could not store as JSON, before any step."""
+    if metadata is None:
+        return
+    if checkpoint_dir is None:
+        raise InputError("metadata is stored in the checkpoint: it needs checkpoint_dir")
+    if not isinstance(metadata, dict):
+        raise InputError(f"metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"metadata must be JSON-able (str, numbers, lists, dicts): {e}") from None
+
+
 def _new_run(
     prog: Program, cfg: TrainConfig, train, labels, test, ckpt_path, metadata, mask=None
 ) -> Run:
@@ -533,7 +566,7 @@ def _new_run(
         )
         train, observed = _observed_entries(prog, missing_as_nan(train, mask), "train")
         n = train.shape[0]
-    labels = _check_labels(labels, n, test)
+    labels = _check_labels(labels, n, test, prog)
     loss_fn = make_elbo(cfg.elbo, cfg.num_particles, prog)
     if isinstance(loss_fn, _TraceKeyed):  # traces of an earlier fit read another param store
         loss_fn.reset()
@@ -682,9 +715,25 @@ def _observed_only(check, observed: torch.Tensor):
     return checked
 
 
-def _check_labels(labels, n: int, test):
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True  # cannot tell: let the call itself decide
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _check_labels(labels, n: int, test, prog: Program):
     if labels is None:
         return None
+    refusing = [
+        w for w, fn in (("model", prog.model), ("guide", prog.guide)) if not _accepts(fn, "y")
+    ]
+    if refusing:
+        raise InputError(
+            f"labels are passed to model and guide as y, but the {' and '.join(refusing)} of "
+            f"{prog.name} take no y argument"
+        )
     labels = torch.as_tensor(labels)
     if labels.shape != (n,) or labels.dtype not in (torch.int64, torch.int32):
         raise InputError(

@@ -51,7 +51,11 @@ def checkpoint_path(checkpoint_dir, resume: bool, overwrite: bool) -> Path | Non
     if resume and overwrite:
         raise InputError("resume=True and overwrite=True exclude each other")
     if checkpoint_dir is None:
+        if overwrite:
+            raise InputError("overwrite=True needs checkpoint_dir (there is nothing to replace)")
         return None
+    if Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+        raise InputError(f"checkpoint_dir {checkpoint_dir} exists and is not a folder")
     path = Path(checkpoint_dir) / "checkpoint.pt"
     if path.exists() and not (resume or overwrite):
         raise InputError(
