@@ -216,7 +216,7 @@ for name, make in priors.items():
 # ## 4. Test likelihoods
 #
 # For each model: the test ELBO (Monte Carlo, 100 samples per image), the importance-weighted
-# estimate of $\log p(x)$ with $K$ samples from the guide, its standard error, and the share of
+# estimate of $\log p(x)$ with $S$ samples from the guide, its standard error, and the share of
 # images whose Pareto $\hat k$ exceeds 0.7 (unreliable estimates). For the ARD prior the
 # likelihood is conditional on $\tau$ at its point estimate. A last check: the trained priors
 # are still normalized densities.
@@ -241,7 +241,7 @@ for name, est in estimates.items():
     mc = (est.mc_se.double() ** 2 + base.mc_se.double() ** 2) * (name != "StandardNormal")
     table.loc[name, "IW - N(0,I)"] = float(diff.mean())
     table.loc[name, "paired SE"] = math.sqrt((float(diff.var()) + float(mc.mean())) / len(diff))
-print(f"test set: {len(data.test)} images, K = {IW_SAMPLES}; nats/image")
+print(f"test set: {len(data.test)} images, S = {IW_SAMPLES} importance samples; nats/image")
 table.round(3)
 
 # %% [markdown]

@@ -17,9 +17,9 @@
 #
 # * a **full-rank** Gaussian $q$ (`guide="fullrank"`): the approximation gap, when the
 #   posterior is Gaussian but correlated (sections 1-2);
-# * the **IWAE bound** with $K$ draws (`log_likelihood(..., num_samples=K)`,
-#   `fit(..., elbo="iwae")`): the bound itself, $\log p(x) - \mathrm{IW}_K \to 0$ as
-#   $K \to \infty$ with *any* fixed $q$ (section 3);
+# * the **IWAE bound** with $S$ draws (`log_likelihood(..., num_samples=S)`,
+#   `fit(..., elbo="iwae")`): the bound itself, $\log p(x) - \mathrm{IW}_S \to 0$ as
+#   $S \to \infty$ with *any* fixed $q$ (section 3);
 # * an **inverse autoregressive flow** (`guide="iaf"`): the approximation gap, when the
 #   posterior is not Gaussian (section 4);
 # * **DReG** (`elbo="iwae-dreg"`): neither gap; the same bound, with a lower-variance gradient
@@ -36,8 +36,8 @@ import warnings
 
 SMALL = os.environ.get("PPVAE_NOTEBOOK_SMALL") == "1"  # the quick run of the test suite
 LINEAR_EPOCHS = 150 if SMALL else 2000  # full-batch SVI steps for the linear VAEs
-IWAE_EPOCHS = 20 if SMALL else 1000  # full-batch steps of the IWAE-trained linear VAE (K = 4)
-KS = (1, 4, 16, 64, 256)  # importance samples of the IW bounds (cheap on 359 test images)
+IWAE_EPOCHS = 20 if SMALL else 1000  # full-batch steps of the IWAE-trained linear VAE (S = 4)
+S_GRID = (1, 4, 16, 64, 256)  # importance samples of the IW bounds (cheap on 359 test images)
 VAE_EPOCHS = 2 if SMALL else 200  # minibatch epochs of each nonlinear VAE
 IW_SAMPLES = 50 if SMALL else 1000  # importance samples per test image for the VAEs
 GAP_POINTS = 5 if SMALL else 100  # test images for the inference gaps
@@ -70,7 +70,7 @@ plt.rcParams.update({"figure.dpi": 90, "axes.grid": True, "grid.alpha": 0.3})
 data = ppvae.load_dataset("digits", seed=0)
 X, X_test = data.train.double(), data.test.double()
 N, D = X.shape
-K = 8
+LATENT_DIM = 8
 print(data)
 print(f"SMALL={SMALL}: linear epochs {LINEAR_EPOCHS}, IWAE epochs {IWAE_EPOCHS}, "
       f"VAE epochs {VAE_EPOCHS}, IW samples {IW_SAMPLES}, gaps on {GAP_POINTS} images")
@@ -89,11 +89,11 @@ print(f"SMALL={SMALL}: linear epochs {LINEAR_EPOCHS}, IWAE epochs {IWAE_EPOCHS},
 # the log-likelihood gap to PPCA.
 
 # %%
-ppca = ppvae.PPCA(K).fit(X)
+ppca = ppvae.PPCA(LATENT_DIM).fit(X)
 linear, checks, seconds = {}, {}, {}
 for guide in ("diagonal", "fullrank"):
     torch.manual_seed(0)
-    linear[guide] = ppvae.LinearVAE(D, K, guide=guide)
+    linear[guide] = ppvae.LinearVAE(D, LATENT_DIM, guide=guide)
     h = ppvae.fit(linear[guide], data.train, epochs=LINEAR_EPOCHS, batch_size=N, seed=0,
                   progress=False)
     checks[guide], seconds[guide] = evaluate.compare_to_ppca(linear[guide], ppca, X), h.seconds
@@ -140,11 +140,11 @@ assert checks["fullrank"]["loglik_gap"] >= -1e-6  # PPCA is the maximum
 
 # %%
 W_ml, s2, mean = ppca.W_.double(), float(ppca.noise_variance_), ppca.mean_.double()
-eye = torch.eye(K, dtype=torch.float64)
+eye = torch.eye(LATENT_DIM, dtype=torch.float64)
 assert torch.allclose(W_ml.T @ W_ml, torch.diag((W_ml.T @ W_ml).diagonal()), atol=1e-10)
 
 
-def givens(theta, i=0, j=K - 1):
+def givens(theta, i=0, j=LATENT_DIM - 1):
     """A rotation by theta in the (z_i, z_j) plane."""
     R = eye.clone()
     R[i, i] = R[j, j] = math.cos(theta)
@@ -160,8 +160,8 @@ def diagonal_gap(P):
 rotations = {
     "none (PPCA basis)": eye,
     "45 deg in the (z1, z8) plane": givens(math.pi / 4),
-    "random 8 x 8": torch.linalg.qr(torch.randn(K, K, generator=torch.Generator().manual_seed(0),
-                                                dtype=torch.float64))[0],
+    "random 8 x 8": torch.linalg.qr(torch.randn(LATENT_DIM, LATENT_DIM, dtype=torch.float64,
+                                                generator=torch.Generator().manual_seed(0)))[0],
 }
 rows = {}
 for name, R in rotations.items():
@@ -169,7 +169,7 @@ for name, R in rotations.items():
     post = rotated.posterior(X_test)
     P = torch.linalg.inv(post.covariance_matrix[0])
     diag = evaluate.elbo_decomposition(rotated, X_test, post.mean,
-                                       (1.0 / P.diagonal().sqrt()).expand(len(X_test), K))
+                                       (1.0 / P.diagonal().sqrt()).expand(len(X_test), LATENT_DIM))
     full = evaluate.elbo_decomposition(rotated, X_test, post.mean,
                                        q_scale_tril=torch.linalg.cholesky(torch.linalg.inv(P)))
     torch.testing.assert_close(diag["log_px"], ppca.log_prob(X_test), rtol=0, atol=1e-9)
@@ -207,7 +207,7 @@ rotated = ppvae.PPCA.from_params(mean, W_ml @ R45, s2)
 x0 = X_test[:1]
 post = rotated.posterior(x0)
 P45 = torch.linalg.inv(post.covariance_matrix[0])
-plane = [0, K - 1]
+plane = [0, LATENT_DIM - 1]
 mu = post.mean[0, plane].numpy()
 covs = {
     "exact posterior p(z|x) = full-rank q*": post.covariance_matrix[0][np.ix_(plane, plane)],
@@ -235,14 +235,14 @@ plt.show()
 # the ellipse's cross-section, not its shadow: reverse KL makes $q$ avoid regions where the
 # posterior is small, and it underestimates the spread along the correlated direction.
 #
-# ## 3. IWAE: the bound rises with $K$ toward the exact value
+# ## 3. IWAE: the bound rises with $S$ toward the exact value
 #
-# With $K$ draws $z_k \sim q(z \mid x)$ and weights $w_k = p(x, z_k)/q(z_k \mid x)$, the bound
-# $\mathrm{IW}_K = \mathbb E \log \frac1K \sum_k w_k$ is non-decreasing in $K$: the mean of $K$
-# weights is the average of the $K$ leave-one-out means of $K-1$, and $\log$ is concave (Burda
-# et al. 2015, Theorem 1). $\mathrm{IW}_1$ is the ELBO and $\mathrm{IW}_K \to \log p(x)$.
+# With $S$ draws $z_s \sim q(z \mid x)$ and weights $w_s = p(x, z_s)/q(z_s \mid x)$, the bound
+# $\mathrm{IW}_S = \mathbb E \log \frac1S \sum_s w_s$ is non-decreasing in $S$: the mean of $S$
+# weights is the average of the $S$ leave-one-out means of $S-1$, and $\log$ is concave (Burda
+# et al. 2015, Theorem 1). $\mathrm{IW}_1$ is the ELBO and $\mathrm{IW}_S \to \log p(x)$.
 # When the weights have a finite variance, the delta method gives the rate:
-# $\log p(x) - \mathrm{IW}_K \approx \chi^2(p \,\|\, q) / (2K)$ with
+# $\log p(x) - \mathrm{IW}_S \approx \chi^2(p \,\|\, q) / (2S)$ with
 # $\chi^2 = \mathbb E_q[(p(z\mid x)/q(z\mid x))^2] - 1$. For two zero-offset Gaussians with
 # precisions $P$ (posterior) and $Q$ ($q$) it is in closed form,
 # $1 + \chi^2 = \det P \,/\, (\det Q^{1/2} \det(2P - Q)^{1/2})$, finite only when
@@ -256,17 +256,17 @@ plt.show()
 #   with its default guide, which is exactly $q^*_{\mathrm{diag}}$ of section 2 (at $45°$,
 #   $2P - Q$ is not positive definite: the weights have infinite variance, see below).
 #
-# Checks: each step in $K$ raises the mean bound up to Monte Carlo error (the paired
-# differences over images must be $> -4$ standard errors), and at $K = 256$ the bound is below
-# $\log p(x)$ by at most the predicted $\chi^2/(2K)$ with a factor 2 for the neglected
-# $O(1/K^2)$ terms (for the trained model, by at most its closed-form ELBO gap), plus 4
+# Checks: each step in $S$ raises the mean bound up to Monte Carlo error (the paired
+# differences over images must be $> -4$ standard errors), and at $S = 256$ the bound is below
+# $\log p(x)$ by at most the predicted $\chi^2/(2S)$ with a factor 2 for the neglected
+# $O(1/S^2)$ terms (for the trained model, by at most its closed-form ELBO gap), plus 4
 # standard errors either way.
 
 
 # %%
 def linear_vae_from(W, b, noise_variance):
     """A LinearVAE with the given decoder; its residual guide is the best diagonal q."""
-    vae = ppvae.LinearVAE(D, K)
+    vae = ppvae.LinearVAE(D, LATENT_DIM)
     lik = vae.likelihood
     with torch.no_grad():
         vae.decoder.weight.copy_(W)
@@ -300,17 +300,17 @@ for name, prog in programs.items():
     closed_gap[name] = float((exact[name] - evaluate.elbo_decomposition(prog, X_test, loc,
                                                                          scale)["elbo"]).mean())
     bounds[name] = {}
-    for k_iw in KS:
-        pyro.set_rng_seed(100 + k_iw)
-        bounds[name][k_iw] = evaluate.log_likelihood(prog, data.test, num_samples=k_iw).double()
+    for s_iw in S_GRID:
+        pyro.set_rng_seed(100 + s_iw)
+        bounds[name][s_iw] = evaluate.log_likelihood(prog, data.test, num_samples=s_iw).double()
 print(f"20 deg: closed-form diagonal gap {diagonal_gap(P20):.4f} nats/image, "
       f"chi^2(p||q*) = {chi2:.4f}; 45 deg: chi^2 = "
       f"{chi2_closed_form(P45, torch.diag(P45.diagonal()))}")
 rows = {}
 for name in programs:
-    rows[name] = {f"K={k_iw}": float((exact[name] - bounds[name][k_iw]).mean()) for k_iw in KS}
+    rows[name] = {f"S={s_iw}": float((exact[name] - bounds[name][s_iw]).mean()) for s_iw in S_GRID}
     rows[name]["closed-form ELBO gap"] = closed_gap[name]
-print("log p(x) - IW_K, nats/image (test set):")
+print("log p(x) - IW_S, nats/image (test set):")
 print(pd.DataFrame(rows).T.to_string(float_format=lambda v: f"{v:.4f}"))
 
 
@@ -320,32 +320,32 @@ def se(v):
 
 for name in programs:
     b = bounds[name]
-    for k_lo, k_hi in itertools.pairwise(KS):
-        step = b[k_hi] - b[k_lo]
-        assert float(step.mean()) > -4 * se(step), (name, k_lo, k_hi, float(step.mean()))
-    k_max = KS[-1]
-    shortfall = exact[name] - b[k_max]
-    allowed = (closed_gap[name] if name.startswith("trained") else chi2 / k_max)
-    print(f"{name}: K={k_max} shortfall {float(shortfall.mean()):+.5f} +- {se(shortfall):.5f}, "
+    for s_lo, s_hi in itertools.pairwise(S_GRID):
+        step = b[s_hi] - b[s_lo]
+        assert float(step.mean()) > -4 * se(step), (name, s_lo, s_hi, float(step.mean()))
+    s_max = S_GRID[-1]
+    shortfall = exact[name] - b[s_max]
+    allowed = (closed_gap[name] if name.startswith("trained") else chi2 / s_max)
+    print(f"{name}: S={s_max} shortfall {float(shortfall.mean()):+.5f} +- {se(shortfall):.5f}, "
           f"allowed {allowed:.5f}")
     assert -4 * se(shortfall) <= float(shortfall.mean()) <= allowed + 4 * se(shortfall)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
 for ax, name in zip(axes, programs, strict=True):
-    means = [float(bounds[name][k_iw].mean()) for k_iw in KS]
-    errs = [se(bounds[name][k_iw] - exact[name]) for k_iw in KS]
-    ax.errorbar(KS, means, yerr=errs, fmt="o-", capsize=3,
+    means = [float(bounds[name][s_iw].mean()) for s_iw in S_GRID]
+    errs = [se(bounds[name][s_iw] - exact[name]) for s_iw in S_GRID]
+    ax.errorbar(S_GRID, means, yerr=errs, fmt="o-", capsize=3,
                 label=r"IW bound, mean over test images ($\pm$ paired SE)")
     ax.axhline(float(exact[name].mean()), color="k", ls=":", label="exact log p(x)")
     ax.plot(1, float(exact[name].mean()) - closed_gap[name], "s", mfc="none", ms=9,
             label="closed-form ELBO")
     if not name.startswith("trained"):
-        ks = np.geomspace(1, KS[-1], 50)
-        ax.plot(ks, float(exact[name].mean()) - chi2 / (2 * ks), "--", lw=1,
+        s_curve = np.geomspace(1, S_GRID[-1], 50)
+        ax.plot(s_curve, float(exact[name].mean()) - chi2 / (2 * s_curve), "--", lw=1,
                 label=r"delta method: $\log p - \chi^2/(2K)$")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("importance samples K")
+    ax.set_xlabel("importance samples S")
     ax.set_ylabel("nats/image")
     ax.set_title(name, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
@@ -362,28 +362,28 @@ plt.show()
 # %%
 rot45 = linear_vae_from(W_ml @ R45, mean, s2)
 pyro.set_rng_seed(7)
-heavy = {deg: evaluate.estimate_log_likelihood(prog, data.test, num_samples=KS[-1])
+heavy = {deg: evaluate.estimate_log_likelihood(prog, data.test, num_samples=S_GRID[-1])
          for deg, prog in ((20, rot20), (45, rot45))}
 for deg, est in heavy.items():
-    print(f"{deg} deg, K={KS[-1]}: mean k-hat {float(est.khat.mean()):.2f}, "
+    print(f"{deg} deg, S={S_GRID[-1]}: mean k-hat {float(est.khat.mean()):.2f}, "
           f"share > 0.7: {est.khat_share:.2f}")
 assert float(heavy[45].khat.mean()) > float(heavy[20].khat.mean())
 
 # %% [markdown]
 # **IWAE as a training objective.** `fit(..., elbo="iwae", num_particles=4)` maximizes
 # $\mathrm{IW}_4$ instead of the ELBO. Its maximum over the decoder is still the PPCA maximum
-# (at the MLE the diagonal family contains the posterior, where every $\mathrm{IW}_K$ equals
+# (at the MLE the diagonal family contains the posterior, where every $\mathrm{IW}_S$ equals
 # $\log p(x)$), so the trained linear VAE must land there: at full size the log-likelihood gap
 # must be within the test suite's 0.02 nats/image (`tests/test_iwae.py`); the quick run (20
 # epochs) only checks that PPCA is not exceeded.
 
 # %%
 torch.manual_seed(0)
-lin_iwae = ppvae.LinearVAE(D, K)
+lin_iwae = ppvae.LinearVAE(D, LATENT_DIM)
 h_iwae = ppvae.fit(lin_iwae, data.train, epochs=IWAE_EPOCHS, batch_size=N, seed=0, elbo="iwae",
                    num_particles=4, progress=False)
 iwae_check = evaluate.compare_to_ppca(lin_iwae, ppca, X)
-print(f"IWAE (K=4), {IWAE_EPOCHS} full-batch epochs in {h_iwae.seconds:.1f} s: "
+print(f"IWAE (S=4), {IWAE_EPOCHS} full-batch epochs in {h_iwae.seconds:.1f} s: "
       f"log-lik gap to PPCA {iwae_check['loglik_gap']:.2e}, "
       f"closed-form ELBO gap {iwae_check['elbo_gap']:.2e} nats/image")
 assert iwae_check["loglik_gap"] >= -1e-6
@@ -411,7 +411,7 @@ guides = ("diagonal", "fullrank", "iaf")
 vaes, hist, est, gaps, test_elbo = {}, {}, {}, {}, {}
 for guide in guides:
     torch.manual_seed(0)
-    vaes[guide] = ppvae.VAE(D, K, hidden=(128,), likelihood="gaussian", guide=guide)
+    vaes[guide] = ppvae.VAE(D, LATENT_DIM, hidden=(128,), likelihood="gaussian", guide=guide)
     hist[guide] = ppvae.fit(vaes[guide], data.train, epochs=VAE_EPOCHS, batch_size=128,
                             lr=3e-3, seed=0, progress=False)
     pyro.set_rng_seed(1)
@@ -427,14 +427,14 @@ summary = pd.DataFrame({g: {
     "approx gap (diag q*)": gaps[g]["mean"]["approximation_gap"],
     "amort gap (vs diag q*)": gaps[g]["mean"]["amortization_gap"],
     "fit (s)": hist[g].seconds} for g in guides}).T
-print(f"{VAE_EPOCHS} epochs each; test set {len(X_test)} images, IW with K={IW_SAMPLES}, "
+print(f"{VAE_EPOCHS} epochs each; test set {len(X_test)} images, IW with S={IW_SAMPLES}, "
       f"gaps on {GAP_POINTS}; nats/image")
 summary.round(3)
 
 # %% [markdown]
 # Paired comparisons (the same test images, so the spread of $\log p(x)$ over images cancels)
 # say how much of each difference is real. Asserted, because it holds for any guide: the IW
-# estimate with $K$ draws lies above the ELBO (on average, $\mathrm{IW}_K \ge \mathrm{IW}_1$ by
+# estimate with $S$ draws lies above the ELBO (on average, $\mathrm{IW}_S \ge \mathrm{IW}_1$ by
 # Burda et al.'s theorem), beyond 4 paired standard errors. Not asserted: which guide wins,
 # which at this budget is a measurement, read off the table and the differences below.
 
@@ -468,10 +468,10 @@ plt.show()
 # %% [markdown]
 # ## 5. DReG: the same bound, another gradient
 #
-# `elbo="iwae-dreg"` computes the same $\mathrm{IW}_K$ value as `"iwae"` and changes only the
+# `elbo="iwae-dreg"` computes the same $\mathrm{IW}_S$ value as `"iwae"` and changes only the
 # guide's gradient (Tucker et al. 2019): $q$'s parameters are detached in $\log q$, and the
 # gradient reaching each draw is reweighted by its normalized weight once more. The IWAE guide
-# gradient's signal-to-noise ratio *falls* as $K$ grows (Rainforth et al. 2018); DReG's does
+# gradient's signal-to-noise ratio *falls* as $S$ grows (Rainforth et al. 2018); DReG's does
 # not. Same seed, same draws: the first epoch's value is identical, and the runs part only
 # after the first update (DReG needs a guide whose parameters it can detach, so not the IAF).
 
@@ -479,7 +479,7 @@ plt.show()
 runs = {}
 for objective in ("iwae", "iwae-dreg"):
     torch.manual_seed(0)
-    model = ppvae.VAE(D, K, hidden=(32,), likelihood="gaussian")
+    model = ppvae.VAE(D, LATENT_DIM, hidden=(32,), likelihood="gaussian")
     runs[objective] = ppvae.fit(model, data.train[:256], epochs=2, batch_size=256, lr=3e-3,
                                 seed=0, elbo=objective, num_particles=8, progress=False)
 print({o: [round(v, 6) for v in h.train_elbo] for o, h in runs.items()})
@@ -492,7 +492,7 @@ assert math.isclose(runs["iwae"].train_elbo[0], runs["iwae-dreg"].train_elbo[0],
 #   trained full-rank LinearVAE's ELBO is tight. The diagonal family contains it only in the
 #   basis PPCA picks; rotate the decoder and the best diagonal $q$ costs
 #   $\frac12(\sum_j \log P_{jj} - \log\det P)$ nats per image, checked in closed form.
-# * The IW bound rises with $K$ toward $\log p(x)$, at the rate $\chi^2/(2K)$ when the weights
+# * The IW bound rises with $S$ toward $\log p(x)$, at the rate $\chi^2/(2S)$ when the weights
 #   have a finite variance; where they do not, PSIS's $\hat k$ says so. An IWAE-trained linear
 #   VAE lands on the PPCA maximum.
 # * On the nonlinear VAE the table, not an assert, says how the guides compare at this budget;
