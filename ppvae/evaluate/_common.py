@@ -23,7 +23,11 @@ from ..program import (
     program_parameters,
 )
 
-_DEFAULT_MAX_ELEMENTS = 2**23  # floats held per chunk of (K, N, D): 32 MiB in float32
+_DEFAULT_MAX_ELEMENTS = 2**22  # floats held per chunk of (K, N, D): 16 MiB in float32
+# Measured (Burda VAE, K = 5000, 1 thread, both ppvae and the hand-written loop of
+# benchmarks/eval_speed.py): chunks of 2**23 floats took 1.3-1.5x as long as 2**22 or 2**21,
+# which run at the same speed; most likely glibc hands the freed ~32 MiB buffers back to the
+# OS and every chunk faults its pages in afresh.
 
 
 def global_point_estimates(program) -> dict[str, torch.Tensor]:
