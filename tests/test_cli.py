@@ -65,6 +65,7 @@ def test_run_writes_every_output(tmp_path, capsys):
     assert "PPCA" in report and "training_curve.png" in report
     assert m["ppca_check"]["epochs"] == 5 and math.isfinite(m["ppca_check"]["loglik_gap"])
     assert "LinearVAE" in report and "covariance_rel_error" in report
+    assert "guide N(V (x - c), diag(d^2))" in report  # complete data: the diagonal guide
     cert = m["vae"]["certified"]
     assert cert["ais"]["n_points"] == 4 and cert["bdmc"]["n_points"] == 3
     assert math.isfinite(m["vae"]["khat_share_gt_0.7"])

@@ -407,6 +407,7 @@ def test_run_on_data_with_holes_fits_em_imputes_and_skips_ais(tmp_path, capsys):
     assert "## Imputation" in report and "(imputations.png)" in report
     assert "PPCA (EM, exact)" in report and "AIS and BDMC were skipped" in report
     assert "30.0% of the training entries are missing" in report
+    assert "full-rank Gaussian q(z | x_o)" in report and "diag(d^2)" not in report
 
 
 def test_run_on_a_table_with_holes_scores_only_the_entries_it_removed(tmp_path, capsys):
