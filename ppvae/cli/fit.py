@@ -287,12 +287,14 @@ def _summary(model: str, m: dict, out: Path) -> str:
             f"test ELBO {m['test_elbo']:.3f}, test log-lik (IW, K={m['iw_samples']}) "
             f"{m['test_log_likelihood_iw']:.3f} nats/sample; wrote {out}/model.pt"
         )
-    summary = (
-        f"; test accuracy {m['test_accuracy']:.4f} ({m['labels_used']} labels)"
-        if model == "stacked"
-        else ""
-    )
+    if model == "stacked":
+        return (
+            f"test reconstruction error after pretraining "
+            f"{m['test_reconstruction_error_pretrained']:.4f} (squared, per image); test "
+            f"accuracy after fine-tuning {m['test_accuracy']:.4f} ({m['labels_used']} labels); "
+            f"wrote {out}/model.pt"
+        )
     return (
         f"test reconstruction error {m['test_reconstruction_error']:.4f} (squared, per "
-        f"image){summary}; wrote {out}/model.pt"
+        f"image); wrote {out}/model.pt"
     )

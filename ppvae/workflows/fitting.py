@@ -404,6 +404,11 @@ def _fit_stacked(ae, ds, metrics: dict, *, epochs, finetune_epochs, labels, prog
     rows = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(seed))
     rows = rows[:n_lab]
     histories = workflows.pretrain(ae, ds.train, epochs=epochs, progress=progress, **train)
+    # the decoders are pretrained layer by layer and left alone by fine-tuning, so the stack
+    # reconstructs meaningfully only now, before fine-tuning moves the encoders under them
+    ae.eval()
+    device = next(ae.parameters()).device
+    metrics["test_reconstruction_error_pretrained"] = ae.reconstruction_error(ds.test.to(device))
     history = workflows.finetune(
         ae,
         ds.train[rows],
@@ -437,7 +442,8 @@ def _evaluate_autoencoder(ae, ds, history, metrics: dict) -> None:
         }
     )
     ae.eval()
-    metrics["test_reconstruction_error"] = ae.reconstruction_error(ds.test)
+    if not isinstance(ae, StackedAutoencoder):  # its error is measured after pretraining
+        metrics["test_reconstruction_error"] = ae.reconstruction_error(ds.test)
     metrics["train_objective_per_sample"] = [-v for v in history.train_elbo]
 
 
