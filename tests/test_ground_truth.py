@@ -275,3 +275,14 @@ def test_fixed_noise_is_validated_and_saved(tmp_path):
     back = ppvae.load(ppvae.save(vae, tmp_path / "fixed.pt"))
     assert back.noise_scale == 0.3 and abs(float(back.noise_variance) - 0.09) < 1e-7
     assert not any(p.requires_grad and p.shape == (1,) for p in back.likelihood.parameters())
+
+
+def test_diagonal_normal_entropy_is_the_sum_over_dimensions():
+    from torch.distributions import Normal
+
+    from ppvae.likelihoods import DiagonalNormal
+
+    for scale in (torch.tensor([0.7]), torch.tensor([0.5, 1.0, 2.0, 0.3, 0.9])):
+        h = DiagonalNormal(torch.zeros(3, 5), scale).entropy()
+        expected = Normal(torch.zeros(5), scale.expand(5)).entropy().sum()
+        torch.testing.assert_close(h, expected.expand(3), atol=1e-6, rtol=0)

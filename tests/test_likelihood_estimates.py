@@ -147,3 +147,18 @@ def test_nuts_gold_standard_matches_the_exact_posterior(digits, tmp_path):
     assert bool(((r["nuts_var"] / exact_var - 1).abs() < 0.45).all())
     torch.testing.assert_close(r["q_mean"], exact_mean, atol=1e-4, rtol=1e-4)
     assert ppvae.plots.nuts_vs_guide([r], tmp_path / "n.png").exists()
+
+
+def test_standard_error_and_khat_share_by_value():
+    """sem = sqrt(Var_n(log p) / n + mean(mc_se^2) / n), exactly; k-hat share counts > 0.7 only
+    (0.6 is already heavy-tailed for raw weights, but 0.7 is the threshold for PSIS estimates)."""
+    est = evaluate.LikelihoodEstimate(
+        log_px=torch.tensor([-100.0, -120.0, -100.0, -120.0]),
+        mc_se=torch.tensor([1.0, 3.0, 1.0, 3.0]),
+        khat=torch.tensor([0.3, 0.6, 0.75, 0.8]),
+        num_samples=10,
+        data_dim=784,
+    )
+    var_data = 400.0 / 3  # unbiased variance of (-100, -120, -100, -120)
+    assert math.isclose(est.sem, math.sqrt(var_data / 4 + (1 + 9) / 2 / 4), rel_tol=1e-6)
+    assert est.khat_share == 0.5
