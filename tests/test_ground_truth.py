@@ -207,6 +207,20 @@ def test_linear_vae_trained_by_svi_recovers_the_ppca_mle(case, digits):
     assert max(r["principal_angles_deg"]) < 5.0
 
 
+def exact_spectrum_sample(n: int, d: int, seed: int) -> torch.Tensor:
+    """(n, d) float64 data, mean 0, whose sample covariance is exactly diag(9, 4, 2, 1, ..., 1)
+    in a random orthonormal basis (whitened Gaussian draws, rescaled and rotated)."""
+    g = torch.Generator().manual_seed(seed)
+    Z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    Z = Z - Z.mean(0)
+    L = torch.linalg.cholesky(Z.T @ Z / n)
+    Z = torch.linalg.solve_triangular(L, Z.T, upper=False).T  # sample covariance = I exactly
+    Q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    spectrum = torch.ones(d, dtype=torch.float64)
+    spectrum[:3] = torch.tensor([9.0, 4.0, 2.0])
+    return Z * spectrum.sqrt() @ Q.T
+
+
 def test_posterior_collapse_beyond_the_eigenvalue_threshold():
     """With 3 sample-covariance eigenvalues above s2 and k = 6, three latents must collapse.
 
@@ -215,15 +229,7 @@ def test_posterior_collapse_beyond_the_eigenvalue_threshold():
     linear VAE's surplus latent dimensions carry (almost) no information: KL -> 0.
     """
     n, d = 4000, 20
-    g = torch.Generator().manual_seed(4)
-    Z = torch.randn(n, d, generator=g, dtype=torch.float64)
-    Z = Z - Z.mean(0)
-    L = torch.linalg.cholesky(Z.T @ Z / n)
-    Z = torch.linalg.solve_triangular(L, Z.T, upper=False).T  # sample covariance = I exactly
-    Q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
-    spectrum = torch.ones(d, dtype=torch.float64)
-    spectrum[:3] = torch.tensor([9.0, 4.0, 2.0])
-    X = Z * spectrum.sqrt() @ Q.T + 3.0
+    X = exact_spectrum_sample(n, d, seed=4) + 3.0
     ppca = PPCA(6).fit(X)
     assert abs(ppca.noise_variance_ - 1.0) < 1e-9
     assert float(ppca.W_[:, 3:].norm()) < 1e-5
@@ -245,15 +251,7 @@ def test_fixed_noise_collapses_every_dimension_at_or_below_it_exactly():
     400 steps (0.0024, an active dimension; 0.0003 for the collapsed ones) and 14x below the
     smallest active KL; with s2 learned instead the deviation is 0.21."""
     n, d = 2000, 12
-    g = torch.Generator().manual_seed(5)
-    Z = torch.randn(n, d, generator=g, dtype=torch.float64)
-    Z = Z - Z.mean(0)
-    L = torch.linalg.cholesky(Z.T @ Z / n)
-    Z = torch.linalg.solve_triangular(L, Z.T, upper=False).T  # sample covariance = I exactly
-    Q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
-    spectrum = torch.ones(d, dtype=torch.float64)
-    spectrum[:3] = torch.tensor([9.0, 4.0, 2.0])
-    X = (Z * spectrum.sqrt() @ Q.T - 1.0).float()
+    X = (exact_spectrum_sample(n, d, seed=5) - 1.0).float()
     s2 = 1.5
     vae = LinearVAE(d, 6, noise_scale=math.sqrt(s2))
     ppvae.fit(vae, X, epochs=400, batch_size=n, seed=0)
