@@ -36,7 +36,7 @@ from ..checkpoints import (
 )
 from ..data import check_data, check_missing, missing_as_nan, split_missing
 from ..errors import InputError
-from ..program import Program, as_program, inspect_program
+from ..program import Program, _accepts, as_program, inspect_program
 from . import step as _step
 from .batches import Stream, fingerprint, support_check
 from .config import HoldThenDecay, TrainConfig, resolve_device
@@ -713,14 +713,6 @@ def _observed_only(check, observed: torch.Tensor):
         check(x, what)
 
     return checked
-
-
-def _accepts(fn, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return True  # cannot tell: let the call itself decide
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _check_labels(labels, n: int, test, prog: Program):
