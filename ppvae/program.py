@@ -39,6 +39,7 @@ data by :func:`inspect_program`, which also turns a broken contract into one
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable
@@ -77,23 +78,29 @@ def _accepts(fn: Callable, name: str) -> bool:
 
 
 class ScaleDataPlate(Messenger):
-    """Scale every sample site inside the ``"data"`` plate by ``num_data / plate size``.
+    """Scale every sample site inside the data plate by ``num_data / (the plate's full size)``.
 
-    Applied to a program that does not take ``num_data``: its plate has the minibatch's size B,
-    so each per-point log-density is multiplied by N / B, as ``pyro.plate(size=N,
-    subsample=...)`` would do. Sites outside the plate (globals) are left alone.
+    Applied to a program that does not take ``num_data``: its plate covers the minibatch's B
+    rows, so each per-point log-density is multiplied by N / B, as ``pyro.plate(size=N,
+    subsample=...)`` would do. A program that subsamples inside its plate
+    (``pyro.plate("data", len(x), subsample_size=s)``) is already scaled by Pyro by B / s;
+    this adds N / B, so that the total is N / s, once: the full size over the rows drawn.
+    Sites outside the plate (globals) are left alone.
     """
 
-    def __init__(self, num_data: int | None):
+    def __init__(self, num_data: int | None, plate: str = DATA_PLATE):
         super().__init__()
         self.num_data = num_data
+        self.plate = plate
 
     def _process_message(self, msg):
         if msg["type"] != "sample" or self.num_data is None:
             return
         for frame in msg["cond_indep_stack"]:
-            if frame.name == DATA_PLATE and frame.size:
-                msg["scale"] = msg["scale"] * (self.num_data / frame.size)
+            if frame.name == self.plate:
+                full = frame.full_size if frame.full_size is not None else frame.size
+                if full and full > 0:
+                    msg["scale"] = msg["scale"] * (self.num_data / full)
                 return
 
 
@@ -112,6 +119,8 @@ class Program:
         Whether model and guide accept ``num_data`` (they scale their plate themselves).
     takes_mask : bool
         Whether model and guide accept ``mask`` (they can marginalize missing entries).
+    data_plate : str
+        The name of the plate over data points (``"data"`` unless the program says otherwise).
     """
 
     model: Callable
@@ -119,6 +128,7 @@ class Program:
     module: nn.Module | None = None
     takes_num_data: bool = False
     takes_mask: bool = False
+    data_plate: str = DATA_PLATE
 
     @property
     def name(self) -> str:
@@ -141,7 +151,7 @@ class Program:
         if self.takes_num_data:
             model, guide = self.model, self.guide
         else:
-            scale = ScaleDataPlate(num_data)
+            scale = ScaleDataPlate(num_data, self.data_plate)
             model, guide = _drop_num_data(scale(self.model)), _drop_num_data(scale(self.guide))
         if masked:
             return _mask_positional(model), _mask_positional(guide)
@@ -177,7 +187,9 @@ def _drop_num_data(fn: Callable) -> Callable:
     return call
 
 
-def as_program(program, guide: Callable | None = None) -> Program:
+def as_program(
+    program, guide: Callable | None = None, *, data_plate: str | None = None
+) -> Program:
     """Normalize what a user passes as a program.
 
     Parameters
@@ -187,14 +199,23 @@ def as_program(program, guide: Callable | None = None) -> Program:
         itself when ``guide`` is given.
     guide : callable, optional
         The guide, when ``program`` is the model function.
+    data_plate : str, optional
+        The name of the program's plate over data points (default ``"data"``, or a module's
+        ``data_plate`` attribute): ``as_program(model, guide, data_plate="rows")`` for a
+        program written with ``pyro.plate("rows", ...)``. ``fit`` and every evaluator take
+        the returned :class:`Program`.
 
     Raises
     ------
     ProgramError
         Anything else, naming what is missing.
     """
+    if data_plate is not None and (not isinstance(data_plate, str) or not data_plate):
+        raise InputError(f"data_plate must be a non-empty string, got {data_plate!r}")
     if isinstance(program, Program) and guide is None:
-        return program
+        if data_plate is None or data_plate == program.data_plate:
+            return program
+        return dataclasses.replace(program, data_plate=data_plate)
     if guide is not None:
         model = program
     elif isinstance(program, tuple) and len(program) == 2:
@@ -207,14 +228,7 @@ def as_program(program, guide: Callable | None = None) -> Program:
                 "method; a program is a module with Pyro model(x, ...) and guide(x, ...) "
                 "methods, or a (model, guide) pair of functions"
             )
-        return Program(
-            program.model,
-            program.guide,
-            module=program,
-            takes_num_data=_accepts(program.model, "num_data")
-            and _accepts(program.guide, "num_data"),
-            takes_mask=_takes_mask(program.model, program.guide, program),
-        )
+        model, guide = program.model, program.guide
     else:
         raise ProgramError(
             "program: expected a ppvae VAE or any torch.nn.Module with Pyro model/guide "
@@ -223,14 +237,18 @@ def as_program(program, guide: Callable | None = None) -> Program:
     for what, fn in (("model", model), ("guide", guide)):
         if not callable(fn):
             raise ProgramError(f"{what}: expected a callable, got {type(fn).__name__}")
-    owner = getattr(model, "__self__", None)
+    owner = program if isinstance(program, nn.Module) else getattr(model, "__self__", None)
     module = owner if isinstance(owner, nn.Module) else None
+    if data_plate is None:
+        data_plate = getattr(module, "data_plate", None)
+        data_plate = data_plate if isinstance(data_plate, str) and data_plate else DATA_PLATE
     return Program(
         model,
         guide,
         module=module,
         takes_num_data=_accepts(model, "num_data") and _accepts(guide, "num_data"),
         takes_mask=_takes_mask(model, guide, module),
+        data_plate=data_plate,
     )
 
 
@@ -273,11 +291,15 @@ class ProgramInfo:
     Attributes
     ----------
     observed : dict of str to constraint
-        Observed sites in the ``"data"`` plate and their distributions' supports.
+        Observed sites in the data plate and their distributions' supports.
     local_latents : dict of str to tuple of int
-        Latent sites in the ``"data"`` plate and their per-point shapes (event shapes).
+        Latent sites in the data plate and their per-point shapes (event shapes).
+    local_supports : dict of str to constraint
+        The support of each local latent site (for moving it in unconstrained space).
     global_latents : list of str
         Latent sites outside the plate.
+    discrete_latents : list of str
+        Latent sites (local or global) whose distributions have a discrete support.
     data_dim : int
         D, the number of columns of ``x``.
     support : constraint or None
@@ -286,6 +308,16 @@ class ProgramInfo:
     param_names : set of str
         Param-store sites the program touched (``pyro.param``, and ``pyro.module``'s per
         parameter): other programs' sites left in the store are not this program's.
+    data_plate : str
+        The name of the plate over data points.
+    rows : int
+        The rows of ``x`` the program was traced on.
+    plate_size : int
+        The data plate's full size in that trace (``rows`` for a plate over ``len(x)``; a
+        constant for a plate of fixed size).
+    subsample_size : int
+        The rows the plate drew in that trace (< ``plate_size`` where the program subsamples
+        inside its plate).
     """
 
     observed: dict = field(default_factory=dict)
@@ -295,48 +327,85 @@ class ProgramInfo:
     support: object = None
     support_site: str | None = None
     param_names: set = field(default_factory=set)
+    local_supports: dict = field(default_factory=dict)
+    discrete_latents: list = field(default_factory=list)
+    data_plate: str = DATA_PLATE
+    rows: int = 0
+    plate_size: int = 0
+    subsample_size: int = 0
 
     @property
     def latent_width(self) -> int:
         """Values per data point over all local latents (the k of a VAE)."""
         return sum(math.prod(s) for s in self.local_latents.values())
 
+    @property
+    def subsamples(self) -> bool:
+        """Whether the program draws a subsample of the rows it is given inside its plate."""
+        return 0 < self.subsample_size < self.plate_size
 
-def _in_data_plate(site) -> bool:
-    return any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
+    @property
+    def fixed_plate(self) -> bool:
+        """Whether the data plate's size is a constant, not the number of rows given."""
+        return self.plate_size != self.rows
+
+
+def _plate_frame(site, plate: str):
+    """The frame of the plate named ``plate`` in a site's stack, or None."""
+    for frame in site["cond_indep_stack"]:
+        if frame.name == plate:
+            return frame
+    return None
+
+
+def _in_data_plate(site, plate: str = DATA_PLATE) -> bool:
+    return _plate_frame(site, plate) is not None
 
 
 def inspect_program(program: Program, x: torch.Tensor, **kwargs) -> ProgramInfo:
-    """Trace ``program`` on the rows ``x`` (two are enough) and check the data-plate contract.
+    """Trace ``program`` on the rows ``x`` and check the data-plate contract.
 
     The guide runs first and the model is replayed against it, as an ELBO would; no gradient
     is taken, Pyro's validation is on, and torch's random state is left as it was. Parameters
-    a program creates lazily are created here.
+    a program creates lazily are created here. The returned facts include the plate's full
+    size and the rows it drew, so that callers can tell a program that subsamples inside its
+    plate, or whose plate has a fixed size, from one whose plate covers the rows it is given.
 
     Raises
     ------
     ProgramError
-        No ``"data"`` plate; an observed site outside it; a site in it whose log-density is not
+        No data plate; an observed site outside it; a site in it whose log-density is not
         one number per data point; or the program failing on the rows (chained).
     """
+    plate = program.data_plate
     model_tr, guide_tr, validated = _traces(program, x, kwargs)
-    if not any(_in_data_plate(site) for _, site in _sample_sites(model_tr)):
+    frames = [
+        _plate_frame(site, plate) for _, site in _sample_sites(model_tr)
+        if _in_data_plate(site, plate)
+    ]  # fmt: skip
+    if not frames:
         raise ProgramError(
-            f"program {program.name} has no sample site inside a plate named 'data'; wrap the "
-            "per-data-point sites in pyro.plate('data', ...) (see ppvae.program)"
+            f"program {program.name} has no sample site inside a plate named {plate!r}; wrap "
+            f"the per-data-point sites in pyro.plate({plate!r}, ...), or name the plate it "
+            "uses with ppvae.as_program(model, guide, data_plate=...) (see ppvae.program)"
         )
-    info = ProgramInfo(data_dim=int(x.shape[-1]))
+    info = ProgramInfo(data_dim=int(x.shape[-1]), data_plate=plate, rows=int(x.shape[0]))
+    frame = frames[0]
+    info.plate_size = int(frame.size if frame.full_size is None else frame.full_size)
+    info.subsample_size = int(frame.size)
     info.param_names = {
         name for tr in (model_tr, guide_tr) for name, site in tr.nodes.items()
         if site["type"] == "param"
     }  # fmt: skip
     for name, site in _sample_sites(guide_tr):
-        if _in_data_plate(site):
-            _check_per_point("guide", name, site, x.shape[0])
+        if _in_data_plate(site, plate):
+            _check_per_point("guide", name, site, plate)
     for name, site in _sample_sites(model_tr):
         _record_model_site(info, name, site, x, validated)
     if not info.observed:
-        raise ProgramError(f"program {program.name}'s model observes nothing in the 'data' plate")
+        raise ProgramError(
+            f"program {program.name}'s model observes nothing in the {plate!r} plate"
+        )
     return info
 
 
@@ -378,19 +447,23 @@ def _sample_sites(tr):
 
 
 def _record_model_site(info: ProgramInfo, name: str, site, x, validated: bool) -> None:
-    inside = _in_data_plate(site)
+    plate = info.data_plate
+    inside = _in_data_plate(site, plate)
     if inside:
-        _check_per_point("model", name, site, x.shape[0])
+        _check_per_point("model", name, site, plate)
     if not site["is_observed"]:
+        if getattr(site["fn"], "has_enumerate_support", False) and _is_discrete(site["fn"]):
+            info.discrete_latents.append(name)
         if inside:
             info.local_latents[name] = tuple(site["fn"].event_shape)
+            info.local_supports[name] = site["fn"].support
         else:
             info.global_latents.append(name)
         return
     if not inside:
         raise ProgramError(
-            f"the observed site {name!r} lies outside the plate named 'data'; "
-            "observations must be made inside pyro.plate('data', ...)"
+            f"the observed site {name!r} lies outside the plate named {plate!r}; "
+            f"observations must be made inside pyro.plate({plate!r}, ...)"
         )
     info.observed[name] = site["fn"].support
     # the site observing x itself gives the support for checking whole data sets, unless
@@ -401,6 +474,14 @@ def _record_model_site(info: ProgramInfo, name: str, site, x, validated: bool) -
         and (not validated or _validates(site["fn"]))
     ):
         info.support, info.support_site = site["fn"].support, name
+
+
+def _is_discrete(fn) -> bool:
+    """Whether a distribution's support is discrete (integers, booleans, categories)."""
+    support = fn.support
+    while hasattr(support, "base_constraint"):
+        support = support.base_constraint
+    return bool(getattr(support, "is_discrete", False))
 
 
 def _is_factor(site) -> bool:
@@ -418,12 +499,14 @@ def _validates(fn) -> bool:
     return True
 
 
-def _check_per_point(trace_name: str, name: str, site, n: int) -> None:
+def _check_per_point(trace_name: str, name: str, site, plate: str = DATA_PLATE) -> None:
+    frame = _plate_frame(site, plate)
+    n = frame.size
     shape = tuple(site["log_prob"].shape)
     if shape != (n,):
         raise ProgramError(
-            f"{trace_name} site {name!r} has log-density shape {shape} on a minibatch of {n} "
-            "rows; every site in the 'data' plate needs one log-density per data point "
+            f"{trace_name} site {name!r} has log-density shape {shape} on a plate of {n} "
+            f"rows; every site in the {plate!r} plate needs one log-density per data point "
             "(declare its feature dimensions with .to_event(...))"
         )
 
@@ -441,3 +524,64 @@ def check_support(info: ProgramInfo, X: torch.Tensor, what: str) -> None:
             f"{what}: row {row} lies outside the support of the observed site "
             f"{info.support_site!r} ({info.support}); the program's likelihood cannot score it"
         )
+
+
+def inspect_rows(program: Program, X: torch.Tensor, rows: int, **kwargs) -> ProgramInfo:
+    """:func:`inspect_program` on the first ``rows`` rows of ``X``; where the program fails
+    there but runs on all of ``X``, the facts of that run (a plate of fixed size, or a
+    subsample larger than ``rows``), for the caller to refuse with a message that says why.
+
+    ``kwargs`` holding per-row tensors (``mask``, ``y``) are cut to the same rows.
+    """
+    n = int(X.shape[0])
+    rows = max(1, min(int(rows), n))
+
+    def head(k):
+        return {key: v[:k] if _per_row(v, n) else v for key, v in kwargs.items()}
+
+    try:
+        return inspect_program(program, X[:rows], **head(rows))
+    except ProgramError as first:
+        if rows >= n:
+            raise
+        try:
+            info = inspect_program(program, X, **head(n))
+        except ProgramError:
+            raise first from None
+        if not (info.fixed_plate or info.subsample_size > rows or info.plate_size == n):
+            raise first from None
+        info.rows_failed, info.first_error = rows, str(first)
+        return info
+
+
+def _per_row(value, n: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n
+
+
+def plate_problem(info: ProgramInfo, rows: int, what: str) -> str | None:
+    """Why a program cannot be called on blocks of ``rows`` rows each scored on its own, or
+    None. ``what``: who calls it ("fit" on minibatches, an evaluator on chunks)."""
+    plate = info.data_plate
+    fix = (
+        f"write pyro.plate({plate!r}, len(x)) (Pyro's subsample_size inside it is fine)"
+    )
+    if info.subsamples and info.subsample_size > rows:
+        return (
+            f"the plate {plate!r} subsamples {info.subsample_size} rows inside it, more than "
+            f"the {rows} rows {what} calls it on; use subsample_size=min({info.subsample_size},"
+            " len(x))"
+        )
+    if info.fixed_plate:
+        return (
+            f"the plate {plate!r} has a fixed size {info.plate_size} whatever rows the program "
+            f"is given (traced on {info.rows} rows): {what} calls it on blocks of rows of the "
+            f"data; {fix}"
+        )
+    failed = getattr(info, "rows_failed", None)
+    if failed is not None and not info.subsamples:
+        return (
+            f"the program fails on {failed} rows ({info.first_error}) but runs on all "
+            f"{info.rows}: its plate {plate!r} of size {info.plate_size} needs every row (a "
+            f"fixed size?), and {what} calls it on blocks of rows of the data; {fix}"
+        )
+    return None

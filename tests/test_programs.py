@@ -168,7 +168,7 @@ def test_a_broken_contract_is_one_error_naming_the_site():
     with pytest.raises(ProgramError, match=r"failed on a minibatch.*site x"):
         ppvae.fit(*bind(to_event=False), x, epochs=1)
     with pytest.raises(ProgramError, match=r"'x' has log-density shape \(2, 2\).*to_event"):
-        ppvae.fit(*bind(to_event=False), x[:, :2], epochs=1)
+        ppvae.fit(*bind(to_event=False), x[:2, :2], epochs=1)
     # a global latent trains, but per-point likelihoods need its point estimate
     ppvae.fit(*bind(global_latent=True), x, epochs=1, progress=False)
     with pytest.raises(ProgramError, match="'shift' lies outside the 'data' plate"):

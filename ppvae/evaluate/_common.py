@@ -20,6 +20,8 @@ from ..program import (
     as_program,
     check_support,
     inspect_program,
+    inspect_rows,
+    plate_problem,
     program_parameters,
 )
 
@@ -45,6 +47,20 @@ class _Evaluation:
     width: int
     vectorized: bool | None = None  # None: not tried yet
     mask: torch.Tensor | None = None  # (N, D) True where X is observed; None: complete data
+    rows_per_call: int | None = None  # the program subsamples this many rows in its plate
+
+    def blocks(self, n: int, n_chunk: int):
+        """``(start, stop, lo)`` per chunk of rows: the program is called on rows lo:stop and
+        the last ``stop - start`` values are this chunk's. A program that subsamples s rows in
+        its plate is called on exactly s rows (a short last chunk overlaps the one before),
+        so that it draws every row it is given and each row gets its own value."""
+        s = self.rows_per_call
+        if s is not None:
+            n_chunk = min(n_chunk, s)
+        for start in range(0, n, n_chunk):
+            stop = min(n, start + n_chunk)
+            lo = start if s is None else max(0, stop - s)
+            yield start, stop, lo
 
     @property
     def module(self):
@@ -140,12 +156,14 @@ def _program_device(program: Program, X: torch.Tensor) -> torch.device:
 
 
 def _prepare(
-    program, X, num_samples: int, *, missing: str | None = None
+    program, X, num_samples: int, *, missing: str | None = None, any_rows: str | None = None
 ) -> tuple[_Evaluation, torch.Tensor]:
     """Validate ``X`` and ``num_samples`` against a program, trace it, move ``X`` to it.
 
     ``missing``: None refuses NaN entries; otherwise the name of the estimator, which
     marginalizes them (``X`` comes back with 0 there and ``ev.mask`` says what is observed).
+    ``any_rows``: the name of an estimator that calls the program on blocks of any size up to
+    ``ev.rows_per_call``, which a program subsampling a fixed number of rows refuses.
     """
     prog = as_program(program)
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
@@ -154,8 +172,12 @@ def _prepare(
     X = check_data(X, name="X", data_dim=data_dim, dtype=torch.float32, allow_nan=True)
     X = X.to(_program_device(prog, X))
     X, mask = _missing_entries(prog, X, missing)
-    head = {} if mask is None else {"mask": mask[:2]}
-    info = inspect_program(prog, X[:2], **head)
+    n = X.shape[0]
+    # traced on fewer rows than X holds, so that a plate of fixed size shows itself
+    info = inspect_rows(prog, X, min(n - 1, 64) if n > 1 else 1, **_mask_kwargs(mask))
+    problem = plate_problem(info, n, "the estimator")
+    if problem is not None:
+        raise ProgramError(problem)
     checked = X if mask is None else torch.where(mask, X, X[mask][:1])  # observed values only
     likelihood = getattr(prog.module, "likelihood", None) if prog.is_ppvae else None
     if likelihood is not None:
@@ -171,7 +193,30 @@ def _prepare(
             "the plate, or a point_estimates() method returning values for the global ones"
         )
     width = max(info.data_dim, info.latent_width, getattr(prog.module, "eval_width", 0) or 0)
-    return _Evaluation(prog, info, fixed, width=width, mask=mask), X
+    ev = _Evaluation(prog, info, fixed, width=width, mask=mask)
+    ev.rows_per_call = info.subsample_size if info.subsamples else None
+    if any_rows is not None:
+        _require_any_rows(ev, X, any_rows)
+    return ev, X
+
+
+def _mask_kwargs(mask) -> dict:
+    return {} if mask is None else {"mask": mask}
+
+
+def _require_any_rows(ev: _Evaluation, X: torch.Tensor, what: str) -> None:
+    """Refuse, before any work, a program that subsamples a fixed number of rows in its plate
+    where ``what`` must call it on fewer (one row for NUTS; chunks of rows for AIS)."""
+    if ev.rows_per_call is None:
+        return
+    try:
+        inspect_program(ev.program, X[:1], **_mask_kwargs(None if ev.mask is None else ev.mask[:1]))
+    except ProgramError as exc:
+        raise ProgramError(
+            f"{what} calls the program on blocks of fewer rows, but its plate "
+            f"{ev.program.data_plate!r} subsamples {ev.rows_per_call} rows whatever it is given "
+            f"({exc}); write subsample_size=min({ev.rows_per_call}, len(x))"
+        ) from None
 
 
 def _missing_entries(prog: Program, X: torch.Tensor, estimator: str | None):

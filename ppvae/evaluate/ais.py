@@ -354,7 +354,8 @@ class _Settings:
 
 
 def _rows_per_chunk(ev: _Evaluation, n: int, settings: _Settings) -> int:
-    return max(1, min(n, settings.max_elements // (settings.num_chains * max(ev.width, 1))))
+    rows = max(1, min(n, settings.max_elements // (settings.num_chains * max(ev.width, 1))))
+    return min(rows, ev.rows_per_call or rows)
 
 
 def _forward(ev: _Evaluation, X: torch.Tensor, settings: _Settings, betas, bar):
@@ -495,7 +496,7 @@ def ais_log_likelihood(
         int(max_elements),
         progress,
     )
-    ev, X = _prepare(program, X, num_chains)
+    ev, X = _prepare(program, X, num_chains, any_rows="ais_log_likelihood")
     rows = _rows_per_chunk(ev, X.shape[0], settings)
     total = settings.num_steps * math.ceil(X.shape[0] / rows)
     with (
@@ -647,11 +648,12 @@ def bdmc(
         int(max_elements),
         progress,
     )
-    prog_ev, _ = _prepare(program, _probe(program, data_dim), num_chains)
+    prog_ev, _ = _prepare(program, _probe(program, data_dim), num_chains, any_rows="bdmc")
     device = _device_of(prog_ev)
     with _Seeded(seed, device), _Frozen(prog_ev), _EvalMode(prog_ev.module):
         x, z = _simulate(prog_ev, int(num_points), device)
-        ev, x = _prepare(program, x, num_chains)  # validates the simulated x like real data
+        # validates the simulated x like real data
+        ev, x = _prepare(program, x, num_chains, any_rows="bdmc")
         rows = _rows_per_chunk(ev, x.shape[0], settings)
         total = 2 * settings.num_steps * math.ceil(x.shape[0] / rows)
         with tqdm(total=total, desc="BDMC", disable=_disabled(progress), leave=False) as bar:

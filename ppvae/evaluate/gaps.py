@@ -28,14 +28,14 @@ class _LocalGaussianGuide:
     """A non-amortized guide: one diagonal Gaussian q_n per data point (fixed rows of X) over
     the program's local latent sites, flattened into one vector of width L."""
 
-    def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor, sites: dict):
-        self.loc, self.log_scale, self.sites = loc, log_scale, sites
+    def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor, sites: dict, plate="data"):
+        self.loc, self.log_scale, self.sites, self.plate = loc, log_scale, sites, plate
 
     def __call__(self, x, num_data=None, **kwargs):
         n = x.shape[0]
         locs = _split_latents(self.loc, self.sites)
         scales = _split_latents(self.log_scale.exp(), self.sites)
-        with pyro.plate("data", size=n if num_data is None else num_data, subsample_size=n):
+        with pyro.plate(self.plate, size=n if num_data is None else num_data, subsample_size=n):
             for name, shape in self.sites.items():
                 pyro.sample(
                     name, pyro.distributions.Normal(locs[name], scales[name]).to_event(len(shape))
@@ -190,7 +190,14 @@ def inference_gaps(
     """
     if family not in ("gaussian", "guide"):
         raise InputError(f"family must be 'gaussian' or 'guide', got {family!r}")
-    ev, X = _prepare(program, X, num_samples)
+    ev, X = _prepare(program, X, num_samples, any_rows="inference_gaps")
+    if ev.rows_per_call is not None and X.shape[0] > ev.rows_per_call:
+        raise InputError(
+            f"X: inference_gaps optimizes its {X.shape[0]} rows in one call of the program, "
+            f"whose plate {ev.program.data_plate!r} subsamples {ev.rows_per_call} rows: pass "
+            f"at most {ev.rows_per_call} rows"
+        )
+    plate = ev.program.data_plate
     if family == "guide":
         return _gaps_in_family(
             ev,
@@ -236,7 +243,9 @@ def inference_gaps(
                     ev.program,
                     X[i : i + rows],
                     num_samples,
-                    guide=_LocalGaussianGuide(loc_best[i : i + rows], ls_best[i : i + rows], sites),
+                    guide=_LocalGaussianGuide(
+                        loc_best[i : i + rows], ls_best[i : i + rows], sites, plate
+                    ),
                     max_elements=max_elements,
                 )
                 for i in range(0, X.shape[0], rows)

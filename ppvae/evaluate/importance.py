@@ -57,11 +57,14 @@ def _weight_chunks(ev: _Evaluation, X, num_samples, max_elements, guide=None):
     """Yield, for each chunk of data points, the list of (k_chunk, n_chunk) log-weight blocks."""
     n_chunk, k_chunk = _chunks(X.shape[0], num_samples, ev.width, max_elements)
     with _EvalMode(ev.module), torch.no_grad():
-        for c, i in enumerate(range(0, X.shape[0], n_chunk)):
-            x = X[i : i + n_chunk]
-            mask = None if ev.mask is None else ev.mask[i : i + n_chunk]
+        for c, (start, stop, lo) in enumerate(ev.blocks(X.shape[0], n_chunk)):
+            x = X[lo:stop]
+            mask = None if ev.mask is None else ev.mask[lo:stop]
+            keep = stop - start
             yield [
-                _log_weights(ev, x, min(k_chunk, num_samples - j), guide=guide, mask=mask)
+                _log_weights(ev, x, min(k_chunk, num_samples - j), guide=guide, mask=mask)[
+                    :, -keep:
+                ]
                 for j in range(0, num_samples, k_chunk)
             ]
             if _TRIM is not None and x.device.type == "cpu" and c % _TRIM_EVERY == 0:

@@ -114,7 +114,7 @@ def impute(
                 f"num_samples={num_samples} is too few: use at least {PSIS_MIN_SAMPLES} (the "
                 "PSIS k-hat of the weights needs them)"
             )
-    ev, X0 = _prepare(program, X, num_samples, missing="impute")
+    ev, X0 = _prepare(program, X, num_samples, missing="impute", any_rows="impute")
     if ev.mask is None:
         raise InputError("X: nothing to impute (no NaN entries)")
     site = ev.info.support_site or (
@@ -149,6 +149,7 @@ def impute(
 
 def _impute_chunks(ev, X, K: int, M: int, site: str, max_elements: int) -> list:
     n_chunk, _ = _chunks(X.shape[0], K, 3 * ev.width, max_elements)
+    n_chunk = min(n_chunk, ev.rows_per_call or n_chunk)
     k_chunk = max(1, min(K, max_elements // (3 * ev.width * n_chunk)))
     out = []
     with _EvalMode(ev.module), torch.no_grad():

@@ -53,7 +53,7 @@ def nuts_posterior(
     import arviz as az
     from pyro.infer import MCMC, NUTS
 
-    ev, X = _prepare(program, X, 1)
+    ev, X = _prepare(program, X, 1, any_rows="nuts_posterior")
     model = poutine.condition(ev.program.model, data=ev.fixed) if ev.fixed else ev.program.model
     sites = list(ev.info.local_latents)
     results = []

@@ -37,8 +37,8 @@ from ..errors import ProgramError
 __all__ = ["IWAE_ELBO"]
 
 
-def _in_data_plate(site) -> bool:
-    return any(f.name == "data" for f in site["cond_indep_stack"])
+def _in_data_plate(site, plate: str = "data") -> bool:
+    return any(f.name == plate for f in site["cond_indep_stack"])
 
 
 def _detached(fn):
@@ -80,6 +80,7 @@ class IWAE_ELBO(ELBO):
         super().__init__(num_particles=num_particles)  # the particle plate is our own
         self.dreg = bool(dreg)
         self._plate_dim: int | None = None
+        self.data_plate = "data"  # the program's plate over data points (set by fit)
 
     def _particle_dim(self, model, guide, args, kwargs) -> int:
         """One left of the program's leftmost plate (found by running it once, on a forked
@@ -112,20 +113,22 @@ class IWAE_ELBO(ELBO):
         guide_tr, model_tr = prune_subsample_sites(guide_tr), prune_subsample_sites(model_tr)
         observed = [
             s for s in model_tr.nodes.values()
-            if s["type"] == "sample" and s["is_observed"] and _in_data_plate(s)
+            if s["type"] == "sample" and s["is_observed"] and _in_data_plate(s, self.data_plate)
         ]  # fmt: skip
         if not observed:
-            raise ProgramError("elbo='iwae' needs an observed site in the 'data' plate")
+            raise ProgramError(
+                f"elbo='iwae' needs an observed site in the {self.data_plate!r} plate"
+            )
         scale = observed[0]["scale"]  # N / B (and no KL weight: observations are not scaled)
         model_tr.compute_log_prob()
         log_w = 0.0
         for name, site in model_tr.nodes.items():
             if site["type"] != "sample":
                 continue
-            if not _in_data_plate(site):
+            if not _in_data_plate(site, self.data_plate):
                 raise ProgramError(
                     f"elbo='iwae' weighs each data point on its own, so every latent site must "
-                    f"lie in the 'data' plate; {name!r} does not"
+                    f"lie in the {self.data_plate!r} plate; {name!r} does not"
                 )
             log_w = log_w + site["log_prob"]
         for name, site in guide_tr.nodes.items():

@@ -35,8 +35,15 @@ from ..checkpoints import (
     rng_state,
 )
 from ..data import check_data, check_missing, missing_as_nan, split_missing
-from ..errors import InputError
-from ..program import Program, _accepts, as_program, inspect_program
+from ..errors import InputError, ProgramError
+from ..program import (
+    Program,
+    _accepts,
+    as_program,
+    inspect_program,
+    inspect_rows,
+    plate_problem,
+)
 from . import step as _step
 from .batches import Stream, fingerprint, support_check
 from .config import HoldThenDecay, TrainConfig, resolve_device
@@ -641,15 +648,32 @@ def _trace_and_check(run: Run, payload: dict | None, ckpt_path):
     """Trace the program on two rows (creating lazy parameters), check the training data's
     support against it, and restore a resumed user program's param-store sites."""
     prog, train = run.program, run.train
-    head = train.head(2) if run.stream else train[:2]
+    rows = min(run.n, run.batch_size)  # what a step calls the program on
+    head = train.head(rows) if run.stream else train
     run.store_before = set(pyro.get_param_store().keys())
     head, head_mask = split_missing(head) if run.stream else (head, None)
     if run.observed is not None:
-        head_mask = run.observed[:2]
-    kwargs = _label_kwargs(run.labels, 2)
+        head_mask = run.observed
+    kwargs = _label_kwargs(run.labels, run.n)
     if head_mask is not None:
         kwargs["mask"] = head_mask.to(run.device)
-    info = inspect_program(prog, head.to(run.device), **kwargs)
+    info = inspect_rows(prog, head.to(run.device), rows, **kwargs)
+    problem = plate_problem(info, rows, "fit")
+    if problem is not None:
+        if info.plate_size == run.n and rows < run.n:
+            problem += f", or train with batch_size={run.n} (all rows in every step)"
+        raise ProgramError(problem)
+    last = run.n % run.batch_size
+    if info.subsamples and 0 < last < info.subsample_size and run.stream is None:
+        try:  # Pyro's own plate refuses a subsample larger than the rows it is given
+            inspect_program(prog, head[:last].to(run.device), **_head_kwargs(kwargs, last))
+        except ProgramError:
+            raise ProgramError(
+                f"the last minibatch ({run.n} rows, batch_size {run.batch_size}) holds {last} "
+                f"rows, fewer than the {info.subsample_size} that the plate "
+                f"{prog.data_plate!r} subsamples: choose a batch_size that leaves no remainder "
+                f"or use subsample_size=min({info.subsample_size}, len(x))"
+            ) from None
     run.param_names = info.param_names
     run.data_dim = info.data_dim
     run.support_check = support_check(prog, info, run.config.binarize)
@@ -737,8 +761,13 @@ def _check_labels(labels, n: int, test, prog: Program):
     return labels.long()
 
 
+def _head_kwargs(kwargs: dict, rows: int) -> dict:
+    cut = {k: v[:rows] for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.dim()}
+    return {**kwargs, **cut}
+
+
 def _label_kwargs(labels, rows: int) -> dict:
-    return {} if labels is None else {"y": labels[:rows]}
+    return {} if labels is None else {"y": labels[:rows].to(labels.device)}
 
 
 def _batch_size(batch_size: int, n: int, world: int) -> int:

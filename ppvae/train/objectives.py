@@ -63,8 +63,17 @@ def make_elbo(elbo: ELBO | str | None, num_particles: int, program) -> ELBO:
     if elbo is None:
         return Trace_ELBO(num_particles=num_particles)
     if isinstance(elbo, ELBO):
+        if isinstance(elbo, IWAE_ELBO):
+            elbo.data_plate = program.data_plate
         return elbo
     key = str(elbo).lower()
+    loss = _named_elbo(key, elbo, num_particles, program)
+    if isinstance(loss, IWAE_ELBO):
+        loss.data_plate = program.data_plate
+    return loss
+
+
+def _named_elbo(key: str, elbo, num_particles: int, program: Program) -> ELBO:
     if key == "auto":
         analytic = analytic_kl(program)
         if analytic and known_static(program):

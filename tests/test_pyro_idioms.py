@@ -1,0 +1,156 @@
+"""Programs written the ways Pyro's own tutorials write them (issue: every way a Pyro user
+writes a program gives the right number or a clear refusal).
+
+Each number is checked against Pyro's own computation or an exact value: a linear-Gaussian
+model whose guide is the exact posterior has importance weights equal to log p(x) at every
+draw, so its likelihood estimates are exact whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+import ppvae
+from ppvae import evaluate
+from ppvae.errors import ProgramError
+
+W = torch.tensor([1.5, -0.5, 0.8])
+S2 = 0.5
+
+
+def exact_log_px(x: torch.Tensor) -> torch.Tensor:
+    """log N(x; 0, w w^T + s2 I), (N,)."""
+    cov = torch.outer(W, W) + S2 * torch.eye(3)
+    return dist.MultivariateNormal(torch.zeros(3), cov).log_prob(x)
+
+
+def posterior(x: torch.Tensor):
+    prec = 1.0 + W.dot(W) / S2
+    return (x @ W / S2) / prec, (1.0 / prec) ** 0.5
+
+
+def linear_program(plate: str = "data", subsample_size=None, min_rows: bool = False):
+    """z ~ N(0, 1), x | z ~ N(w z, s2 I), guide the exact posterior; the plate subsamples
+    ``subsample_size`` rows (``min(s, len(x))`` with ``min_rows``)."""
+
+    def size(x):
+        if subsample_size is None:
+            return None
+        return min(subsample_size, len(x)) if min_rows else subsample_size
+
+    def model(x):
+        bias = pyro.param("bias", torch.zeros(()))  # a parameter for fit to step (stays ~0)
+        with pyro.plate(plate, len(x), subsample_size=size(x)) as i:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            loc = z[:, None] * W + bias
+            pyro.sample("x", dist.Normal(loc, S2**0.5).to_event(1), obs=x[i])
+
+    def guide(x):
+        with pyro.plate(plate, len(x), subsample_size=size(x)) as i:
+            loc, scale = posterior(x[i])
+            pyro.sample("z", dist.Normal(loc, scale))
+
+    return model, guide
+
+
+def data(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, generator=g)
+    return z[:, None] * W + S2**0.5 * torch.randn(n, 3, generator=g)
+
+
+# ------------------------------------------------------------------ subsampling in the plate
+@pytest.mark.parametrize("batch_size", [50, 200])
+def test_subsampling_inside_the_plate_is_scaled_once(batch_size):
+    """Pyro scales a subsample of s out of B rows by B / s; fit adds N / B, not N / s again.
+    With the exact posterior as guide each row's ELBO is log p(x) at every draw, so the
+    minibatch objective is N / s times a sum of s exact values: its mean over steps is the
+    full-data ELBO per point (Pyro's Trace_ELBO on all rows) up to the sampling of rows."""
+    pyro.clear_param_store()
+    x = data(200)
+    model, guide = linear_program(subsample_size=16)
+    history = ppvae.fit(model, guide, x, epochs=20, batch_size=batch_size, lr=1e-9,
+                        progress=False)  # fmt: skip
+    full = -Trace_ELBO().loss(*linear_program(), x) / x.shape[0]
+    assert full == pytest.approx(float(exact_log_px(x).mean()), abs=1e-4)
+    # rows drawn at random: the per-point spread of log p(x) over sqrt(steps x 16) draws
+    sd = float(exact_log_px(x).std())
+    steps = history.steps
+    assert abs(sum(history.train_elbo) / 20 - full) < 4 * sd / math.sqrt(steps * 16)
+    # the double scaling this replaces was off by B / s (4x, 12.5x): far outside that
+    assert abs(full) * (batch_size / 16 - 1) > 20 * sd / math.sqrt(steps * 16)
+
+
+@pytest.mark.parametrize("min_rows", [False, True])
+def test_estimators_give_every_row_its_own_value_under_subsampling(min_rows):
+    """Evaluators call a subsampling program on blocks of exactly s rows (a short last block
+    overlapping the one before), so that each of the 23 rows gets its exact log p(x)."""
+    pyro.clear_param_store()
+    x = data(23, seed=1)
+    program = ppvae.as_program(*linear_program(subsample_size=5, min_rows=min_rows))
+    for estimate in (
+        evaluate.log_likelihood(program, x, num_samples=3),
+        evaluate.elbo(program, x, num_samples=2),
+        evaluate.estimate_log_likelihood(program, x, num_samples=8).log_px,
+    ):
+        torch.testing.assert_close(estimate, exact_log_px(x), atol=1e-4, rtol=0)
+
+
+def test_a_fixed_size_plate_trains_with_all_rows_and_is_refused_otherwise():
+    pyro.clear_param_store()
+    x = data(40)
+
+    def model(x):
+        bias = pyro.param("bias", torch.zeros(()))
+        with pyro.plate("data", 40):  # closed over the data's size
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z[:, None] * W + bias, S2**0.5).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", 40):
+            loc, scale = posterior(x)
+            pyro.sample("z", dist.Normal(loc, scale))
+
+    history = ppvae.fit(model, guide, x, epochs=2, batch_size=40, lr=1e-9, progress=False)
+    assert history.train_elbo[-1] == pytest.approx(float(exact_log_px(x).mean()), abs=1e-4)
+    pyro.clear_param_store()
+    with pytest.raises(ProgramError, match=r"plate 'data'.*size 40.*batch_size=40"):
+        ppvae.fit(model, guide, x, epochs=1, batch_size=8, progress=False)
+    with pytest.raises(ProgramError, match=r"plate 'data'.*40"):
+        evaluate.log_likelihood((model, guide), x, num_samples=2)
+
+
+def test_a_subsample_larger_than_the_minibatch_is_refused_naming_it():
+    pyro.clear_param_store()
+    with pytest.raises(ProgramError, match=r"subsamples 32 rows.*16 rows.*min\(32, len\(x\)\)"):
+        ppvae.fit(*linear_program(subsample_size=32), data(100), batch_size=16, epochs=1,
+                  progress=False)  # fmt: skip
+    with pytest.raises(ProgramError, match=r"last minibatch.*holds 4 rows.*fewer than the 32"):
+        ppvae.fit(*linear_program(subsample_size=32), data(100), batch_size=48, epochs=1,
+                  progress=False)  # fmt: skip
+    # min(s, len(x)) takes the short minibatch as it is
+    ppvae.fit(*linear_program(subsample_size=32, min_rows=True), data(100), batch_size=48,
+              epochs=1, progress=False)  # fmt: skip
+
+
+# ------------------------------------------------------------------------ a renamed plate
+def test_a_renamed_plate_is_named_once_and_used_everywhere():
+    pyro.clear_param_store()
+    x = data(30)
+    model, guide = linear_program(plate="rows")
+    with pytest.raises(ProgramError, match="no sample site inside a plate named 'data'.*data_pl"):
+        ppvae.fit(model, guide, x, epochs=1, progress=False)
+    program = ppvae.as_program(model, guide, data_plate="rows")
+    history = ppvae.fit(program, x, epochs=3, batch_size=10, lr=1e-9, progress=False)
+    assert history.train_elbo[-1] == pytest.approx(float(exact_log_px(x).mean()), abs=1e-3)
+    torch.testing.assert_close(
+        evaluate.log_likelihood(program, x, num_samples=4), exact_log_px(x), atol=1e-4, rtol=0
+    )
+    with pytest.raises(ProgramError, match="plate named 'obs'"):
+        evaluate.elbo(ppvae.as_program(model, guide, data_plate="obs"), x)
