@@ -144,7 +144,7 @@ def test_a_renamed_plate_is_named_once_and_used_everywhere():
     pyro.clear_param_store()
     x = data(30)
     model, guide = linear_program(plate="rows")
-    with pytest.raises(ProgramError, match="no sample site inside a plate named 'data'.*data_pl"):
+    with pytest.raises(ProgramError, match=r"no sample site inside a plate named 'data'.*data_pl"):
         ppvae.fit(model, guide, x, epochs=1, progress=False)
     program = ppvae.as_program(model, guide, data_plate="rows")
     history = ppvae.fit(program, x, epochs=3, batch_size=10, lr=1e-9, progress=False)
