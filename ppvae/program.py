@@ -585,3 +585,33 @@ def plate_problem(info: ProgramInfo, rows: int, what: str) -> str | None:
             f"fixed size?), and {what} calls it on blocks of rows of the data; {fix}"
         )
     return None
+
+
+def local_elbo(program: Program, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    """One-draw ELBO of each row of ``x`` given one draw of the global latents, (n,) nats.
+
+    ``log p(x_i, z_i | g) - log q(z_i | x_i, g)`` with ``g ~ q(g)`` and ``z_i ~ q(z_i | x_i,
+    g)``: the sites inside the data plate only. The global latents' own terms (log p(g) -
+    log q(g), and ``pyro.factor`` penalties outside the plate) are not charged: a held-out
+    point is conditioned on the posterior over globals learned from the training data, so
+    its expected value does not depend on how many points share a call. The program is
+    called unscaled, on exactly the rows given (a caller of a subsampling program passes
+    blocks of its subsample size).
+    """
+    plate = program.data_plate
+    guide_tr = poutine.trace(program.guide).get_trace(x, **kwargs)
+    model_tr = poutine.trace(poutine.replay(program.model, trace=guide_tr)).get_trace(
+        x, **kwargs
+    )
+    total = torch.zeros(x.shape[0], device=x.device)
+    for sign, tr in ((1.0, model_tr), (-1.0, guide_tr)):
+        tr.compute_log_prob(lambda name, site: _in_data_plate(site, plate))
+        for name, site in tr.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if not _in_data_plate(site, plate):
+                continue
+            if sign < 0 and name not in model_tr.nodes:
+                continue
+            total = total + sign * site["log_prob"].reshape(-1)
+    return total

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro
 import torch
@@ -48,6 +48,7 @@ class _Evaluation:
     vectorized: bool | None = None  # None: not tried yet
     mask: torch.Tensor | None = None  # (N, D) True where X is observed; None: complete data
     rows_per_call: int | None = None  # the program subsamples this many rows in its plate
+    global_draws: list = field(default_factory=lambda: [{}])  # values of the global latents
 
     def blocks(self, n: int, n_chunk: int):
         """``(start, stop, lo)`` per chunk of rows: the program is called on rows lo:stop and
@@ -91,7 +92,7 @@ def _weights_once(
     ``mask``: the observed entries of ``x`` (passed to model and guide as ``mask``).
     ``traces``: a list to which ``(guide_tr, model_tr)`` is appended (for imputation)."""
     model = poutine.condition(program.model, data=fixed) if fixed else program.model
-    guide = poutine.block(guide, hide=list(fixed)) if fixed else guide
+    guide = poutine.condition(guide, data=fixed) if fixed else guide
     kwargs = {} if mask is None else {"mask": mask}
     shape = (x.shape[0],) if particles is None else (particles, x.shape[0])
     with pyro.plate("_particles", particles or 1, dim=-2) if particles else _nullcontext():
@@ -124,18 +125,20 @@ def _vectorized(ev: _Evaluation, attempt):
 
 
 def _log_weights(
-    ev: _Evaluation, x, num_samples: int, guide=None, mask=None, traces=None
+    ev: _Evaluation, x, num_samples: int, guide=None, mask=None, traces=None, fixed=None
 ) -> torch.Tensor:
+    """(K, n) log weights given the global latents ``fixed`` (default ``ev.fixed``)."""
     guide = ev.program.guide if guide is None else guide
+    fixed = ev.fixed if fixed is None else fixed
 
     def attempt(vectorized: bool) -> torch.Tensor:
         if traces is not None:
             traces.clear()
         if vectorized:
-            return _weights_once(ev.program, x, ev.fixed, guide, num_samples, mask, traces)
+            return _weights_once(ev.program, x, fixed, guide, num_samples, mask, traces)
         return torch.stack(
             [
-                _weights_once(ev.program, x, ev.fixed, guide, None, mask, traces)
+                _weights_once(ev.program, x, fixed, guide, None, mask, traces)
                 for _ in range(num_samples)
             ]
         )
@@ -156,7 +159,14 @@ def _program_device(program: Program, X: torch.Tensor) -> torch.device:
 
 
 def _prepare(
-    program, X, num_samples: int, *, missing: str | None = None, any_rows: str | None = None
+    program,
+    X,
+    num_samples: int,
+    *,
+    missing: str | None = None,
+    any_rows: str | None = None,
+    point_estimates=None,
+    global_samples: int | None = None,
 ) -> tuple[_Evaluation, torch.Tensor]:
     """Validate ``X`` and ``num_samples`` against a program, trace it, move ``X`` to it.
 
@@ -164,6 +174,7 @@ def _prepare(
     marginalizes them (``X`` comes back with 0 there and ``ev.mask`` says what is observed).
     ``any_rows``: the name of an estimator that calls the program on blocks of any size up to
     ``ev.rows_per_call``, which a program subsampling a fixed number of rows refuses.
+    ``point_estimates``, ``global_samples``: the global latents (see :func:`_global_values`).
     """
     prog = as_program(program)
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
@@ -184,20 +195,66 @@ def _prepare(
         likelihood.check_support(checked, "X")  # ppvae's own, with a message naming the remedy
     else:
         check_support(info, checked, "X")
-    fixed = prog.point_estimates()
-    unfixed = [name for name in info.global_latents if name not in fixed]
-    if unfixed:
-        raise ProgramError(
-            f"the latent site {unfixed[0]!r} lies outside the 'data' plate and the program "
-            "gives no point estimate for it; per-point likelihoods need every latent site in "
-            "the plate, or a point_estimates() method returning values for the global ones"
-        )
     width = max(info.data_dim, info.latent_width, getattr(prog.module, "eval_width", 0) or 0)
-    ev = _Evaluation(prog, info, fixed, width=width, mask=mask)
+    ev = _Evaluation(prog, info, {}, width=width, mask=mask)
     ev.rows_per_call = info.subsample_size if info.subsamples else None
+    if info.global_latents:
+        head = X[: max(info.rows, ev.rows_per_call or 0)]
+        ev.global_draws = _global_values(ev, head, point_estimates, global_samples)
+        ev.fixed = ev.global_draws[0]
     if any_rows is not None:
         _require_any_rows(ev, X, any_rows)
     return ev, X
+
+
+def _global_values(ev: _Evaluation, x, point_estimates, global_samples) -> list[dict]:
+    """The values the global latents are fixed at, one dict per draw.
+
+    ``point_estimates``: True for the module's ``point_estimates()``, a dict ``{site: value}``
+    for plain functions (plug-in, one draw); None averages over ``global_samples`` draws of
+    the guide's q(globals) where the estimator takes it (its ``global_samples`` is not None),
+    and otherwise uses the module's ``point_estimates()`` or refuses.
+    """
+    names = ev.info.global_latents
+    if point_estimates is None and global_samples is not None:
+        if isinstance(global_samples, bool) or int(global_samples) != global_samples or (
+            global_samples < 1
+        ):
+            raise InputError(f"global_samples must be a positive integer, got {global_samples!r}")
+        return [_draw_globals(ev, x, names) for _ in range(int(global_samples))]
+    if point_estimates is None or point_estimates is True:
+        values = ev.program.point_estimates()
+        source = f"{ev.program.name}.point_estimates()"
+    elif isinstance(point_estimates, dict):
+        values, source = dict(point_estimates), "point_estimates"
+    else:
+        raise InputError(
+            f"point_estimates must be True, a dict {{site: value}} or None, got "
+            f"{type(point_estimates).__name__}"
+        )
+    missing = [name for name in names if name not in values]
+    if missing:
+        raise ProgramError(
+            f"the latent site {missing[0]!r} lies outside the plate {ev.program.data_plate!r} "
+            f"(a global latent) and {source} gives no value for it; this estimator conditions "
+            "on plug-in values of the global latents: pass point_estimates={site: value} "
+            "(or give the module a point_estimates() method)"
+        )
+    device = x.device
+    return [{k: torch.as_tensor(v, device=device) for k, v in values.items()}]
+
+
+def _draw_globals(ev: _Evaluation, x, names) -> dict:
+    """One draw of the global latents from the guide, ``{site: value}``."""
+    kwargs = {} if ev.mask is None else {"mask": ev.mask[: x.shape[0]]}
+    with torch.no_grad(), _EvalMode(ev.module):
+        tr = poutine.trace(ev.program.guide).get_trace(x, **kwargs)
+    missing = [name for name in names if name not in tr.nodes]
+    if missing:
+        raise ProgramError(
+            f"the global latent {missing[0]!r} is sampled by the model but not by the guide"
+        )
+    return {name: tr.nodes[name]["value"].detach() for name in names}
 
 
 def _mask_kwargs(mask) -> dict:

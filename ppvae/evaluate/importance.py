@@ -52,9 +52,13 @@ def log_importance_weights(program, x: torch.Tensor, num_samples: int, guide=Non
 
 _TRIM_EVERY = 32  # chunks between malloc_trim calls (see _weight_chunks)
 
+GLOBAL_SAMPLES = 10
+"""Default S: draws of a program's global latents from q(g) that likelihoods average over."""
+
 
 def _weight_chunks(ev: _Evaluation, X, num_samples, max_elements, guide=None):
-    """Yield, for each chunk of data points, the list of (k_chunk, n_chunk) log-weight blocks."""
+    """Yield, for each chunk of data points, one list per draw of the global latents (one list
+    for a program without them) of (k_chunk, n_chunk) log-weight blocks."""
     n_chunk, k_chunk = _chunks(X.shape[0], num_samples, ev.width, max_elements)
     with _EvalMode(ev.module), torch.no_grad():
         for c, (start, stop, lo) in enumerate(ev.blocks(X.shape[0], n_chunk)):
@@ -62,10 +66,13 @@ def _weight_chunks(ev: _Evaluation, X, num_samples, max_elements, guide=None):
             mask = None if ev.mask is None else ev.mask[lo:stop]
             keep = stop - start
             yield [
-                _log_weights(ev, x, min(k_chunk, num_samples - j), guide=guide, mask=mask)[
-                    :, -keep:
+                [
+                    _log_weights(
+                        ev, x, min(k_chunk, num_samples - j), guide=guide, mask=mask, fixed=g
+                    )[:, -keep:]
+                    for j in range(0, num_samples, k_chunk)
                 ]
-                for j in range(0, num_samples, k_chunk)
+                for g in ev.global_draws
             ]
             if _TRIM is not None and x.device.type == "cpu" and c % _TRIM_EVERY == 0:
                 # glibc's dynamic mmap threshold keeps the freed chunk-sized buffers in
@@ -76,8 +83,23 @@ def _weight_chunks(ev: _Evaluation, X, num_samples, max_elements, guide=None):
                 _TRIM(0)
 
 
-def elbo(program, X, num_samples: int = 1, *, max_elements: int = _DEFAULT_MAX_ELEMENTS):
+def elbo(
+    program,
+    X,
+    num_samples: int = 1,
+    *,
+    max_elements: int = _DEFAULT_MAX_ELEMENTS,
+    point_estimates=None,
+    global_samples: int = GLOBAL_SAMPLES,
+):
     """Monte Carlo ELBO of each data point, ``mean_k log w_k``.
+
+    With global latents g (sites outside the data plate), the held-out ELBO
+    ``E_q(g) E_q(z | x, g) [log p(x, z | g) - log q(z | x, g)]``: a test point is conditioned on
+    the posterior q(g) learned from training, and KL(q(g) || p(g)) is not charged to it (it
+    is the training set's). The expectation over q(g) is taken over ``global_samples`` draws
+    shared by all points (so the value does not depend on chunking), ``num_samples`` local
+    draws each.
 
     Parameters
     ----------
@@ -91,18 +113,27 @@ def elbo(program, X, num_samples: int = 1, *, max_elements: int = _DEFAULT_MAX_E
         Guide samples per point.
     max_elements : int
         Bound on the floats in one chunk of (K, N, max(D, k)) work.
+    point_estimates, global_samples
+        See :func:`log_likelihood`.
 
     Returns
     -------
     torch.Tensor, shape (N,)
         ELBO estimates in nats, on the CPU.
     """
-    ev, X = _prepare(program, X, num_samples, missing="elbo")
+    ev, X = _prepare(
+        program,
+        X,
+        num_samples,
+        missing="elbo",
+        point_estimates=point_estimates,
+        global_samples=global_samples,
+    )
     sums = [
-        torch.stack([b.sum(0) for b in blocks]).sum(0)
-        for blocks in _weight_chunks(ev, X, num_samples, max_elements)
+        torch.stack([b.sum(0) for blocks in groups for b in blocks]).sum(0)
+        for groups in _weight_chunks(ev, X, num_samples, max_elements)
     ]
-    return torch.cat(sums).cpu() / num_samples
+    return torch.cat(sums).cpu() / (num_samples * len(ev.global_draws))
 
 
 def log_likelihood(
@@ -112,12 +143,21 @@ def log_likelihood(
     *,
     max_elements: int = _DEFAULT_MAX_ELEMENTS,
     guide=None,
+    point_estimates=None,
+    global_samples: int = GLOBAL_SAMPLES,
 ):
     """Importance-weighted estimate of log p(x) (Burda et al. 2015).
 
     ``log (1/K) sum_k p(x, z_k) / q(z_k | x)`` with ``z_k ~ q(z | x)``: a stochastic lower
     bound on log p(x) whose expectation grows with K. :func:`estimate_log_likelihood` adds
     standard errors and Pareto-k diagnostics.
+
+    With global latents g (sites outside the data plate, such as a Bayesian decoder's
+    weights with q(g) in the guide), what is estimated is the posterior predictive density
+    ``log E_q(g) p(x | g)`` of each point: for each of S = ``global_samples`` draws g_s ~ q(g)
+    (shared by all points) the IW estimate of p(x | g_s) from K local draws, then
+    log-mean-exp over s. It is a stochastic lower bound on log E_q(g) p(x | g) (Jensen over
+    both levels). ``point_estimates`` conditions on plug-in values instead: log p(x | g-hat).
 
     Parameters
     ----------
@@ -134,18 +174,31 @@ def log_likelihood(
     guide : callable, optional
         A different proposal: a Pyro guide ``guide(x, num_data=None)`` with a ``"z"`` site
         (default: the VAE's own guide).
+    point_estimates : True or dict, optional
+        Plug-in values of the global latents: True for the module's ``point_estimates()``,
+        a dict ``{site: value}`` for plain functions. Default: averaged over q(g).
+    global_samples : int
+        S, draws of the global latents from the guide (ignored without global latents or
+        with ``point_estimates``); the work is S x K weights per point.
 
     Returns
     -------
     torch.Tensor, shape (N,)
         Estimates in nats, on the CPU.
     """
-    ev, X = _prepare(program, X, num_samples, missing="log_likelihood")
+    ev, X = _prepare(
+        program,
+        X,
+        num_samples,
+        missing="log_likelihood",
+        point_estimates=point_estimates,
+        global_samples=global_samples,
+    )
     lse = [
-        torch.stack([b.logsumexp(0) for b in blocks]).logsumexp(0)
-        for blocks in _weight_chunks(ev, X, num_samples, max_elements, guide)
+        torch.stack([b.logsumexp(0) for blocks in groups for b in blocks]).logsumexp(0)
+        for groups in _weight_chunks(ev, X, num_samples, max_elements, guide)
     ]
-    return torch.cat(lse).cpu() - math.log(num_samples)
+    return torch.cat(lse).cpu() - math.log(num_samples * len(ev.global_draws))
 
 
 @dataclass
@@ -237,6 +290,8 @@ def estimate_log_likelihood(
     smoothed: bool = False,
     guide=None,
     max_elements: int = _DEFAULT_MAX_ELEMENTS,
+    point_estimates=None,
+    global_samples: int = GLOBAL_SAMPLES,
 ) -> LikelihoodEstimate:
     """Importance-weighted log p(x) with Monte Carlo standard errors and PSIS k-hat.
 
@@ -258,6 +313,11 @@ def estimate_log_likelihood(
         A different proposal (see :func:`log_likelihood`).
     max_elements : int
         Bound on the floats in one chunk of (K, N, max(D, k)) work.
+    point_estimates, global_samples
+        Global latents, as in :func:`log_likelihood`: by default the estimate is of
+        log E_q(g) p(x | g) over S draws of g; PSIS k-hat is then fitted to all S x K
+        weights of a point, and the Monte Carlo error is that of the mean over the S
+        independent per-draw estimates (it includes their own K-sample error).
 
     Returns
     -------
@@ -271,25 +331,37 @@ def estimate_log_likelihood(
                 f"num_samples={num_samples} is too few for PSIS, which fits a Pareto tail to "
                 f"the largest weights: use at least {PSIS_MIN_SAMPLES}, or psis=False"
             )
-    ev, X = _prepare(program, X, num_samples, missing="estimate_log_likelihood")
-    log_k = math.log(num_samples)
+    ev, X = _prepare(
+        program,
+        X,
+        num_samples,
+        missing="estimate_log_likelihood",
+        point_estimates=point_estimates,
+        global_samples=global_samples,
+    )
+    S = len(ev.global_draws)
+    log_k = math.log(num_samples * S)
     est, se, khats = [], [], []
-    for blocks in _weight_chunks(ev, X, num_samples, max_elements, guide):
+    for groups in _weight_chunks(ev, X, num_samples, max_elements, guide):
+        blocks = [b for blocks in groups for b in blocks]
         if psis:
             lw = torch.cat(blocks).double()
             sm, khat = _psis(lw)
             khats.append(khat)
             lw_used = sm if smoothed else lw.cpu()
-            lse1 = lw_used.logsumexp(0)
-            lse2 = (2 * lw_used).logsumexp(0)
         else:
-            lse1 = torch.stack([b.double().logsumexp(0) for b in blocks]).logsumexp(0).cpu()
-            lse2 = torch.stack([(2 * b.double()).logsumexp(0) for b in blocks]).logsumexp(0)
-            lse2 = lse2.cpu()
+            lw_used = torch.cat([b.double() for b in blocks]).cpu()
+        lse1 = lw_used.logsumexp(0)
+        lse2 = (2 * lw_used).logsumexp(0)
         est.append(lse1 - log_k)
-        # mean w^2 / (mean w)^2 = K exp(lse2 - 2 lse1)
-        ratio = torch.exp(lse2 - 2 * lse1 + log_k)
-        se.append(((ratio - 1.0).clamp_min(0.0) / num_samples).sqrt())
+        if S == 1:
+            # mean w^2 / (mean w)^2 = K exp(lse2 - 2 lse1)
+            ratio = torch.exp(lse2 - 2 * lse1 + log_k)
+            se.append(((ratio - 1.0).clamp_min(0.0) / num_samples).sqrt())
+        else:  # the S per-draw estimates are independent: the spread of their mean
+            per_draw = lw_used.reshape(S, num_samples, -1).logsumexp(1) - math.log(num_samples)
+            rel = torch.exp(per_draw - (lse1 - log_k))  # p_s / p, (S, n)
+            se.append((rel.var(0) / S).sqrt())
     return LikelihoodEstimate(
         log_px=torch.cat(est).float(),
         mc_se=torch.cat(se).float(),

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import atomic_torch_save
 from ..data import check_data, check_missing, split_missing
 from ..errors import InputError
+from ..program import local_elbo
 
 __all__ = [
     "Checkpoint",
@@ -69,19 +70,55 @@ def _call(hooks, method: str, run) -> None:
 
 
 def mean_elbo(run, X: torch.Tensor, chunk: int = 4096) -> float:
-    """ELBO of X in nats per sample, one estimate with the training estimator (no weights).
-    Rows with missing (NaN) entries score their observed entries (the program takes mask)."""
+    """ELBO of X in nats per sample: one guide draw per point, whatever the training objective.
+
+    Rows with missing (NaN) entries score their observed entries (the program takes mask).
+    Global latents (sites outside the data plate) are drawn from the guide and not charged:
+    held-out points are conditioned on the posterior learned from the training data (see
+    :func:`~ppvae.program.local_elbo`), so the value does not depend on ``chunk``. A program
+    without global latents that does not subsample is scored by the training estimator where
+    that is an ELBO (the analytic-KL one of a VAE: the same expectation, less noise).
+    """
+    if not run.per_point_elbo:
+        return _mean_elbo_by_loss(run, run.elbo_fn, X, chunk)
+    return float(_held_out_objective(run, X, chunk, local_elbo).sum()) / X.shape[0]
+
+
+def mean_objective(run, X: torch.Tensor, chunk: int = 4096) -> float:
+    """The training objective (the IWAE bound, say) of X in nats per sample."""
+    return _mean_elbo_by_loss(run, run.loss_fn, X, chunk)
+
+
+def _mean_elbo_by_loss(run, loss_fn, X, chunk: int) -> float:
     plain, masked = run.program.bind(None), None
     total = 0.0
     with torch.no_grad():
         for i in range(0, X.shape[0], chunk):
             x, mask = split_missing(X[i : i + chunk])
             if mask is None:
-                total += run.loss_fn.loss(*plain, x)
+                total += loss_fn.loss(*plain, x)
             else:
                 masked = masked or run.program.bind(None, masked=True)
-                total += run.loss_fn.loss(*masked, x, mask)
+                total += loss_fn.loss(*masked, x, mask)
     return -total / X.shape[0]
+
+
+def _held_out_objective(run, X, chunk: int, per_point) -> torch.Tensor:
+    """``per_point(program, x, **kwargs)`` over blocks of X, (M,): blocks of exactly the
+    program's subsample size where it subsamples (a short last block overlapping the one
+    before, its overlap dropped), so that every row gets its own value."""
+    s = run.rows_per_call
+    n = X.shape[0]
+    step = chunk if s is None else min(chunk, s)
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            lo = start if s is None else max(0, stop - s)
+            x, mask = split_missing(X[lo:stop])
+            kwargs = {} if mask is None else {"mask": mask}
+            out.append(per_point(run.program, x, **kwargs)[-(stop - start) :])
+    return torch.cat(out)
 
 
 def _held_out(run, X, name: str) -> torch.Tensor:
@@ -111,6 +148,8 @@ class TestELBO(Hook):
             return
         with run.untimed():
             run.history.test_elbo.append(mean_elbo(run, self.test))
+            if run.elbo_fn is not run.loss_fn:  # the training objective is not the ELBO
+                run.history.test_objective.append(mean_objective(run, self.test))
 
 
 class EarlyStopping(Hook):

@@ -56,7 +56,7 @@ from .hooks import (
     Untimed,
     _call,
 )
-from .objectives import LatentScale, make_elbo
+from .objectives import LatentScale, estimator_ran, held_out_elbo, make_elbo
 from .pyro_jit import _TraceKeyed
 from .resume import (
     check_resumable,
@@ -80,8 +80,12 @@ class History:
         Mean minibatch ELBO over each epoch, nats per sample (the KL-weighted objective when
         ``kl_weight`` is not 1 or a warm-up runs).
     test_elbo : list of float
-        ELBO of the test data after each epoch (one guide sample per point), nats per sample;
-        empty when no test data were given.
+        ELBO of the test data after each epoch (one guide sample per point, whatever the
+        training objective; global latents drawn from the guide and their KL not charged to
+        test points), nats per sample; empty when no test data were given.
+    test_objective : list of float
+        The training objective on the test data after each epoch, where it is not the ELBO
+        (the IWAE bound of ``elbo="iwae"``); empty otherwise.
     validation_elbo : list of float
         The same for the validation split of :class:`~ppvae.train.hooks.EarlyStopping`.
     best_epoch : int or None
@@ -94,7 +98,9 @@ class History:
         Part of ``seconds`` spent compiling the program with ``torch.jit.trace`` (a JIT
         estimator compiles once per minibatch shape and KL weight); 0 for an eager one.
     config : dict
-        The training settings as resolved (defaults filled in from the program), JSON-able.
+        The training settings as resolved (defaults filled in from the program), JSON-able;
+        ``config["elbo"]`` names the estimator that ran ("meanfield", "jit-meanfield",
+        "trace", "iwae", ...), ``config["elbo_requested"]`` what was asked for ("auto").
     """
 
     train_elbo: list[float] = field(default_factory=list)
@@ -105,6 +111,7 @@ class History:
     config: dict = field(default_factory=dict)
     validation_elbo: list[float] = field(default_factory=list)
     best_epoch: int | None = None
+    test_objective: list[float] = field(default_factory=list)
 
     @property
     def epochs(self) -> int:
@@ -160,6 +167,9 @@ class Run:
         self.data_dim = None
         self.support_check = None
         self.latent_scale = LatentScale()
+        self.elbo_fn = loss_fn  # the ELBO estimator of held-out data (see hooks.mean_elbo)
+        self.per_point_elbo = False  # held-out ELBO row by row (global latents, subsampling)
+        self.rows_per_call: int | None = None  # rows the program subsamples in its plate
         self.store_before: set = set()  # param-store sites present before fit (others')
         self.param_names: set = set()  # sites the program's trace touched
         self.start = time.perf_counter()
@@ -579,6 +589,7 @@ def _new_run(
         loss_fn.reset()
     bs = _batch_size(cfg.batch_size, n, distributed_world()[0])
     run = Run(prog, cfg, loss_fn, train, n, bs, dev)
+    run.elbo_fn = held_out_elbo(loss_fn, prog)
     run.labels = labels
     run.observed = observed
     run.masked = observed is not None or (run.stream is not None and prog.takes_mask)
@@ -639,6 +650,8 @@ def _start(run: Run, payload: dict | None, ckpt_path) -> None:
         restore_rng(run, payload)
     run.history.config = {
         **{k: v for k, v in run.fit_config.items() if k not in ("data", "labels")},
+        "elbo": estimator_ran(run.loss_fn),
+        "elbo_requested": run.fit_config.get("elbo"),
         "epochs": cfg.epochs,
         "device": str(run.device),
     }
@@ -675,6 +688,8 @@ def _trace_and_check(run: Run, payload: dict | None, ckpt_path):
                 f"or use subsample_size=min({info.subsample_size}, len(x))"
             ) from None
     run.param_names = info.param_names
+    run.per_point_elbo = bool(info.global_latents) or info.subsamples
+    run.rows_per_call = info.subsample_size if info.subsamples else None
     run.data_dim = info.data_dim
     run.support_check = support_check(prog, info, run.config.binarize)
     if run.observed is not None:

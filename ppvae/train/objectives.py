@@ -15,7 +15,15 @@ from ..vae import VAE, LinearVAE
 from .iwae import IWAE_ELBO
 from .pyro_jit import PATCH_APPLIES, CachedJitTrace_ELBO, CachedJitTraceMeanField_ELBO
 
-__all__ = ["ELBOS", "LatentScale", "analytic_kl", "estimator_name", "make_elbo"]
+__all__ = [
+    "ELBOS",
+    "LatentScale",
+    "analytic_kl",
+    "estimator_name",
+    "estimator_ran",
+    "held_out_elbo",
+    "make_elbo",
+]
 
 ELBOS = {
     "trace": Trace_ELBO,
@@ -98,6 +106,25 @@ def estimator_name(elbo, program: Program) -> str:
     if elbo == "auto":
         return "meanfield" if analytic_kl(program) else "trace"
     return {"jit-meanfield": "meanfield", "jit": "trace"}.get(elbo, elbo)
+
+
+def estimator_ran(loss: ELBO) -> str:
+    """The name (a key of :data:`ELBOS`) of the estimator instance that trains, or its class
+    name for a user's own."""
+    if isinstance(loss, IWAE_ELBO):
+        return "iwae-dreg" if loss.dreg else "iwae"
+    for key in ("jit-meanfield", "jit", "meanfield", "trace"):  # subclasses before bases
+        if type(loss) is ELBOS[key]:
+            return key
+    return type(loss).__name__
+
+
+def held_out_elbo(loss: ELBO, program: Program) -> ELBO:
+    """The estimator of the held-out ELBO (one guide draw per point): the training one where
+    it is an ELBO, else the analytic-KL or plain trace ELBO of the same program."""
+    if not isinstance(loss, IWAE_ELBO):
+        return loss
+    return TraceMeanField_ELBO() if analytic_kl(program) else Trace_ELBO()
 
 
 class LatentScale(Messenger):
