@@ -154,3 +154,109 @@ def test_a_renamed_plate_is_named_once_and_used_everywhere():
     )
     with pytest.raises(ProgramError, match="plate named 'obs'"):
         evaluate.elbo(ppvae.as_program(model, guide, data_plate="obs"), x)
+
+
+# ------------------------------------------------------------------------ a global latent
+QB_LOC, QB_SCALE = 0.7, 0.2
+
+
+def global_program():
+    """b ~ N(0, 1) global, z_i ~ N(0, 1), x_i | z_i, b ~ N(w z_i + b, s2 I); the guide's
+    q(b) = N(0.7, 0.2^2) (learned parameters) and q(z_i | x_i, b) the exact posterior, so that
+    every local weight is log p(x_i | b) exactly."""
+
+    def model(x):
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z[:, None] * W + b, S2**0.5).to_event(1), obs=x)
+
+    def guide(x):
+        loc = pyro.param("qb_loc", torch.tensor(QB_LOC))
+        scale = pyro.param("qb_scale", torch.tensor(QB_SCALE), constraint=dist.constraints.positive)
+        b = pyro.sample("b", dist.Normal(loc, scale))
+        with pyro.plate("data", len(x)):
+            z_loc, z_scale = posterior(x - b)
+            pyro.sample("z", dist.Normal(z_loc, z_scale))
+
+    return model, guide
+
+
+def log_px_given_b(x, b) -> torch.Tensor:
+    """(len(b), N): log p(x_i | b) in closed form."""
+    return torch.stack([exact_log_px(x - float(v)) for v in b])
+
+
+def over_q_b(x, nodes: int = 80):
+    """Gauss-Hermite over q(b): log E_q p(x | b) and E_q log p(x | b), (N,) each."""
+    import numpy as np
+
+    t, w = np.polynomial.hermite_e.hermegauss(nodes)
+    w = torch.tensor(w / w.sum(), dtype=torch.float64)
+    lp = log_px_given_b(x.double(), QB_LOC + QB_SCALE * torch.tensor(t)).double()
+    return (lp + w.log()[:, None]).logsumexp(0), (lp * w[:, None]).sum(0)
+
+
+def test_likelihoods_average_over_the_global_posterior():
+    """log_likelihood and estimate_log_likelihood estimate log E_q(b) p(x | b) (exact by
+    quadrature); the plug-in point_estimates gives log p(x | b-hat) exactly."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    x = data(20, seed=2) + 0.6
+    program = global_program()
+    exact_predictive, _ = over_q_b(x)
+    est = evaluate.estimate_log_likelihood(program, x, num_samples=5, global_samples=400)
+    # the S per-draw values are exact, so the only error is the mean over S draws of b:
+    # within 4 of its own standard errors at every point (and these are not tiny)
+    err = (est.log_px.double() - exact_predictive).abs()
+    assert bool((err < 4 * est.mc_se.double()).all()), (err, est.mc_se)
+    assert float(est.mc_se.mean()) > 1e-3
+    iw = evaluate.log_likelihood(program, x, num_samples=1, global_samples=400)
+    assert float((iw.double() - exact_predictive).abs().max()) < 4 * float(est.mc_se.max())
+    # plug-in: conditional on b = 0.7, exact at any K
+    plug = evaluate.log_likelihood(program, x, num_samples=2, point_estimates={"b": QB_LOC})
+    torch.testing.assert_close(plug, exact_log_px(x - QB_LOC), atol=1e-4, rtol=0)
+    # the averaged value is not the plug-in one (the test can tell them apart)
+    assert float((exact_predictive - exact_log_px(x - QB_LOC).double()).abs().mean()) > 0.02
+
+
+def test_held_out_elbo_charges_no_global_kl_and_ignores_chunking():
+    pyro.clear_param_store()
+    x = data(30, seed=3) + 0.6
+    program = global_program()
+    _, expected_log_lik = over_q_b(x)
+    pyro.set_rng_seed(1)
+    small = evaluate.elbo(program, x, global_samples=50, max_elements=256)
+    pyro.set_rng_seed(1)
+    chunked_once = evaluate.elbo(program, x, global_samples=50)
+    # the global draws are made once, before chunking: the same values either way
+    torch.testing.assert_close(small, chunked_once, atol=1e-5, rtol=0)
+    large = evaluate.elbo(program, x, global_samples=800)
+    # E_q(b) log p(x | b), no KL(q(b) || p(b)) = 1.37 nats: the mean over 800 draws of b
+    sd = float(log_px_given_b(x, QB_LOC + QB_SCALE * torch.randn(4000)).mean(1).std())
+    tol = 4 * sd / math.sqrt(800)
+    assert abs(float(large.mean()) - float(expected_log_lik.mean())) < tol
+    kl = float(torch.distributions.kl_divergence(
+        dist.Normal(QB_LOC, QB_SCALE), dist.Normal(0.0, 1.0)))  # fmt: skip
+    assert kl / 30 > 2 * tol  # charging it per test point would be caught
+
+
+def test_train_and_test_elbo_of_a_global_latent_program():
+    """History.train_elbo is the full-data ELBO per point (the global KL once, over N);
+    History.test_elbo is E_q(b) mean_i log p(x_i | b) on the test rows (no KL)."""
+    pyro.clear_param_store()
+    train, test = data(60, seed=4) + 0.6, data(10, seed=5) + 0.6
+    h = ppvae.fit(*global_program(), train, test=test, epochs=50, batch_size=60, lr=1e-9,
+                  progress=False)  # fmt: skip
+    kl = float(torch.distributions.kl_divergence(
+        dist.Normal(QB_LOC, QB_SCALE), dist.Normal(0.0, 1.0)))  # fmt: skip
+    _, train_ll = over_q_b(train)
+    full_data_elbo = (float(train_ll.sum()) - kl) / 60
+    # each step's value: one draw of b (sd of the mean over rows of log p(x_i | b))
+    draws = QB_LOC + QB_SCALE * torch.randn(4000, generator=torch.Generator().manual_seed(0))
+    sd_step = float(log_px_given_b(train, draws).mean(1).std())
+    assert abs(sum(h.train_elbo) / 50 - full_data_elbo) < 4 * sd_step / math.sqrt(h.steps)
+    _, test_ll = over_q_b(test)
+    sd_test = float(log_px_given_b(test, draws).mean(1).std())
+    mean_test = sum(h.test_elbo) / 50
+    assert abs(mean_test - float(test_ll.mean())) < 4 * sd_test / math.sqrt(50)
