@@ -361,33 +361,58 @@ def _log_joint(ev: _Evaluation, x, z: torch.Tensor) -> torch.Tensor:
     return _vectorized(ev, attempt)
 
 
-def _guide_moments(ev: _Evaluation, X: torch.Tensor, draws: int = 256):
+def _guide_moments(ev: _Evaluation, X: torch.Tensor, draws: int = 2000):
     """Mean and standard deviation of q(z | x) per point over the flat local latents, (N, L).
 
-    Read from the guide's distributions where they define ``mean`` and ``stddev`` (a
-    Gaussian guide: exactly its parameters), else estimated from ``draws`` samples.
+    The marginal moments of each latent under q. Read from the guide's distributions where
+    that is exact: one local latent site, no global latents, and a distribution that defines
+    ``mean`` and ``stddev`` (a Gaussian guide: exactly its parameters). Otherwise, for a
+    hierarchical guide q(z1 | x) q(z2 | z1, x) whose sites' parameters depend on other draws,
+    estimated from ``draws`` samples of the whole guide (Monte Carlo error about
+    sd / sqrt(draws)).
     """
+    guide = poutine.condition(ev.program.guide, data=ev.fixed) if ev.fixed else ev.program.guide
+    kwargs = {} if ev.mask is None or ev.mask.shape[0] != X.shape[0] else {"mask": ev.mask}
+    sites = ev.info.local_latents
     with _EvalMode(ev.module), torch.no_grad():
-        tr = poutine.trace(ev.program.guide).get_trace(X)
-        try:
-            parts = [
-                (tr.nodes[name]["fn"].mean, tr.nodes[name]["fn"].stddev)
-                for name in ev.info.local_latents
-            ]
-            loc = torch.cat([m.reshape(X.shape[0], -1) for m, _ in parts], -1)
-            scale = torch.cat([s.reshape(X.shape[0], -1) for _, s in parts], -1)
-        except (NotImplementedError, AttributeError, KeyError):
-            with pyro.plate("_particles", draws, dim=-2):
-                tr = poutine.trace(ev.program.guide).get_trace(X)
-            z = torch.cat(
-                [
-                    tr.nodes[name]["value"].reshape(draws, X.shape[0], -1)
-                    for name in ev.info.local_latents
-                ],
-                -1,
-            )
-            loc, scale = z.mean(0), z.std(0)
-    return loc, scale.clamp_min(1e-6)
+        if len(sites) == 1 and not ev.info.global_latents:
+            tr = poutine.trace(guide).get_trace(X, **kwargs)
+            try:
+                (name,) = sites
+                fn = tr.nodes[name]["fn"]
+                loc, scale = fn.mean.reshape(X.shape[0], -1), fn.stddev.reshape(X.shape[0], -1)
+                return loc, scale.clamp_min(1e-6)
+            except (NotImplementedError, AttributeError, KeyError):
+                pass
+        total = torch.zeros(X.shape[0], ev.info.latent_width, dtype=torch.float64, device=X.device)
+        total_sq = torch.zeros_like(total)
+        per = max(1, min(draws, _DEFAULT_MAX_ELEMENTS // max(1, X.shape[0] * ev.width)))
+        for j in range(0, draws, per):
+            m = min(per, draws - j)
+
+            def attempt(vectorized: bool, m=m) -> torch.Tensor:
+                if vectorized:
+                    with pyro.plate("_particles", m, dim=-2):
+                        tr = poutine.trace(guide).get_trace(X, **kwargs)
+                    return _flat(tr, sites, (m, X.shape[0]))
+                return torch.stack(
+                    [
+                        _flat(poutine.trace(guide).get_trace(X, **kwargs), sites, (X.shape[0],))
+                        for _ in range(m)
+                    ]
+                )
+
+            z = _vectorized(ev, attempt).double()
+            total += z.sum(0)
+            total_sq += z.pow(2).sum(0)
+        loc = total / draws
+        var = (total_sq / draws - loc.pow(2)).clamp_min(0.0) * draws / max(1, draws - 1)
+    return loc.to(X.dtype), var.sqrt().to(X.dtype).clamp_min(1e-6)
+
+
+def _flat(tr, sites: dict, lead: tuple) -> torch.Tensor:
+    """The local latents of a trace as one flat vector per point, (*lead, L)."""
+    return torch.cat([tr.nodes[name]["value"].reshape(*lead, -1) for name in sites], -1)
 
 
 class _Frozen:

@@ -42,6 +42,11 @@ class _LocalGaussianGuide:
                 )
 
 
+def _plug(ev: _Evaluation):
+    """The plug-in values of the global latents the gaps condition on throughout, or None."""
+    return ev.fixed if ev.info.global_latents else None
+
+
 def _local_elbo(
     ev: _Evaluation,
     x,
@@ -213,7 +218,9 @@ def inference_gaps(
     with _Frozen(ev), _EvalMode(ev.module):
         loc0, scale0 = _guide_moments(ev, X)
         with torch.no_grad():
-            amortized = elbo(ev.program, X, elbo_samples, max_elements=max_elements).to(X.device)
+            amortized = elbo(
+                ev.program, X, elbo_samples, max_elements=max_elements, point_estimates=_plug(ev)
+            ).to(X.device)
         loc = loc0.detach().clone().requires_grad_(True)
         log_scale = scale0.detach().log().clone().requires_grad_(True)
         opt = torch.optim.Adam([loc, log_scale], lr=lr)
@@ -247,6 +254,7 @@ def inference_gaps(
                         loc_best[i : i + rows], ls_best[i : i + rows], sites, plate
                     ),
                     max_elements=max_elements,
+                    point_estimates=_plug(ev),
                 )
                 for i in range(0, X.shape[0], rows)
             ]
@@ -269,7 +277,9 @@ def _gaps_in_family(
     chunk = max(1, max_elements // max(1, X.shape[0] * ev.width))
     with _Frozen(ev), _EvalMode(ev.module):
         with torch.no_grad():
-            amortized = elbo(ev.program, X, elbo_samples, max_elements=max_elements).to(X.device)
+            amortized = elbo(
+                ev.program, X, elbo_samples, max_elements=max_elements, point_estimates=_plug(ev)
+            ).to(X.device)
         local, start = _optimize_family(ev, X, steps=steps, lr=lr, train_samples=train_samples)
         with torch.no_grad():
             # per point, the better of the optimized and the starting member (compared on
