@@ -11,6 +11,8 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import biject_to, constraints
+from torch.distributions.transforms import ComposeTransform, IndependentTransform, Transform
 
 from ..data import check_data, check_missing, split_missing
 from ..errors import InputError, ProgramError
@@ -49,6 +51,7 @@ class _Evaluation:
     mask: torch.Tensor | None = None  # (N, D) True where X is observed; None: complete data
     rows_per_call: int | None = None  # the program subsamples this many rows in its plate
     global_draws: list = field(default_factory=lambda: [{}])  # values of the global latents
+    _space: LatentSpace | None = None
 
     def blocks(self, n: int, n_chunk: int):
         """``(start, stop, lo)`` per chunk of rows: the program is called on rows lo:stop and
@@ -66,6 +69,24 @@ class _Evaluation:
     @property
     def module(self):
         return self.program.module
+
+    @property
+    def space(self) -> LatentSpace:
+        """The local latents in unconstrained coordinates (built once)."""
+        if self._space is None:
+            self._space = LatentSpace(self.info)
+        return self._space
+
+    def require_continuous(self, what: str) -> None:
+        """Refuse discrete local latents where ``what`` moves latents by gradients."""
+        discrete = [n for n in self.info.discrete_latents if n in self.info.local_latents]
+        if discrete:
+            raise ProgramError(
+                f"the latent site {discrete[0]!r} is discrete; {what} moves the local latents "
+                "by gradients (Hamiltonian dynamics, or a Gaussian over them), which needs "
+                "every one continuous: use the importance-weighted estimators "
+                "(estimate_log_likelihood), which take discrete latents"
+            )
 
 
 def _sum_log_probs(tr, shape: tuple, exclude) -> torch.Tensor:
@@ -341,8 +362,85 @@ def _split_latents(z: torch.Tensor, sites: dict) -> dict[str, torch.Tensor]:
     return out
 
 
+def unconstraining(support) -> Transform:
+    """The bijection from the reals onto a latent's support (``biject_to``), with real-valued
+    mixtures (``MixtureSameFamily`` over real components: ppvae's ``mog`` and ``vamp``
+    priors) moved by the identity, as NumPyro and TFP do."""
+    base, dims = support, 0
+    while isinstance(base, constraints.independent):
+        dims += base.reinterpreted_batch_ndims
+        base = base.base_constraint
+    if isinstance(base, constraints.MixtureSameFamilyConstraint):
+        inner = base.base_constraint
+        while isinstance(inner, constraints.independent):
+            inner = inner.base_constraint
+        if inner is constraints.real:
+            return biject_to(constraints.independent(constraints.real, dims) if dims else
+                             constraints.real)  # fmt: skip
+    return biject_to(support)
+
+
+class LatentSpace:
+    """The local latents as one flat unconstrained vector per point, u (..., n, U).
+
+    Each site is mapped from the reals onto its support by :func:`unconstraining`;
+    :meth:`values` returns the constrained values and ``log |det J|`` per point, which
+    densities over u add (so that NUTS, AIS and the local Gaussians of the gaps move every
+    latent in unconstrained space, as Pyro's own NUTS does).
+    """
+
+    def __init__(self, info: ProgramInfo):
+        self.sites = dict(info.local_latents)
+        self.transforms, self.u_shapes = {}, {}
+        for name, shape in self.sites.items():
+            support = info.local_supports.get(name, constraints.real)
+            t = unconstraining(support)
+            self.transforms[name] = t
+            self.u_shapes[name] = tuple(t.inverse_shape(torch.Size(shape))) if shape else ()
+        self.identity = all(_is_identity(t) for t in self.transforms.values())
+        self.width = sum(math.prod(s) for s in self.u_shapes.values())
+
+    def values(self, u: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """``({site: z}, log |det dz/du|)`` at flat u (..., n, U); the second is (..., n)."""
+        parts = _split_latents(u, self.u_shapes)
+        if self.identity:
+            return parts, torch.zeros(u.shape[:-1], dtype=u.dtype, device=u.device)
+        out, log_det = {}, torch.zeros(u.shape[:-1], dtype=u.dtype, device=u.device)
+        for name, part in parts.items():
+            t = self.transforms[name]
+            z = t(part)
+            out[name] = z
+            if not _is_identity(t):
+                log_det = log_det + _event_sum(t.log_abs_det_jacobian(part, z), u.dim() - 1)
+        return out, log_det
+
+    def flat(self, values: dict, lead: tuple) -> torch.Tensor:
+        """Flat u (*lead, U) of constrained values ``{site: z}`` with leading shape ``lead``."""
+        return torch.cat(
+            [
+                self.transforms[name].inv(values[name]).reshape(*lead, -1)
+                for name in self.sites
+            ],
+            -1,
+        )
+
+
+def _is_identity(t) -> bool:
+    while isinstance(t, IndependentTransform):
+        t = t.base_transform
+    return isinstance(t, ComposeTransform) and not t.parts  # biject_to(real) is Compose([])
+
+
+def _event_sum(log_det: torch.Tensor, batch_dims: int) -> torch.Tensor:
+    """Sum a log-det over the dimensions right of the (..., n) batch."""
+    while log_det.dim() > batch_dims:
+        log_det = log_det.sum(-1)
+    return log_det
+
+
 def _log_joint(ev: _Evaluation, x, z: torch.Tensor) -> torch.Tensor:
-    """``log p(x, z)`` of the program's model, (K, n), at flat latents z of shape (K, n, L)."""
+    """``log p(x, T(u)) + log |det J_T(u)|``, (K, n), at flat unconstrained latents u of shape
+    (K, n, U) (:class:`LatentSpace`; for real-valued latents u = z and the Jacobian is 1)."""
 
     def once(values: dict, particles: int | None) -> torch.Tensor:
         model = poutine.condition(ev.program.model, data={**values, **ev.fixed})
@@ -351,17 +449,21 @@ def _log_joint(ev: _Evaluation, x, z: torch.Tensor) -> torch.Tensor:
             tr = poutine.trace(model).get_trace(x)
         return _sum_log_probs(tr, shape, ev.fixed)
 
-    sites = ev.info.local_latents
+    space = ev.space
+
+    def at(u: torch.Tensor, particles: int | None) -> torch.Tensor:
+        values, log_det = space.values(u)
+        return once(values, particles) + log_det
 
     def attempt(vectorized: bool) -> torch.Tensor:
         if vectorized:
-            return once(_split_latents(z, sites), z.shape[0])
-        return torch.stack([once(_split_latents(zk, sites), None) for zk in z])
+            return at(z, z.shape[0])
+        return torch.stack([at(zk, None) for zk in z])
 
     return _vectorized(ev, attempt)
 
 
-def _guide_moments(ev: _Evaluation, X: torch.Tensor, draws: int = 2000):
+def _guide_moments(ev: _Evaluation, X: torch.Tensor, draws: int = 2000, unconstrained=False):
     """Mean and standard deviation of q(z | x) per point over the flat local latents, (N, L).
 
     The marginal moments of each latent under q. Read from the guide's distributions where
@@ -369,13 +471,15 @@ def _guide_moments(ev: _Evaluation, X: torch.Tensor, draws: int = 2000):
     ``mean`` and ``stddev`` (a Gaussian guide: exactly its parameters). Otherwise, for a
     hierarchical guide q(z1 | x) q(z2 | z1, x) whose sites' parameters depend on other draws,
     estimated from ``draws`` samples of the whole guide (Monte Carlo error about
-    sd / sqrt(draws)).
+    sd / sqrt(draws)). ``unconstrained=True``: the moments of u, the latents in the
+    unconstrained space of :class:`LatentSpace` (the same where every latent is real).
     """
     guide = poutine.condition(ev.program.guide, data=ev.fixed) if ev.fixed else ev.program.guide
     kwargs = {} if ev.mask is None or ev.mask.shape[0] != X.shape[0] else {"mask": ev.mask}
     sites = ev.info.local_latents
     with _EvalMode(ev.module), torch.no_grad():
-        if len(sites) == 1 and not ev.info.global_latents:
+        space = ev.space if unconstrained and not ev.space.identity else None
+        if len(sites) == 1 and not ev.info.global_latents and space is None:
             tr = poutine.trace(guide).get_trace(X, **kwargs)
             try:
                 (name,) = sites
@@ -384,7 +488,8 @@ def _guide_moments(ev: _Evaluation, X: torch.Tensor, draws: int = 2000):
                 return loc, scale.clamp_min(1e-6)
             except (NotImplementedError, AttributeError, KeyError):
                 pass
-        total = torch.zeros(X.shape[0], ev.info.latent_width, dtype=torch.float64, device=X.device)
+        width = ev.info.latent_width if space is None else space.width
+        total = torch.zeros(X.shape[0], width, dtype=torch.float64, device=X.device)
         total_sq = torch.zeros_like(total)
         per = max(1, min(draws, _DEFAULT_MAX_ELEMENTS // max(1, X.shape[0] * ev.width)))
         for j in range(0, draws, per):
@@ -394,10 +499,15 @@ def _guide_moments(ev: _Evaluation, X: torch.Tensor, draws: int = 2000):
                 if vectorized:
                     with pyro.plate("_particles", m, dim=-2):
                         tr = poutine.trace(guide).get_trace(X, **kwargs)
-                    return _flat(tr, sites, (m, X.shape[0]))
+                    return _flat(tr, sites, (m, X.shape[0]), space)
                 return torch.stack(
                     [
-                        _flat(poutine.trace(guide).get_trace(X, **kwargs), sites, (X.shape[0],))
+                        _flat(
+                            poutine.trace(guide).get_trace(X, **kwargs),
+                            sites,
+                            (X.shape[0],),
+                            space,
+                        )
                         for _ in range(m)
                     ]
                 )
@@ -410,8 +520,11 @@ def _guide_moments(ev: _Evaluation, X: torch.Tensor, draws: int = 2000):
     return loc.to(X.dtype), var.sqrt().to(X.dtype).clamp_min(1e-6)
 
 
-def _flat(tr, sites: dict, lead: tuple) -> torch.Tensor:
-    """The local latents of a trace as one flat vector per point, (*lead, L)."""
+def _flat(tr, sites: dict, lead: tuple, space=None) -> torch.Tensor:
+    """The local latents of a trace as one flat vector per point, (*lead, L), or in the
+    unconstrained coordinates of ``space`` (*lead, U)."""
+    if space is not None:
+        return space.flat({name: tr.nodes[name]["value"] for name in sites}, lead)
     return torch.cat([tr.nodes[name]["value"].reshape(*lead, -1) for name in sites], -1)
 
 

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions import constraints
 from tqdm.auto import tqdm
 
 from ..errors import InputError, ProgramError
@@ -47,7 +46,6 @@ from ._common import (
     _guide_moments,
     _nullcontext,
     _prepare,
-    _split_latents,
     _sum_log_probs,
     _vectorized,
 )
@@ -156,29 +154,33 @@ class _Target:
         return log_joint, log_q0
 
     def log_parts(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(log p(x, z), log q0(z))``, each (C, n), at flat latents z of shape (C, n, L)."""
+        """``(log p(x, z), log q0(z))``, each (C, n), at flat unconstrained latents u of shape
+        (C, n, U): both densities over u, with the same ``log |det J|`` added to each
+        (:class:`~ppvae.evaluate._common.LatentSpace`), so that their ratio is unchanged."""
+        space = self.ev.space
+
+        def at(u, particles):
+            values, log_det = space.values(u)
+            log_joint, log_q0 = self._once(values, particles)
+            return log_joint + log_det, log_q0 + log_det
 
         def attempt(vectorized: bool):
             if vectorized:
-                return self._once(_split_latents(z, self.sites), z.shape[0])
-            parts = [self._once(_split_latents(zc, self.sites), None) for zc in z]
+                return at(z, z.shape[0])
+            parts = [at(zc, None) for zc in z]
             return torch.stack([a for a, _ in parts]), torch.stack([b for _, b in parts])
 
         return _vectorized(self.ev, attempt)
 
     def sample_start(self, num_chains: int) -> torch.Tensor:
-        """C draws from q0 per point, flat, (C, n, L); checks that every latent is real."""
+        """C draws from q0 per point, flat and unconstrained, (C, n, U)."""
         fn = self.model if self.start == "prior" else self.guide
 
         def once(particles):
             with self._plate(particles):
                 tr = poutine.trace(fn).get_trace(self.x)
-            for name in self.sites:
-                _check_real(name, tr.nodes[name]["fn"])
-            lead = self._shape(particles)
-            return torch.cat(
-                [tr.nodes[name]["value"].reshape(*lead, -1) for name in self.sites], -1
-            )
+            values = {name: tr.nodes[name]["value"] for name in self.sites}
+            return self.ev.space.flat(values, self._shape(particles))
 
         def attempt(vectorized: bool):
             if vectorized:
@@ -187,18 +189,6 @@ class _Target:
 
         with torch.no_grad():
             return _vectorized(self.ev, attempt).detach()
-
-
-def _check_real(name: str, fn) -> None:
-    support = fn.support
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    if support is not constraints.real:
-        raise ProgramError(
-            f"the latent site {name!r} has support {fn.support}; AIS moves latents by "
-            "Hamiltonian Monte Carlo, which needs every local latent real-valued and "
-            "unconstrained (reparameterize it, e.g. sample log-scale instead of scale)"
-        )
 
 
 class _State:
@@ -365,7 +355,7 @@ def _forward(ev: _Evaluation, X: torch.Tensor, settings: _Settings, betas, bar):
     for i in range(0, X.shape[0], rows):
         x = X[i : i + rows]
         target = _Target(ev, x, settings.start)
-        _, scale = _guide_moments(ev, x)
+        _, scale = _guide_moments(ev, x, unconstrained=True)
         z0 = target.sample_start(settings.num_chains)
         parts.append(
             _anneal(
@@ -497,6 +487,7 @@ def ais_log_likelihood(
         progress,
     )
     ev, X = _prepare(program, X, num_chains, any_rows="ais_log_likelihood")
+    ev.require_continuous("ais_log_likelihood")
     rows = _rows_per_chunk(ev, X.shape[0], settings)
     total = settings.num_steps * math.ceil(X.shape[0] / rows)
     with (
@@ -587,7 +578,7 @@ def _simulate(ev: _Evaluation, n: int, device) -> tuple[torch.Tensor, torch.Tens
     with torch.no_grad():
         tr = poutine.trace(model).get_trace(dummy)
     x = tr.nodes[site]["value"].detach().reshape(n, -1).to(torch.float32)
-    z = torch.cat([tr.nodes[s]["value"].detach().reshape(n, -1) for s in ev.info.local_latents], -1)
+    z = ev.space.flat({s: tr.nodes[s]["value"].detach() for s in ev.info.local_latents}, (n,))
     return x, z
 
 
@@ -649,6 +640,7 @@ def bdmc(
         progress,
     )
     prog_ev, _ = _prepare(program, _probe(program, data_dim), num_chains, any_rows="bdmc")
+    prog_ev.require_continuous("bdmc")
     device = _device_of(prog_ev)
     with _Seeded(seed, device), _Frozen(prog_ev), _EvalMode(prog_ev.module):
         x, z = _simulate(prog_ev, int(num_points), device)
@@ -664,7 +656,7 @@ def bdmc(
             for i in range(0, x.shape[0], rows):
                 xi, zi = x[i : i + rows], z[i : i + rows].to(x.device)
                 target = _Target(ev, xi, start)
-                _, scale = _guide_moments(ev, xi)
+                _, scale = _guide_moments(ev, xi, unconstrained=True)
                 z0 = zi.unsqueeze(0).expand(settings.num_chains, *zi.shape).contiguous()
                 lw, _, acc, _ = _anneal(
                     target,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pyro
+import pyro.distributions as dist
 import torch
 
 from ..errors import InputError
@@ -16,6 +17,7 @@ from ._common import (
     _Evaluation,
     _Frozen,
     _guide_moments,
+    _is_identity,
     _log_joint,
     _prepare,
     _split_latents,
@@ -26,20 +28,23 @@ from .linear import exact_log_likelihood
 
 class _LocalGaussianGuide:
     """A non-amortized guide: one diagonal Gaussian q_n per data point (fixed rows of X) over
-    the program's local latent sites, flattened into one vector of width L."""
+    the program's local latents in unconstrained coordinates (a flat vector of width U),
+    mapped onto each site's support (:class:`~ppvae.evaluate._common.LatentSpace`)."""
 
-    def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor, sites: dict, plate="data"):
-        self.loc, self.log_scale, self.sites, self.plate = loc, log_scale, sites, plate
+    def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor, space, plate="data"):
+        self.loc, self.log_scale, self.space, self.plate = loc, log_scale, space, plate
 
     def __call__(self, x, num_data=None, **kwargs):
         n = x.shape[0]
-        locs = _split_latents(self.loc, self.sites)
-        scales = _split_latents(self.log_scale.exp(), self.sites)
+        locs = _split_latents(self.loc, self.space.u_shapes)
+        scales = _split_latents(self.log_scale.exp(), self.space.u_shapes)
         with pyro.plate(self.plate, size=n if num_data is None else num_data, subsample_size=n):
-            for name, shape in self.sites.items():
-                pyro.sample(
-                    name, pyro.distributions.Normal(locs[name], scales[name]).to_event(len(shape))
-                )
+            for name, shape in self.space.u_shapes.items():
+                q = dist.Normal(locs[name], scales[name]).to_event(len(shape))
+                transform = self.space.transforms[name]
+                if not _is_identity(transform):
+                    q = dist.TransformedDistribution(q, [transform])
+                pyro.sample(name, q)
 
 
 def _plug(ev: _Evaluation):
@@ -214,9 +219,10 @@ def inference_gaps(
             train_samples=train_samples,
             max_elements=max_elements,
         )
-    sites = ev.info.local_latents
+    ev.require_continuous("inference_gaps")
+    sites = ev.space
     with _Frozen(ev), _EvalMode(ev.module):
-        loc0, scale0 = _guide_moments(ev, X)
+        loc0, scale0 = _guide_moments(ev, X, unconstrained=True)
         with torch.no_grad():
             amortized = elbo(
                 ev.program, X, elbo_samples, max_elements=max_elements, point_estimates=_plug(ev)

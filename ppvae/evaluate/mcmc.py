@@ -52,8 +52,14 @@ def nuts_posterior(
     """
     import arviz as az
     from pyro.infer import MCMC, NUTS
+    from pyro.infer.autoguide.initialization import init_to_value
 
     ev, X = _prepare(program, X, 1, any_rows="nuts_posterior")
+    ev.require_continuous("nuts_posterior")
+    # every latent moved in unconstrained space (biject_to of its support, the Jacobian in
+    # the density); real-valued mixtures (mog, vamp priors) by the identity, which Pyro's
+    # own default cannot do for their MixtureSameFamily support
+    transforms = dict(ev.space.transforms)
     model = poutine.condition(ev.program.model, data=ev.fixed) if ev.fixed else ev.program.model
     sites = list(ev.info.local_latents)
     results = []
@@ -63,8 +69,14 @@ def nuts_posterior(
             chains = []
             for c in range(num_chains):
                 pyro.set_rng_seed(seed + 1000 * i + c)
+                # each chain starts at a draw of the guide (in the support whatever it is;
+                # Pyro's default init_to_uniform needs biject_to of every support)
+                guide = poutine.condition(ev.program.guide, data=ev.fixed)
+                with torch.no_grad():
+                    start = poutine.trace(guide).get_trace(x).nodes
+                init = init_to_value(values={s: start[s]["value"].detach() for s in sites})
                 mcmc = MCMC(
-                    NUTS(model),
+                    NUTS(model, transforms=transforms, init_strategy=init),
                     num_samples=num_samples,
                     warmup_steps=warmup_steps,
                     disable_progbar=True,
