@@ -395,7 +395,7 @@ def test_a_discrete_local_latent_is_refused_where_gradients_move_it():
             pyro.sample("c", dist.Bernoulli(0.5))
 
     x = data(4)
-    with pytest.raises(ProgramError, match="'c' is discrete.*ais_log_likelihood"):
+    with pytest.raises(ProgramError, match=r"'c' is discrete.*ais_log_likelihood"):
         evaluate.ais_log_likelihood((model, guide), x, num_steps=2, num_chains=2)
-    with pytest.raises(ProgramError, match="'c' is discrete.*nuts_posterior"):
+    with pytest.raises(ProgramError, match=r"'c' is discrete.*nuts_posterior"):
         evaluate.nuts_posterior((model, guide), x[:1], num_samples=2, warmup_steps=2)
