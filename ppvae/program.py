@@ -615,3 +615,43 @@ def local_elbo(program: Program, x: torch.Tensor, **kwargs) -> torch.Tensor:
                 continue
             total = total + sign * site["log_prob"].reshape(-1)
     return total
+
+
+def check_mask_contract(program: Program, x: torch.Tensor, mask: torch.Tensor, **kwargs) -> None:
+    """Refuse a program whose model's log-density changes when a missing entry changes.
+
+    The model is replayed twice against one guide draw, with the missing entries of ``x``
+    (False in ``mask``) at 0 and then at 1; a site whose log-density differs reads entries it
+    was told are missing (it takes ``mask`` but does not mask its likelihood), and would
+    train on them as observed zeros.
+
+    Raises
+    ------
+    ProgramError
+        Naming the first such site.
+    """
+    if bool(mask.all()):
+        return
+    other = torch.where(mask, x, torch.ones_like(x))
+    cuda = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.no_grad(), pyro.validation_enabled(False):
+        guide_tr = poutine.trace(program.guide).get_trace(x, mask=mask, **kwargs)
+        traces = [
+            poutine.trace(poutine.replay(program.model, trace=guide_tr)).get_trace(
+                xs, mask=mask, **kwargs
+            )
+            for xs in (x, other)
+        ]
+        for tr in traces:
+            tr.compute_log_prob()
+    for name, site in traces[0].nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        changed = traces[1].nodes[name]["log_prob"] - site["log_prob"]
+        if not bool((changed.abs() <= 1e-5 * (1 + site["log_prob"].abs())).all()):
+            raise ProgramError(
+                f"program {program.name} takes mask, but the log-density of its site {name!r} "
+                "changes when a missing entry changes: it scores missing entries as observed "
+                "values. Mask the per-feature distribution before summing over features, e.g. "
+                "Normal(loc, scale).mask(mask).to_event(1) (see ppvae.program)"
+            )

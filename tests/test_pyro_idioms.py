@@ -399,3 +399,34 @@ def test_a_discrete_local_latent_is_refused_where_gradients_move_it():
         evaluate.ais_log_likelihood((model, guide), x, num_steps=2, num_chains=2)
     with pytest.raises(ProgramError, match=r"'c' is discrete.*nuts_posterior"):
         evaluate.nuts_posterior((model, guide), x[:1], num_samples=2, warmup_steps=2)
+
+
+# ------------------------------------------------------------------- the mask contract
+def masked_program(honour: bool):
+    def model(x, mask=None):
+        loc = pyro.param("loc", torch.zeros(3))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            obs = dist.Normal(z[:, None] * W + loc, 1.0)
+            if honour and mask is not None:
+                obs = obs.mask(mask)
+            pyro.sample("x", obs.to_event(1), obs=x)
+
+    def guide(x, mask=None):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(posterior(x)[0], 1.0))
+
+    return model, guide
+
+
+def test_a_program_that_takes_mask_but_ignores_it_is_refused_naming_the_site():
+    x = data(20)
+    x[3, 1] = x[7, 0] = float("nan")
+    pyro.clear_param_store()
+    with pytest.raises(ProgramError, match=r"takes mask.*site 'x' changes when a missing entry"):
+        ppvae.fit(*masked_program(honour=False), x, epochs=1, progress=False)
+    with pytest.raises(ProgramError, match=r"site 'x' changes when a missing entry"):
+        evaluate.log_likelihood(masked_program(honour=False), x, num_samples=2)
+    pyro.clear_param_store()
+    ppvae.fit(*masked_program(honour=True), x, epochs=1, progress=False)
+    assert evaluate.log_likelihood(masked_program(honour=True), x, num_samples=2).shape == (20,)

@@ -20,6 +20,7 @@ from ..program import (
     Program,
     ProgramInfo,
     as_program,
+    check_mask_contract,
     check_support,
     inspect_program,
     inspect_rows,
@@ -210,6 +211,9 @@ def _prepare(
     problem = plate_problem(info, n, "the estimator")
     if problem is not None:
         raise ProgramError(problem)
+    if mask is not None:
+        rows = info.rows if not info.subsamples else info.plate_size
+        check_mask_contract(prog, X[:rows], mask[:rows])
     checked = X if mask is None else torch.where(mask, X, X[mask][:1])  # observed values only
     likelihood = getattr(prog.module, "likelihood", None) if prog.is_ppvae else None
     if likelihood is not None:

@@ -40,6 +40,7 @@ from ..program import (
     Program,
     _accepts,
     as_program,
+    check_mask_contract,
     inspect_program,
     inspect_rows,
     plate_problem,
@@ -671,6 +672,9 @@ def _trace_and_check(run: Run, payload: dict | None, ckpt_path):
     if head_mask is not None:
         kwargs["mask"] = head_mask.to(run.device)
     info = inspect_rows(prog, head.to(run.device), rows, **kwargs)
+    if head_mask is not None:
+        some = head.to(run.device)[:rows]
+        check_mask_contract(prog, some, kwargs["mask"][:rows], **_label_kwargs(run.labels, rows))
     problem = plate_problem(info, rows, "fit")
     if problem is not None:
         if info.plate_size == run.n and rows < run.n:
