@@ -35,6 +35,7 @@ from torch import nn
 from torch.distributions.kl import register_kl
 from torch.nn import functional as F
 
+from .custom_parts import build_custom, custom_config
 from .errors import InputError
 from .nets import GaussianEncoder, mlp
 
@@ -67,13 +68,16 @@ class Guide(nn.Module):
         return z.mean(0), z.std(0)
 
     def config(self) -> dict:
-        """JSON-able constructor arguments; a custom guide cannot be rebuilt from one."""
+        """JSON-able constructor arguments; a guide of your own class is saved as its import
+        path and :meth:`init_kwargs` (see :mod:`ppvae.custom_parts`)."""
         if type(self) not in GUIDES.values():
-            raise InputError(
-                f"a custom guide ({type(self).__name__}) cannot be rebuilt from a config; "
-                "save the state_dict() and rebuild the model in your own code"
-            )
+            return custom_config(self, self.init_kwargs())
         return {"name": self.name}
+
+    def init_kwargs(self) -> dict:
+        """Keyword arguments that rebuild this guide (override where the constructor takes
+        more than ``latent_dim``)."""
+        return {"latent_dim": self.latent_dim}
 
 
 class DiagonalGaussian(Guide):
@@ -237,6 +241,8 @@ def make_guide(spec: str | dict | Guide | None, latent_dim: int) -> Guide:
                 f"the guide has latent_dim={spec.latent_dim}, the VAE latent_dim={latent_dim}"
             )
         return spec
+    if isinstance(spec, dict) and "import" in spec:
+        return make_guide(build_custom(spec, Guide, "guide"), latent_dim)
     options = {}
     if isinstance(spec, dict):
         options = {k: v for k, v in spec.items() if k != "name"}

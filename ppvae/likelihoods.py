@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .custom_parts import build_custom, custom_config
 from .errors import InputError
 
 __all__ = [
@@ -197,8 +198,16 @@ class Likelihood(nn.Module):
         return self.features(params).mask(mask).to_event(1)
 
     def config(self) -> dict:
-        """JSON-able constructor arguments (for saving)."""
+        """JSON-able constructor arguments (for saving); a likelihood of your own class is
+        saved as its import path and :meth:`init_kwargs` (see :mod:`ppvae.custom_parts`)."""
+        if type(self) not in LIKELIHOODS.values():
+            return custom_config(self, self.init_kwargs())
         return {"name": self.name}
+
+    def init_kwargs(self) -> dict:
+        """Keyword arguments that rebuild this likelihood (override where the constructor
+        takes any)."""
+        return {}
 
 
 class Bernoulli(Likelihood):
@@ -347,6 +356,8 @@ def make_likelihood(spec: str | dict | Likelihood, data_dim: int) -> Likelihood:
     """Build a likelihood from a name, a saved config dict, or pass an instance through."""
     if isinstance(spec, Likelihood):
         return spec
+    if isinstance(spec, dict) and "import" in spec:
+        return build_custom(spec, Likelihood, "likelihood")
     if isinstance(spec, dict):
         kwargs = dict(spec)
         name = kwargs.pop("name", None)

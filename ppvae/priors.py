@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .custom_parts import build_custom, custom_config
 from .errors import InputError
 
 __all__ = [
@@ -93,13 +94,16 @@ class Prior(nn.Module):
         return self.distribution().log_prob(z)
 
     def config(self) -> dict:
-        """JSON-able constructor arguments (for saving); custom priors cannot be rebuilt."""
+        """JSON-able constructor arguments (for saving); a prior of your own class is saved
+        as its import path and :meth:`init_kwargs` (see :mod:`ppvae.custom_parts`)."""
         if type(self) not in PRIORS.values():
-            raise InputError(
-                f"a custom prior ({type(self).__name__}) cannot be rebuilt from a config; "
-                "save the state_dict() and rebuild the model in your own code"
-            )
+            return custom_config(self, self.init_kwargs())
         return {"name": self.name, "latent_dim": self.latent_dim}
+
+    def init_kwargs(self) -> dict:
+        """Keyword arguments that rebuild this prior (override where the constructor takes
+        more than ``latent_dim``)."""
+        return {"latent_dim": self.latent_dim}
 
 
 class StandardNormal(Prior):
@@ -290,6 +294,8 @@ def make_prior(spec: str | dict | Prior | None, latent_dim: int) -> Prior:
         if spec.latent_dim != latent_dim:
             raise InputError(f"prior has latent_dim={spec.latent_dim}, the model has {latent_dim}")
         return spec
+    if isinstance(spec, dict) and "import" in spec:
+        return make_prior(build_custom(spec, Prior, "prior"), latent_dim)
     kwargs = dict(spec) if isinstance(spec, dict) else {"name": spec}
     name = str(kwargs.pop("name")).lower()
     kwargs.pop("latent_dim", None)

@@ -19,11 +19,12 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .custom_parts import custom_config
 from .errors import InputError
-from .guides import DiagonalGaussian, Guide, make_guide
-from .likelihoods import Gaussian, Likelihood, make_likelihood
+from .guides import GUIDES, DiagonalGaussian, Guide, make_guide
+from .likelihoods import LIKELIHOODS, Gaussian, Likelihood, make_likelihood
 from .nets import ConvDecoder, ConvEncoder, LinearGaussianEncoder, MLPDecoder
-from .priors import Prior, make_prior
+from .priors import PRIORS, Prior, make_prior
 
 __all__ = ["VAE", "LinearVAE"]
 
@@ -255,8 +256,8 @@ class VAE(nn.Module):
             "data_dim": self.data_dim,
             "latent_dim": self.latent_dim,
             "hidden": list(self.hidden),
-            "likelihood": self.likelihood.config(),
-            "prior": self.prior.config(),
+            "likelihood": _part_config(self.likelihood, LIKELIHOODS),
+            "prior": _part_config(self.prior, PRIORS),
             "activation": self.activation,
             "architecture": self.architecture,
             **self._guide_config(),
@@ -264,10 +265,19 @@ class VAE(nn.Module):
 
     def _guide_config(self) -> dict:
         """``{"guide": ...}`` unless it is the default (configs saved before guides match)."""
-        return {} if type(self.q) is DiagonalGaussian else {"guide": self.q.config()}
+        return {} if type(self.q) is DiagonalGaussian else {"guide": _part_config(self.q, GUIDES)}
 
     def extra_repr(self) -> str:
         return f"data_dim={self.data_dim}, latent_dim={self.latent_dim}"
+
+
+def _part_config(part, registry: dict) -> dict:
+    """A part's saved config: its own for ppvae's classes, else (a user's class, or a subclass
+    of one of ppvae's) its import path and ``init_kwargs()``, so that loading rebuilds the same
+    class rather than the ppvae class it derives from."""
+    if type(part) in registry.values():
+        return part.config()
+    return custom_config(part, part.init_kwargs())
 
 
 class LinearVAE(VAE):

@@ -430,3 +430,70 @@ def test_a_program_that_takes_mask_but_ignores_it_is_refused_naming_the_site():
     pyro.clear_param_store()
     ppvae.fit(*masked_program(honour=True), x, epochs=1, progress=False)
     assert evaluate.log_likelihood(masked_program(honour=True), x, num_samples=2).shape == (20,)
+
+
+# ------------------------------------------------------------- saving a user's own parts
+class StudentTPrior(ppvae.Prior):
+    """A user's prior: independent Student-t coordinates with a learned scale."""
+
+    def __init__(self, latent_dim: int, df: float = 4.0):
+        super().__init__(latent_dim)
+        self.df = float(df)
+        self.log_scale = torch.nn.Parameter(torch.zeros(latent_dim))
+
+    def distribution(self):
+        zero = torch.zeros(self.latent_dim, device=self.log_scale.device)
+        return dist.StudentT(self.df, zero, self.log_scale.exp()).to_event(1)
+
+    def init_kwargs(self) -> dict:
+        return {"latent_dim": self.latent_dim, "df": self.df}
+
+
+def test_a_vae_with_a_users_prior_saves_and_loads_with_its_class(tmp_path):
+    x = (torch.rand(40, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    torch.manual_seed(0)
+    vae = ppvae.VAE(data_dim=6, latent_dim=2, hidden=(8,), likelihood="bernoulli",
+                    prior=StudentTPrior(2, df=3.0))  # fmt: skip
+    ppvae.fit(vae, x, epochs=2, batch_size=20, progress=False)
+    path = ppvae.save(vae, tmp_path / "model.pt")
+    loaded = ppvae.load(path)
+    assert type(loaded.prior) is StudentTPrior and loaded.prior.df == 3.0
+    for key, value in vae.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    pyro.set_rng_seed(0)
+    before = evaluate.log_likelihood(vae, x, num_samples=16)
+    pyro.set_rng_seed(0)
+    torch.testing.assert_close(evaluate.log_likelihood(loaded, x, num_samples=16), before)
+
+
+def test_a_saved_class_that_cannot_be_imported_is_one_clear_error(tmp_path, monkeypatch):
+    module = tmp_path / "my_priors.py"
+    module.write_text(
+        "import torch, pyro.distributions as dist, ppvae\n"
+        "class Laplace(ppvae.Prior):\n"
+        "    def distribution(self):\n"
+        "        return dist.Laplace(torch.zeros(self.latent_dim), 1.0).to_event(1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_priors
+
+    vae = ppvae.VAE(data_dim=4, latent_dim=2, hidden=(4,), prior=my_priors.Laplace(2))
+    path = ppvae.save(vae, tmp_path / "model.pt")
+    assert type(ppvae.load(path).prior).__name__ == "Laplace"
+    monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
+    monkeypatch.delitem(__import__("sys").modules, "my_priors")
+    monkeypatch.setattr(__import__("sys"), "path", [p for p in __import__("sys").path
+                                                    if p != str(tmp_path)])  # fmt: skip
+    with pytest.raises(ppvae.errors.InputError, match=r"'my_priors:Laplace'.*cannot be imported"):
+        ppvae.load(path)
+
+    def local():
+        class Inside(ppvae.Prior):
+            def distribution(self):
+                return dist.Normal(torch.zeros(2), 1.0).to_event(1)
+
+        return Inside(2)
+
+    with pytest.raises(ppvae.errors.InputError, match="defined inside a function"):
+        ppvae.save(ppvae.VAE(data_dim=4, latent_dim=2, hidden=(4,), prior=local()),
+                   tmp_path / "other.pt")  # fmt: skip
