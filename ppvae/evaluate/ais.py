@@ -430,19 +430,22 @@ def ais_log_likelihood(
     seed: int | None = None,
     max_elements: int = _AIS_MAX_ELEMENTS,
     progress: bool | None = False,
+    point_estimates=None,
 ) -> AISEstimate:
     """Annealed importance sampling estimate of log p(x) per data point (Neal 2001).
 
     Anneals ``num_chains`` HMC chains per point from ``q0`` (the guide q(z | x) with
     ``start="guide"``, or the prior with ``start="prior"``) to p(z | x) along the geometric
-    path ``q0^(1-b) p(x, z)^b`` (see :mod:`ppvae.evaluate.ais`). Global latents are fixed at the
-    program's ``point_estimates()``, as in every per-point estimator.
+    path ``q0^(1-b) p(x, z)^b`` (see :mod:`ppvae.evaluate.ais`), every local latent moved in
+    unconstrained space (``biject_to`` of its support, with the Jacobian). Global latents are
+    fixed at plug-in values (``point_estimates``): the estimate is of log p(x | g-hat).
 
     Parameters
     ----------
     program : program
         A VAE, a module with Pyro ``model``/``guide`` methods, or a ``(model, guide)`` pair
-        (see :mod:`ppvae.program`); its local latents must be real-valued.
+        (see :mod:`ppvae.program`); its local latents must be continuous (real, positive,
+        on a simplex, a real-valued mixture, ...).
     X : array-like, shape (N, D)
     num_steps : int
         T, intermediate densities (one HMC transition each). Cost grows linearly in T;
@@ -469,6 +472,11 @@ def ais_log_likelihood(
     progress : bool or None
         A progress bar over transitions (None: only on a terminal).
 
+    point_estimates : True or dict, optional
+        Plug-in values of the global latents (sites outside the data plate), which this
+        estimator conditions on: a dict ``{site: value}``, or True (and by default) the
+        module's ``point_estimates()``; a program with global latents and neither is refused.
+
     Returns
     -------
     AISEstimate
@@ -486,7 +494,9 @@ def ais_log_likelihood(
         int(max_elements),
         progress,
     )
-    ev, X = _prepare(program, X, num_chains, any_rows="ais_log_likelihood")
+    ev, X = _prepare(
+        program, X, num_chains, any_rows="ais_log_likelihood", point_estimates=point_estimates
+    )
     ev.require_continuous("ais_log_likelihood")
     rows = _rows_per_chunk(ev, X.shape[0], settings)
     total = settings.num_steps * math.ceil(X.shape[0] / rows)
@@ -598,6 +608,7 @@ def bdmc(
     max_elements: int = _AIS_MAX_ELEMENTS,
     progress: bool | None = False,
     data_dim: int | None = None,
+    point_estimates=None,
 ) -> BDMCResult:
     """Bidirectional Monte Carlo (Grosse et al. 2015): sandwich log p(x) on simulated data.
 
@@ -620,6 +631,11 @@ def bdmc(
     data_dim : int, optional
         D of the simulated data (default: the program's ``data_dim`` attribute).
 
+    point_estimates : True or dict, optional
+        Plug-in values of the global latents (sites outside the data plate), which this
+        estimator conditions on: a dict ``{site: value}``, or True (and by default) the
+        module's ``point_estimates()``; a program with global latents and neither is refused.
+
     Returns
     -------
     BDMCResult
@@ -639,13 +655,21 @@ def bdmc(
         int(max_elements),
         progress,
     )
-    prog_ev, _ = _prepare(program, _probe(program, data_dim), num_chains, any_rows="bdmc")
+    prog_ev, _ = _prepare(
+        program,
+        _probe(program, data_dim),
+        num_chains,
+        any_rows="bdmc",
+        point_estimates=point_estimates,
+    )
     prog_ev.require_continuous("bdmc")
     device = _device_of(prog_ev)
     with _Seeded(seed, device), _Frozen(prog_ev), _EvalMode(prog_ev.module):
         x, z = _simulate(prog_ev, int(num_points), device)
         # validates the simulated x like real data
-        ev, x = _prepare(program, x, num_chains, any_rows="bdmc")
+        ev, x = _prepare(
+            program, x, num_chains, any_rows="bdmc", point_estimates=point_estimates
+        )
         rows = _rows_per_chunk(ev, x.shape[0], settings)
         total = 2 * settings.num_steps * math.ceil(x.shape[0] / rows)
         with tqdm(total=total, desc="BDMC", disable=_disabled(progress), leave=False) as bar:

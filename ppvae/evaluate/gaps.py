@@ -157,6 +157,7 @@ def inference_gaps(
     train_samples: int = 8,
     family: str = "gaussian",
     max_elements: int = _DEFAULT_MAX_ELEMENTS,
+    point_estimates=None,
 ) -> dict:
     """Approximation and amortization gaps (Cremer et al. 2018), per data point and on average.
 
@@ -192,6 +193,11 @@ def inference_gaps(
     max_elements : int
         Bound on the floats in one chunk of the importance-sampling work.
 
+    point_estimates : True or dict, optional
+        Plug-in values of the global latents (sites outside the data plate), which this
+        estimator conditions on: a dict ``{site: value}``, or True (and by default) the
+        module's ``point_estimates()``; a program with global latents and neither is refused.
+
     Returns
     -------
     dict
@@ -200,7 +206,9 @@ def inference_gaps(
     """
     if family not in ("gaussian", "guide"):
         raise InputError(f"family must be 'gaussian' or 'guide', got {family!r}")
-    ev, X = _prepare(program, X, num_samples, any_rows="inference_gaps")
+    ev, X = _prepare(
+        program, X, num_samples, any_rows="inference_gaps", point_estimates=point_estimates
+    )
     if ev.rows_per_call is not None and X.shape[0] > ev.rows_per_call:
         raise InputError(
             f"X: inference_gaps optimizes its {X.shape[0]} rows in one call of the program, "

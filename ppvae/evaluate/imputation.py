@@ -82,6 +82,7 @@ def impute(
     multiple: int = 0,
     seed: int | None = None,
     max_elements: int = _DEFAULT_MAX_ELEMENTS,
+    point_estimates=None,
 ) -> Imputation:
     """Impute the missing (NaN) entries of ``X`` under a program, with their uncertainty.
 
@@ -102,6 +103,11 @@ def impute(
     max_elements : int
         Bound on the floats in one chunk of (K, n, D) work (three such arrays are held).
 
+    point_estimates : True or dict, optional
+        Plug-in values of the global latents (sites outside the data plate), which this
+        estimator conditions on: a dict ``{site: value}``, or True (and by default) the
+        module's ``point_estimates()``; a program with global latents and neither is refused.
+
     Returns
     -------
     Imputation
@@ -114,7 +120,14 @@ def impute(
                 f"num_samples={num_samples} is too few: use at least {PSIS_MIN_SAMPLES} (the "
                 "PSIS k-hat of the weights needs them)"
             )
-    ev, X0 = _prepare(program, X, num_samples, missing="impute", any_rows="impute")
+    ev, X0 = _prepare(
+        program,
+        X,
+        num_samples,
+        missing="impute",
+        any_rows="impute",
+        point_estimates=point_estimates,
+    )
     if ev.mask is None:
         raise InputError("X: nothing to impute (no NaN entries)")
     site = ev.info.support_site or (

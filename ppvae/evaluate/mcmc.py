@@ -22,6 +22,7 @@ def nuts_posterior(
     warmup_steps: int = 500,
     num_chains: int = 2,
     seed: int = 0,
+    point_estimates=None,
 ) -> list[dict]:
     """Gold-standard posteriors p(z | x) by NUTS for a few points, next to the guide's q(z | x).
 
@@ -42,6 +43,11 @@ def nuts_posterior(
         Per chain.
     seed : int
 
+    point_estimates : True or dict, optional
+        Plug-in values of the global latents (sites outside the data plate), which this
+        estimator conditions on: a dict ``{site: value}``, or True (and by default) the
+        module's ``point_estimates()``; a program with global latents and neither is refused.
+
     Returns
     -------
     list of dict, one per point
@@ -54,12 +60,13 @@ def nuts_posterior(
     from pyro.infer import MCMC, NUTS
     from pyro.infer.autoguide.initialization import init_to_value
 
-    ev, X = _prepare(program, X, 1, any_rows="nuts_posterior")
+    ev, X = _prepare(program, X, 1, any_rows="nuts_posterior", point_estimates=point_estimates)
     ev.require_continuous("nuts_posterior")
     # every latent moved in unconstrained space (biject_to of its support, the Jacobian in
     # the density); real-valued mixtures (mog, vamp priors) by the identity, which Pyro's
     # own default cannot do for their MixtureSameFamily support
-    transforms = dict(ev.space.transforms)
+    # (Pyro's transforms map each support onto the reals: the inverses of LatentSpace's)
+    transforms = {name: t.inv for name, t in ev.space.transforms.items()}
     model = poutine.condition(ev.program.model, data=ev.fixed) if ev.fixed else ev.program.model
     sites = list(ev.info.local_latents)
     results = []
