@@ -400,6 +400,15 @@ def inspect_program(program: Program, x: torch.Tensor, **kwargs) -> ProgramInfo:
     for name, site in _sample_sites(guide_tr):
         if _in_data_plate(site, plate):
             _check_per_point("guide", name, site, plate)
+    for tr in (guide_tr, model_tr):
+        for name, site in _sample_sites(tr):
+            if not site["is_observed"] and (site.get("infer") or {}).get("enumerate"):
+                raise ProgramError(
+                    f"the latent site {name!r} is marked for enumeration (infer={site['infer']}),"
+                    " which ppvae's trainer and estimators do not sum out yet: it would be drawn"
+                    " and scored as a sample, not summed over. Remove the mark to train it with"
+                    " the score-function estimator Pyro applies to discrete sites"
+                )
     for name, site in _sample_sites(model_tr):
         _record_model_site(info, name, site, x, validated)
     if not info.observed:
