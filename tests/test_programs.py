@@ -84,7 +84,8 @@ def test_a_users_program_trains_and_gets_every_evaluator(kind, data, datasets):
         abs_tol=1e-4,
     )
 
-    nuts = evaluate.nuts_posterior(program, x[:1], num_samples=25, warmup_steps=25, seed=0)
+    # 25 warmup steps left the step size unadapted and a chain stuck (r-hat inf) on one program
+    nuts = evaluate.nuts_posterior(program, x[:1], num_samples=25, warmup_steps=100, seed=0)
     assert nuts[0]["samples"].shape == (2, 25, 2)
     assert nuts[0]["q_mean"].shape == (2,) and math.isfinite(nuts[0]["r_hat_max"])
 

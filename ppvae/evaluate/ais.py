@@ -161,7 +161,10 @@ class _Target:
 
         def at(u, particles):
             values, log_det = space.values(u)
-            log_joint, log_q0 = self._once(values, particles)
+            # a proposal can leave the floats of a support (exp(u) = 0): its density is then
+            # -inf or NaN and the transition rejects it, rather than Pyro's validation raising
+            with pyro.validation_enabled(False):
+                log_joint, log_q0 = self._once(values, particles)
             return log_joint + log_det, log_q0 + log_det
 
         def attempt(vectorized: bool):
@@ -188,7 +191,12 @@ class _Target:
             return torch.stack([once(None) for _ in range(num_chains)])
 
         with torch.no_grad():
-            return _vectorized(self.ev, attempt).detach()
+            if self.start == "prior":  # the model itself: its answer holds for log_parts
+                return _vectorized(self.ev, attempt).detach()
+            try:  # the guide alone says nothing of whether the model vectorizes
+                return attempt(self.ev.vectorized is not False).detach()
+            except Exception:
+                return attempt(False).detach()
 
 
 class _State:

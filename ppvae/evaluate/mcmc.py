@@ -76,12 +76,7 @@ def nuts_posterior(
             chains = []
             for c in range(num_chains):
                 pyro.set_rng_seed(seed + 1000 * i + c)
-                # each chain starts at a draw of the guide (in the support whatever it is;
-                # Pyro's default init_to_uniform needs biject_to of every support)
-                guide = poutine.condition(ev.program.guide, data=ev.fixed)
-                with torch.no_grad():
-                    start = poutine.trace(guide).get_trace(x).nodes
-                init = init_to_value(values={s: start[s]["value"].detach() for s in sites})
+                init = init_to_value(values=_guide_start(ev, x, sites))
                 mcmc = MCMC(
                     NUTS(model, transforms=transforms, init_strategy=init),
                     num_samples=num_samples,
@@ -112,3 +107,24 @@ def nuts_posterior(
                 }
             )
     return results
+
+
+def _guide_start(ev, x, sites) -> dict:
+    """Where each chain starts: the guide's mean of each local latent where its distribution
+    has one (in the support of a convex support such as the positive reals or the simplex),
+    else a draw. Pyro's default init_to_uniform needs ``biject_to`` of every support, which a
+    mixture's has not."""
+    guide = poutine.condition(ev.program.guide, data=ev.fixed)
+    with torch.no_grad():
+        nodes = poutine.trace(guide).get_trace(x).nodes
+    start = {}
+    for name in sites:
+        value = nodes[name]["value"].detach()
+        try:
+            mean = nodes[name]["fn"].mean.detach()
+            if mean.shape == value.shape and bool(torch.isfinite(mean).all()):
+                value = mean
+        except (NotImplementedError, AttributeError):
+            pass
+        start[name] = value
+    return start
