@@ -318,6 +318,14 @@ class ProgramInfo:
     subsample_size : int
         The rows the plate drew in that trace (< ``plate_size`` where the program subsamples
         inside its plate).
+    enumerated : list of str
+        Model sites marked ``infer={"enumerate": "parallel"}`` that the guide does not sample:
+        summed out exactly (``TraceEnum_ELBO`` in training, inside each importance weight in
+        evaluation).
+    guide_enumerated : list of str
+        Guide sites marked for enumeration.
+    max_plate_nesting : int
+        The most vectorized plates any site sits in (for ``TraceEnum_ELBO``).
     """
 
     observed: dict = field(default_factory=dict)
@@ -333,6 +341,9 @@ class ProgramInfo:
     rows: int = 0
     plate_size: int = 0
     subsample_size: int = 0
+    enumerated: list = field(default_factory=list)
+    guide_enumerated: list = field(default_factory=list)
+    max_plate_nesting: int = 1
 
     @property
     def latent_width(self) -> int:
@@ -400,15 +411,21 @@ def inspect_program(program: Program, x: torch.Tensor, **kwargs) -> ProgramInfo:
     for name, site in _sample_sites(guide_tr):
         if _in_data_plate(site, plate):
             _check_per_point("guide", name, site, plate)
-    for tr in (guide_tr, model_tr):
+    for which, tr in (("guide", guide_tr), ("model", model_tr)):
         for name, site in _sample_sites(tr):
             if not site["is_observed"] and (site.get("infer") or {}).get("enumerate"):
-                raise ProgramError(
-                    f"the latent site {name!r} is marked for enumeration (infer={site['infer']}),"
-                    " which ppvae's trainer and estimators do not sum out yet: it would be drawn"
-                    " and scored as a sample, not summed over. Remove the mark to train it with"
-                    " the score-function estimator Pyro applies to discrete sites"
-                )
+                if which == "guide":
+                    info.guide_enumerated.append(name)
+                elif name not in guide_tr.nodes:
+                    info.enumerated.append(name)
+    info.max_plate_nesting = max(
+        (
+            sum(1 for f in site["cond_indep_stack"] if f.vectorized)
+            for tr in (guide_tr, model_tr)
+            for _, site in _sample_sites(tr)
+        ),
+        default=1,
+    )
     for name, site in _sample_sites(model_tr):
         _record_model_site(info, name, site, x, validated)
     if not info.observed:

@@ -72,6 +72,11 @@ class _Evaluation:
         return self.program.module
 
     @property
+    def enumerate_from(self) -> int | None:
+        """Where the model's enumerated sites go (left of its plates), or None."""
+        return -1 - self.info.max_plate_nesting if self.info.enumerated else None
+
+    @property
     def space(self) -> LatentSpace:
         """The local latents in unconstrained coordinates (built once)."""
         if self._space is None:
@@ -80,6 +85,12 @@ class _Evaluation:
 
     def require_continuous(self, what: str) -> None:
         """Refuse discrete local latents where ``what`` moves latents by gradients."""
+        if self.info.enumerated:
+            raise ProgramError(
+                f"the latent site {self.info.enumerated[0]!r} is enumerated; {what} does not "
+                "sum enumerated sites out yet: use the importance-weighted estimators "
+                "(estimate_log_likelihood), which do, inside each weight"
+            )
         discrete = [n for n in self.info.discrete_latents if n in self.info.local_latents]
         if discrete:
             raise ProgramError(
@@ -108,21 +119,55 @@ def _sum_log_probs(tr, shape: tuple, exclude) -> torch.Tensor:
 
 
 def _weights_once(
-    program: Program, x, fixed, guide, particles: int | None, mask=None, traces=None
+    program: Program,
+    x,
+    fixed,
+    guide,
+    particles: int | None,
+    mask=None,
+    traces=None,
+    enumerate_from: int | None = None,
 ) -> torch.Tensor:
     """``log p(x, z) - log q(z | x)``: (K, n) under a particle plate, or (n,) for one draw.
     ``mask``: the observed entries of ``x`` (passed to model and guide as ``mask``).
-    ``traces``: a list to which ``(guide_tr, model_tr)`` is appended (for imputation)."""
+    ``traces``: a list to which ``(guide_tr, model_tr)`` is appended (for imputation).
+    ``enumerate_from``: the model's sites marked for enumeration are enumerated in parallel
+    from this dimension leftwards (Pyro's ``poutine.enum``) and summed out exactly, so that
+    log p(x, z) is the marginal over them and the weight is over the continuous latents."""
     model = poutine.condition(program.model, data=fixed) if fixed else program.model
     guide = poutine.condition(guide, data=fixed) if fixed else guide
     kwargs = {} if mask is None else {"mask": mask}
     shape = (x.shape[0],) if particles is None else (particles, x.shape[0])
+    if enumerate_from is not None:
+        first = enumerate_from - (1 if particles else 0)  # left of the particle plate too
+        model = poutine.enum(model, first_available_dim=first)
     with pyro.plate("_particles", particles or 1, dim=-2) if particles else _nullcontext():
         guide_tr = poutine.trace(guide).get_trace(x, **kwargs)
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x, **kwargs)
     if traces is not None:
         traces.append((guide_tr, model_tr))
-    return _sum_log_probs(model_tr, shape, fixed) - _sum_log_probs(guide_tr, shape, fixed)
+    log_p = (
+        _sum_log_probs(model_tr, shape, fixed)
+        if enumerate_from is None
+        else _sum_enumerated(model_tr, shape, fixed)
+    )
+    return log_p - _sum_log_probs(guide_tr, shape, fixed)
+
+
+def _sum_enumerated(tr, shape: tuple, exclude) -> torch.Tensor:
+    """``log sum_c p(x, z, c)`` over the enumerated values c, ``shape``: every site's
+    log-density broadcast over the enumeration dimensions (left of ``shape``), summed, then
+    log-sum-exp over those dimensions (exact: each joint value of the enumerated sites once)."""
+    tr.compute_log_prob()
+    total = torch.zeros(())
+    for name, site in tr.nodes.items():
+        if site["type"] != "sample" or name in exclude or site_is_subsample(site):
+            continue
+        total = total + site["log_prob"]
+    extra = total.dim() - len(shape)
+    if extra > 0:
+        total = total.reshape(-1, *total.shape[extra:]).logsumexp(0)
+    return total.expand(shape) if total.shape != shape else total
 
 
 class _nullcontext:
@@ -156,11 +201,12 @@ def _log_weights(
     def attempt(vectorized: bool) -> torch.Tensor:
         if traces is not None:
             traces.clear()
+        enum = ev.enumerate_from
         if vectorized:
-            return _weights_once(ev.program, x, fixed, guide, num_samples, mask, traces)
+            return _weights_once(ev.program, x, fixed, guide, num_samples, mask, traces, enum)
         return torch.stack(
             [
-                _weights_once(ev.program, x, fixed, guide, None, mask, traces)
+                _weights_once(ev.program, x, fixed, guide, None, mask, traces, enum)
                 for _ in range(num_samples)
             ]
         )
@@ -214,6 +260,12 @@ def _prepare(
     if mask is not None:
         rows = info.rows if not info.subsamples else info.plate_size
         check_mask_contract(prog, X[:rows], mask[:rows])
+    if info.guide_enumerated:
+        raise ProgramError(
+            f"the guide site {info.guide_enumerated[0]!r} is marked for enumeration; the "
+            "estimators sum out enumerated sites of the model (inside each importance weight), "
+            "not of the guide: sample it in the guide, or enumerate it in the model"
+        )
     checked = X if mask is None else torch.where(mask, X, X[mask][:1])  # observed values only
     likelihood = getattr(prog.module, "likelihood", None) if prog.is_ppvae else None
     if likelihood is not None:

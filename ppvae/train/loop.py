@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import pyro
@@ -57,7 +58,13 @@ from .hooks import (
     Untimed,
     _call,
 )
-from .objectives import LatentScale, estimator_ran, held_out_elbo, make_elbo
+from .objectives import (
+    LatentScale,
+    enumerating_elbo,
+    estimator_ran,
+    held_out_elbo,
+    make_elbo,
+)
 from .pyro_jit import _TraceKeyed
 from .resume import (
     check_resumable,
@@ -694,6 +701,7 @@ def _trace_and_check(run: Run, payload: dict | None, ckpt_path):
     run.param_names = info.param_names
     run.per_point_elbo = bool(info.global_latents) or info.subsamples
     run.rows_per_call = info.subsample_size if info.subsamples else None
+    _choose_for_discrete(run, info)
     run.data_dim = info.data_dim
     run.support_check = support_check(prog, info, run.config.binarize)
     if run.observed is not None:
@@ -705,6 +713,28 @@ def _trace_and_check(run: Run, payload: dict | None, ckpt_path):
     if payload is not None and payload.get("param_store") and not prog.is_ppvae:
         load_param_store(payload["param_store"], ckpt_path)
     return info
+
+
+def _choose_for_discrete(run: Run, info) -> None:
+    """Sites marked for enumeration are summed out by ``TraceEnum_ELBO`` (in training and in
+    the held-out ELBO); other discrete latents train with Pyro's score-function estimator,
+    with a warning naming them."""
+    if info.enumerated or info.guide_enumerated:
+        requested = run.fit_config.get("elbo")
+        run.loss_fn = enumerating_elbo(run.loss_fn, requested, info, run.config.num_particles)
+        run.elbo_fn = run.loss_fn
+        run.per_point_elbo = False  # the estimator sums the marked sites out, chunk by chunk
+        run.history.config["elbo"] = estimator_ran(run.loss_fn)
+        return
+    drawn = [name for name in info.discrete_latents if name in info.local_latents]
+    if drawn and run.rank == 0:
+        warnings.warn(
+            f"the latent site {drawn[0]!r} is discrete and not marked for enumeration: it is "
+            "drawn and trained by the score-function estimator (high-variance gradients); "
+            "mark it infer={'enumerate': 'parallel'} to sum it out exactly",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _make_stepper(run: Run, info, payload: dict | None) -> GuardedStep:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from functools import partial
 
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
 from ..errors import InputError
@@ -32,6 +32,7 @@ ELBOS = {
     "jit-meanfield": CachedJitTraceMeanField_ELBO,
     "iwae": IWAE_ELBO,
     "iwae-dreg": partial(IWAE_ELBO, dreg=True),
+    "enum": TraceEnum_ELBO,
 }
 """Estimators by name; each is called with ``num_particles`` (K draws per data point for the
 importance-weighted ``"iwae"`` and ``"iwae-dreg"``, see :mod:`ppvae.train.iwae`)."""
@@ -113,7 +114,7 @@ def estimator_ran(loss: ELBO) -> str:
     name for a user's own."""
     if isinstance(loss, IWAE_ELBO):
         return "iwae-dreg" if loss.dreg else "iwae"
-    for key in ("jit-meanfield", "jit", "meanfield", "trace"):  # subclasses before bases
+    for key in ("jit-meanfield", "jit", "meanfield", "trace", "enum"):  # subclasses first
         if type(loss) is ELBOS[key]:
             return key
     return type(loss).__name__
@@ -125,6 +126,22 @@ def held_out_elbo(loss: ELBO, program: Program) -> ELBO:
     if not isinstance(loss, IWAE_ELBO):
         return loss
     return TraceMeanField_ELBO() if analytic_kl(program) else Trace_ELBO()
+
+
+def enumerating_elbo(loss: ELBO, requested, info, num_particles: int) -> ELBO:
+    """The estimator for a program with sites marked for enumeration: ``TraceEnum_ELBO`` with
+    the program's ``max_plate_nesting``, chosen for ``elbo="auto"`` or ``"enum"``; any other
+    estimator would draw the marked sites instead of summing them out, and is refused."""
+    if not isinstance(loss, TraceEnum_ELBO):
+        if requested != "auto":
+            site = (info.enumerated or info.guide_enumerated)[0]
+            raise InputError(
+                f"elbo={requested!r}: the site {site!r} is marked for enumeration, which this "
+                "estimator would draw instead of summing out; use elbo='enum' (or 'auto')"
+            )
+        loss = TraceEnum_ELBO(num_particles=num_particles)
+    loss.max_plate_nesting = info.max_plate_nesting
+    return loss
 
 
 class LatentScale(Messenger):
