@@ -65,8 +65,7 @@ def nuts_posterior(
     # every latent moved in unconstrained space (biject_to of its support, the Jacobian in
     # the density); real-valued mixtures (mog, vamp priors) by the identity, which Pyro's
     # own default cannot do for their MixtureSameFamily support
-    # (Pyro's transforms map each support onto the reals: the inverses of LatentSpace's)
-    transforms = {name: t.inv for name, t in ev.space.transforms.items()}
+    transforms = pyro_transforms(ev)
     model = poutine.condition(ev.program.model, data=ev.fixed) if ev.fixed else ev.program.model
     sites = list(ev.info.local_latents)
     results = []
@@ -128,3 +127,9 @@ def _guide_start(ev, x, sites) -> dict:
             pass
         start[name] = value
     return start
+
+
+def pyro_transforms(ev) -> dict:
+    """NUTS's ``transforms``: Pyro's map each latent's support onto the reals (the inverses of
+    :class:`~ppvae.evaluate._common.LatentSpace`'s, which map the reals onto the support)."""
+    return {name: t.inv for name, t in ev.space.transforms.items()}
