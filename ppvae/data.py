@@ -26,12 +26,14 @@ from .errors import InputError, MissingFileError, WrongTypeError
 
 __all__ = [
     "DATASETS",
+    "UNLABELLED",
     "Dataset",
     "MemmapDataset",
     "binarize",
     "check_data",
     "check_missing",
     "dequantize",
+    "labelled_subset",
     "load_dataset",
     "missing_as_nan",
     "read_idx",
@@ -610,3 +612,43 @@ class MemmapDataset(torch.utils.data.Dataset):
         rows = self._read(np.atleast_1d(np.asarray(index, dtype=np.int64)))
         out = torch.from_numpy(rows.astype(np.float32) * np.float32(self.scale))
         return out[0] if single else out
+
+
+UNLABELLED = -1
+"""The label of a row whose class is not known (``fit(..., labels=...)``, semi-supervised)."""
+
+
+def labelled_subset(labels, n: int, *, seed: int = 0) -> torch.Tensor:
+    """Keep ``n`` labels in all, ``n / C`` per class chosen with ``seed``; the others become
+    :data:`UNLABELLED`.
+
+    Parameters
+    ----------
+    labels : array-like of int, shape (N,)
+        Classes 0..C-1 (C the number of distinct values).
+    n : int
+        Labelled rows to keep, a multiple of C (balanced, as in Kingma et al. 2014).
+    seed : int
+
+    Returns
+    -------
+    torch.Tensor of int64, shape (N,)
+    """
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.dtype not in (torch.int64, torch.int32, torch.int16):
+        raise InputError(f"labels must be integers of shape (N,), got {labels.dtype} "
+                         f"of shape {tuple(labels.shape)}")  # fmt: skip
+    classes = torch.unique(labels[labels != UNLABELLED])
+    c = len(classes)
+    if isinstance(n, bool) or int(n) != n or n < c or n % max(c, 1):
+        raise InputError(f"n must be a positive multiple of the {c} classes, got {n!r}")
+    per = int(n) // c
+    gen = torch.Generator().manual_seed(int(seed))
+    out = torch.full_like(labels.long(), UNLABELLED)
+    for k in classes.tolist():
+        rows = (labels == k).nonzero().flatten()
+        if len(rows) < per:
+            raise InputError(f"class {k} has {len(rows)} rows, fewer than the {per} asked for")
+        keep = rows[torch.randperm(len(rows), generator=gen)[:per]]
+        out[keep] = k
+    return out

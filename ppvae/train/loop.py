@@ -35,7 +35,7 @@ from ..checkpoints import (
     read_training_checkpoint,
     rng_state,
 )
-from ..data import check_data, check_missing, missing_as_nan, split_missing
+from ..data import UNLABELLED, check_data, check_missing, missing_as_nan, split_missing
 from ..errors import InputError, ProgramError
 from ..program import (
     Program,
@@ -804,6 +804,14 @@ def _check_labels(labels, n: int, test, prog: Program):
         raise InputError(
             f"labels must be integers of shape ({n},), got "
             f"{labels.dtype} of shape {tuple(labels.shape)}"
+        )
+    n_classes = getattr(prog.module, "n_classes", None)
+    low, high = (int(labels.min()), int(labels.max())) if n else (0, 0)
+    if low < UNLABELLED or (n_classes is not None and high >= n_classes):
+        bound = "" if n_classes is None else f" and below n_classes={n_classes}"
+        raise InputError(
+            f"labels must be class indices from 0{bound}, or {UNLABELLED} for an unlabelled "
+            f"row; found {low}..{high}"
         )
     if test is not None:
         raise InputError("test ELBOs are not computed for a labelled fit; pass test=None")
