@@ -9,6 +9,7 @@ from .autoencoders import (
     StackedAutoencoder,
 )
 from .checkpoints import load, save
+from .conditional import ConditionalVAE
 from .data import Dataset, MemmapDataset, binarize, check_data, dequantize, load_dataset
 from .guides import IAF, DiagonalGaussian, FullRankGaussian, Guide
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace, Likelihood
@@ -44,6 +45,7 @@ __all__ = [
     "VAE",
     "Autoencoder",
     "Bernoulli",
+    "ConditionalVAE",
     "ContinuousBernoulli",
     "ContractiveAutoencoder",
     "ConvDecoder",

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .autoencoders import AUTOENCODERS
+from .conditional import ConditionalVAE
 from .errors import InputError, MissingFileError
 from .vae import VAE, LinearVAE
 
@@ -25,6 +26,7 @@ __all__ = ["load", "load_checkpoint", "rng_state", "save", "set_rng_state"]
 MODEL_CLASSES: dict[str, type] = {
     "VAE": VAE,
     "LinearVAE": LinearVAE,
+    "ConditionalVAE": ConditionalVAE,
     **{cls.__name__: cls for cls in AUTOENCODERS.values()},
 }
 MODEL_FORMAT = "ppvae.model"

@@ -52,6 +52,7 @@ class _Evaluation:
     mask: torch.Tensor | None = None  # (N, D) True where X is observed; None: complete data
     rows_per_call: int | None = None  # the program subsamples this many rows in its plate
     global_draws: list = field(default_factory=lambda: [{}])  # values of the global latents
+    labels: torch.Tensor | None = None  # (N,) labels y passed beside the rows, if any
     _space: LatentSpace | None = None
 
     def blocks(self, n: int, n_chunk: int):
@@ -127,6 +128,7 @@ def _weights_once(
     mask=None,
     traces=None,
     enumerate_from: int | None = None,
+    extra: dict | None = None,
 ) -> torch.Tensor:
     """``log p(x, z) - log q(z | x)``: (K, n) under a particle plate, or (n,) for one draw.
     ``mask``: the observed entries of ``x`` (passed to model and guide as ``mask``).
@@ -136,7 +138,7 @@ def _weights_once(
     log p(x, z) is the marginal over them and the weight is over the continuous latents."""
     model = poutine.condition(program.model, data=fixed) if fixed else program.model
     guide = poutine.condition(guide, data=fixed) if fixed else guide
-    kwargs = {} if mask is None else {"mask": mask}
+    kwargs = {**(extra or {}), **({} if mask is None else {"mask": mask})}
     shape = (x.shape[0],) if particles is None else (particles, x.shape[0])
     if enumerate_from is not None:
         first = enumerate_from - (1 if particles else 0)  # left of the particle plate too
@@ -192,9 +194,17 @@ def _vectorized(ev: _Evaluation, attempt):
 
 
 def _log_weights(
-    ev: _Evaluation, x, num_samples: int, guide=None, mask=None, traces=None, fixed=None
+    ev: _Evaluation,
+    x,
+    num_samples: int,
+    guide=None,
+    mask=None,
+    traces=None,
+    fixed=None,
+    extra=None,
 ) -> torch.Tensor:
-    """(K, n) log weights given the global latents ``fixed`` (default ``ev.fixed``)."""
+    """(K, n) log weights given the global latents ``fixed`` (default ``ev.fixed``);
+    ``extra``: per-row keyword arguments of model and guide (labels ``y``)."""
     guide = ev.program.guide if guide is None else guide
     fixed = ev.fixed if fixed is None else fixed
 
@@ -203,10 +213,12 @@ def _log_weights(
             traces.clear()
         enum = ev.enumerate_from
         if vectorized:
-            return _weights_once(ev.program, x, fixed, guide, num_samples, mask, traces, enum)
+            return _weights_once(
+                ev.program, x, fixed, guide, num_samples, mask, traces, enum, extra
+            )
         return torch.stack(
             [
-                _weights_once(ev.program, x, fixed, guide, None, mask, traces, enum)
+                _weights_once(ev.program, x, fixed, guide, None, mask, traces, enum, extra)
                 for _ in range(num_samples)
             ]
         )
@@ -235,6 +247,7 @@ def _prepare(
     any_rows: str | None = None,
     point_estimates=None,
     global_samples: int | None = None,
+    y=None,
 ) -> tuple[_Evaluation, torch.Tensor]:
     """Validate ``X`` and ``num_samples`` against a program, trace it, move ``X`` to it.
 
@@ -253,7 +266,9 @@ def _prepare(
     X, mask = _missing_entries(prog, X, missing)
     n = X.shape[0]
     # traced on fewer rows than X holds, so that a plate of fixed size shows itself
-    info = inspect_rows(prog, X, min(n - 1, 64) if n > 1 else 1, **_mask_kwargs(mask))
+    labels = _labels(y, n, X.device)
+    row_kwargs = {**_mask_kwargs(mask), **({} if labels is None else {"y": labels})}
+    info = inspect_rows(prog, X, min(n - 1, 64) if n > 1 else 1, **row_kwargs)
     problem = plate_problem(info, n, "the estimator")
     if problem is not None:
         raise ProgramError(problem)
@@ -274,6 +289,7 @@ def _prepare(
         check_support(info, checked, "X")
     width = max(info.data_dim, info.latent_width, getattr(prog.module, "eval_width", 0) or 0)
     ev = _Evaluation(prog, info, {}, width=width, mask=mask)
+    ev.labels = labels
     ev.rows_per_call = info.subsample_size if info.subsamples else None
     if info.global_latents:
         head = X[: max(info.rows, ev.rows_per_call or 0)]
@@ -332,6 +348,17 @@ def _draw_globals(ev: _Evaluation, x, names) -> dict:
             f"the global latent {missing[0]!r} is sampled by the model but not by the guide"
         )
     return {name: tr.nodes[name]["value"].detach() for name in names}
+
+
+def _labels(y, n: int, device) -> torch.Tensor | None:
+    """Labels ``y`` passed to model and guide beside each row, checked: integers, shape (N,)."""
+    if y is None:
+        return None
+    y = torch.as_tensor(y)
+    if y.shape != (n,) or y.dtype not in (torch.int64, torch.int32):
+        raise InputError(f"y must be integer labels of shape ({n},), got {y.dtype} of shape "
+                         f"{tuple(y.shape)}")  # fmt: skip
+    return y.long().to(device)
 
 
 def _mask_kwargs(mask) -> dict:

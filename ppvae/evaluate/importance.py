@@ -64,11 +64,18 @@ def _weight_chunks(ev: _Evaluation, X, num_samples, max_elements, guide=None):
         for c, (start, stop, lo) in enumerate(ev.blocks(X.shape[0], n_chunk)):
             x = X[lo:stop]
             mask = None if ev.mask is None else ev.mask[lo:stop]
+            extra = None if ev.labels is None else {"y": ev.labels[lo:stop]}
             keep = stop - start
             yield [
                 [
                     _log_weights(
-                        ev, x, min(k_chunk, num_samples - j), guide=guide, mask=mask, fixed=g
+                        ev,
+                        x,
+                        min(k_chunk, num_samples - j),
+                        guide=guide,
+                        mask=mask,
+                        fixed=g,
+                        extra=extra,
                     )[:, -keep:]
                     for j in range(0, num_samples, k_chunk)
                 ]
@@ -91,6 +98,7 @@ def elbo(
     max_elements: int = _DEFAULT_MAX_ELEMENTS,
     point_estimates=None,
     global_samples: int = GLOBAL_SAMPLES,
+    y=None,
 ):
     """Monte Carlo ELBO of each data point, ``mean_k log w_k``.
 
@@ -128,6 +136,7 @@ def elbo(
         missing="elbo",
         point_estimates=point_estimates,
         global_samples=global_samples,
+        y=y,
     )
     sums = [
         torch.stack([b.sum(0) for blocks in groups for b in blocks]).sum(0)
@@ -145,6 +154,7 @@ def log_likelihood(
     guide=None,
     point_estimates=None,
     global_samples: int = GLOBAL_SAMPLES,
+    y=None,
 ):
     """Importance-weighted estimate of log p(x) (Burda et al. 2015).
 
@@ -177,6 +187,9 @@ def log_likelihood(
     point_estimates : True or dict, optional
         Plug-in values of the global latents: True for the module's ``point_estimates()``,
         a dict ``{site: value}`` for plain functions. Default: averaged over q(g).
+    y : array-like of int, shape (N,), optional
+        Labels passed to model and guide beside each row (``y=``): the estimate is then of
+        log p(x | y) for a conditional program such as :class:`~ppvae.ConditionalVAE`.
     global_samples : int
         S, draws of the global latents from the guide (ignored without global latents or
         with ``point_estimates``); the work is S x K weights per point.
@@ -193,6 +206,7 @@ def log_likelihood(
         missing="log_likelihood",
         point_estimates=point_estimates,
         global_samples=global_samples,
+        y=y,
     )
     lse = [
         torch.stack([b.logsumexp(0) for blocks in groups for b in blocks]).logsumexp(0)
@@ -292,6 +306,7 @@ def estimate_log_likelihood(
     max_elements: int = _DEFAULT_MAX_ELEMENTS,
     point_estimates=None,
     global_samples: int = GLOBAL_SAMPLES,
+    y=None,
 ) -> LikelihoodEstimate:
     """Importance-weighted log p(x) with Monte Carlo standard errors and PSIS k-hat.
 
@@ -338,6 +353,7 @@ def estimate_log_likelihood(
         missing="estimate_log_likelihood",
         point_estimates=point_estimates,
         global_samples=global_samples,
+        y=y,
     )
     S = len(ev.global_draws)
     log_k = math.log(num_samples * S)
