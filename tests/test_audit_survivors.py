@@ -274,7 +274,8 @@ def test_a_fullrank_encoder_keeps_a_positive_scale_tril_diagonal(raw):
     x = torch.rand(5, 6)
     loc, scale_tril = enc(x)
     diag = scale_tril.diagonal(dim1=-2, dim2=-1)
-    assert bool((diag >= enc.min_scale).all()) and bool(torch.isfinite(diag).all()), diag
+    assert bool((diag >= enc.min_scale).all()), ("scale_tril diagonal at raw output", raw, diag)
+    assert bool(torch.isfinite(diag).all()), ("scale_tril diagonal at raw output", raw, diag)
     assert bool(torch.equal(scale_tril, scale_tril.tril()))
     with pyro.validation_enabled(False):
         q = ppvae.FullRankGaussian(k).distribution((loc, scale_tril))
