@@ -98,7 +98,7 @@ class StudentTGuide(Guide):
         return dist.StudentT(4.0, loc, scale).to_event(1)
 
 
-def test_a_users_guide_trains_and_evaluates_but_is_not_rebuilt_from_a_config(digits):
+def test_a_users_guide_trains_evaluates_and_saves_by_import_path(digits, tmp_path):
     torch.manual_seed(0)
     vae = ppvae.VAE(64, 2, hidden=(16,), guide=StudentTGuide(2))
     h = ppvae.fit(vae, digits.train[:300], epochs=10, batch_size=100, test=digits.test[:50])
@@ -108,8 +108,13 @@ def test_a_users_guide_trains_and_evaluates_but_is_not_rebuilt_from_a_config(dig
     iw = float(evaluate.log_likelihood(vae, digits.test[:50], num_samples=200).mean())
     el = float(evaluate.elbo(vae, digits.test[:50], num_samples=200).mean())
     assert iw > el
-    with pytest.raises(InputError, match="custom guide"):
-        vae.config()
+    # saved as its class's import path and init_kwargs(), rebuilt by import on load
+    assert vae.config()["guide"] == {
+        "import": f"{__name__}:StudentTGuide",
+        "kwargs": {"latent_dim": 2},
+    }
+    back = ppvae.load(ppvae.save(vae, tmp_path / "m.pt"))
+    assert type(back.q) is StudentTGuide
 
 
 def test_guide_choices_are_checked():

@@ -60,15 +60,18 @@ def test_every_builtin_prior_trains_evaluates_and_saves(prior, digits, tmp_path)
     torch.testing.assert_close(back.prior.log_prob(z), vae.prior.log_prob(z))
 
 
-def test_a_prior_written_in_the_test_file_trains_and_evaluates(digits):
+def test_a_prior_written_in_the_test_file_trains_evaluates_and_saves(digits, tmp_path):
     torch.manual_seed(0)
     vae = ppvae.VAE(64, 3, hidden=(16,), prior=StudentT(3))
     assert isinstance(make_elbo("auto", 1, vae), pyro.infer.Trace_ELBO)  # no closed-form KL
     h = ppvae.fit(vae, digits.train[:300], epochs=4, batch_size=100, test=digits.test[:50])
     assert h.test_elbo[-1] > h.test_elbo[0]
     assert bool(torch.isfinite(evaluate.log_likelihood(vae, digits.test[:20], 10)).all())
-    with pytest.raises(ValueError, match="custom prior"):
-        vae.config()
+    assert vae.config()["prior"]["import"] == f"{__name__}:StudentT"
+    back = ppvae.load(ppvae.save(vae, tmp_path / "m.pt"))
+    assert type(back.prior) is StudentT
+    z = torch.randn(5, 3)
+    torch.testing.assert_close(back.prior.log_prob(z), vae.prior.log_prob(z))
 
 
 def test_mixture_prior_recovers_the_component_means():
