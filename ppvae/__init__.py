@@ -9,7 +9,7 @@ from .autoencoders import (
     StackedAutoencoder,
 )
 from .checkpoints import load, save
-from .conditional import ConditionalVAE
+from .conditional import ConditionalVAE, SemiSupervisedVAE
 from .data import Dataset, MemmapDataset, binarize, check_data, dequantize, load_dataset
 from .guides import IAF, DiagonalGaussian, FullRankGaussian, Guide
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace, Likelihood
@@ -69,6 +69,7 @@ __all__ = [
     "MixtureOfGaussians",
     "Prior",
     "Program",
+    "SemiSupervisedVAE",
     "SparseAutoencoder",
     "StackedAutoencoder",
     "StandardNormal",

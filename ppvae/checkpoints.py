@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .autoencoders import AUTOENCODERS
-from .conditional import ConditionalVAE
+from .conditional import ConditionalVAE, SemiSupervisedVAE
 from .errors import InputError, MissingFileError
 from .vae import VAE, LinearVAE
 
@@ -27,6 +27,7 @@ MODEL_CLASSES: dict[str, type] = {
     "VAE": VAE,
     "LinearVAE": LinearVAE,
     "ConditionalVAE": ConditionalVAE,
+    "SemiSupervisedVAE": SemiSupervisedVAE,
     **{cls.__name__: cls for cls in AUTOENCODERS.values()},
 }
 MODEL_FORMAT = "ppvae.model"
