@@ -18,6 +18,7 @@ import torch
 
 from .autoencoders import AUTOENCODERS
 from .errors import InputError, MissingFileError
+from .initialization import keep_parameters
 from .vae import VAE, LinearVAE
 
 __all__ = ["load", "load_checkpoint", "rng_state", "save", "set_rng_state"]
@@ -160,7 +161,7 @@ def load(path: str | os.PathLike, map_location="cpu") -> VAE:
         if "'ppvae.checkpoint' file" not in str(exc):
             raise
         payload = _read(path, CHECKPOINT_FORMAT, "checkpoint", map_location)
-    model = build_model(payload, path)
+    model = keep_parameters(build_model(payload, path))  # fit continues from these weights
     return model.to(map_location) if map_location is not None else model
 
 
