@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import workflows
 from ..autoencoders import AUTOENCODERS
 from ..checkpoints import read_training_checkpoint
+from ..errors import InputError
 from . import options
 from .options import UserError
 
@@ -145,6 +146,9 @@ def _cli_record(args) -> dict:
     keep = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in skip}
     keep["world_size"] = workflows.distributed_world()[0]
     keep["hidden"] = list(keep["hidden"])
+    for key in ("data", "data_root"):  # a resume from another folder finds them
+        if keep.get(key):
+            keep[key] = str(Path(keep[key]).resolve())
     return keep
 
 
@@ -223,7 +227,13 @@ def main(args) -> int:
         binarize="dynamic" if run.likelihood == "bernoulli" else None,
         missing_ok=run.model == "vae",  # the VAE's likelihood masks holes; autoencoders cannot
     )
-    m = _fit(run, ds, out).metrics
+    try:
+        m = _fit(run, ds, out).metrics
+    except InputError as exc:
+        if run.resume is None or "training data changed" not in str(exc):
+            raise
+        source = f"--data {run.data}" if run.data else f"--dataset {run.dataset}"
+        raise UserError(f"{exc} (the run trained on {source})") from None
     if not m:  # a rank other than 0 of a distributed run: rank 0 writes and reports
         return 0
     print(_summary(run.model, m, out))
