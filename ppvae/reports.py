@@ -7,6 +7,7 @@ text; log-likelihoods and ELBOs are in nats per sample.
 from __future__ import annotations
 
 __all__ = [
+    "check_line",
     "check_table",
     "compare_report",
     "compare_table",
@@ -113,13 +114,15 @@ def trust_paragraph(
     elif ais_below:
         lines.append(
             "**Trust neither fully**: AIS falls below IW, so at these settings its chains do not "
-            "reach the posterior; IW is the tighter lower bound. Raise ais_steps."
+            "reach the posterior; IW is the tighter lower bound. Raise the annealing steps "
+            "(`--ais-steps`; `ais_steps=` in Python)."
         )
     else:
         lines.append(
             f"**Trust neither fully**: BDMC's gap of {b['gap']:.2f} nats says AIS has not "
             f"converged at T = {a['num_steps']}; both numbers are lower bounds whose distance "
-            "to log p(x) may be that large. Raise ais_steps until the gap is small."
+            "to log p(x) may be that large. Raise the annealing steps (`--ais-steps`; "
+            "`ais_steps=` in Python) until the gap is small."
         )
     return "\n".join(lines)
 
@@ -209,6 +212,16 @@ def check_table(r: dict) -> str:
         + "\n".join(_align(rows))
         + f"\nprincipal angles (deg): {angles}{note}\n{verdict}"
     )
+
+
+def check_line(r: dict) -> str:
+    """One line of the LinearVAE-vs-PPCA check (:func:`check_table`'s verdict): PASS, or
+    FAIL naming the quantities that missed their targets."""
+    targets = r["targets"]
+    missed = [f"{k} {r[k]:.2e} > {t:g}" for k, t in targets.items() if not r[k] <= t]
+    if not missed:
+        return "LinearVAE (SVI) vs PPCA maximum likelihood: PASS (every quantity within its target)"
+    return f"LinearVAE (SVI) vs PPCA maximum likelihood: FAIL ({'; '.join(missed)})"
 
 
 def run_report(m: dict) -> str:
@@ -475,6 +488,8 @@ def compare_report(r: dict) -> str:
             f"\n![Test rows with holes and their imputations]({r['imputation_figure']})\n"
         )
     table = compare_table(r)
+    if r.get("linear_check"):
+        holes += f"\n{check_line(r['linear_check'])}\n"
     return (
         f"# ppvae compare: {r['dataset']}\n\n```\n{table}\n```\n{holes}{trust}{figure}"
         + (f"\n{imputation}" if imputation else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from .. import workflows
@@ -108,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
 def _refuse_unused(args) -> None:
     """Options given that this fit cannot honour: exit 2, naming them."""
     given = args.given
+    cores = os.cpu_count() or 1
+    if getattr(args, "nproc", 1) > cores:
+        raise UserError(
+            f"--nproc {args.nproc} is more than the {cores} CPU core(s) of this machine: each "
+            f"process needs a core of its own (and a copy of the data); use --nproc {cores} "
+            "or fewer"
+        )
     if args.resume is not None:
         extra = given - set(RESUMABLE)
         if extra:

@@ -40,6 +40,18 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    """A seed: an integer in [0, 2**32), what NumPy, torch and Pyro all accept."""
+    message = f"expected an integer in [0, 2**32), got {text!r}"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(message)
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -101,7 +113,7 @@ def add_data(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--seed",
-        type=int,
+        type=seed_int,
         default=0,
         help="random seed: data split, dequantization, initialization, shuffling (default 0)",
     )

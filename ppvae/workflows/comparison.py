@@ -9,11 +9,13 @@ import torch
 
 from .. import evaluate, plots, reports
 from ..data import Dataset
+from ..errors import InputError
 from .common import (
     AIS_DEFAULTS,
     MISSING_AIS_REASON,
     Result,
     certify_likelihood,
+    check_against_ppca,
     environment,
     finish,
     fit_ppca,
@@ -107,6 +109,11 @@ def compare(
         ``linear_vae``, ``vae``.
     """
     t0 = time.perf_counter()
+    if isinstance(iw_samples, int) and iw_samples < evaluate.PSIS_MIN_SAMPLES:  # before training
+        raise InputError(
+            f"iw_samples={iw_samples} is too few for the PSIS diagnostics compare reports: use "
+            f"at least {evaluate.PSIS_MIN_SAMPLES}"
+        )
     k = latent_dim
     s = start(
         dataset,
@@ -144,6 +151,7 @@ def compare(
         progress=progress,
         scores=scores,
     )
+    linear_check = check_against_ppca(lin, ppca, ds.train)
     h = train_vae(
         vae,
         ds,
@@ -183,6 +191,7 @@ def compare(
         "vae": vae_scores.pop("test_per_sample").numpy(),
     }
     result = _result(ds, k, rows, iw_samples=iw_samples, eval_points=eval_points)
+    result["linear_check"] = linear_check
     if incomplete:
         result["skipped"] = MISSING_GAPS_REASON
     imputation, imputation_png = impute_holes(
