@@ -136,6 +136,15 @@ def _refuse_unused(args) -> None:
     bad = (given & specific) - set(workflows.AUTOENCODER_OPTIONS.get(model, ()))
     if bad:
         raise UserError(f"{options.flags(_parser(), bad)}: not an option of --model {model}")
+    if model == "sae":
+        penalty = getattr(args, "sparsity", "kl")
+        unused = given & ({"rho", "beta"} if penalty == "l1" else {"l1"})
+        if unused:
+            other = "kl" if penalty == "l1" else "l1"
+            raise UserError(
+                f"--sparsity {penalty} does not use {options.flags(_parser(), unused)} "
+                f"(an option of --sparsity {other})"
+            )
     if model == "stacked" and "clip_norm" in given:
         raise UserError(
             "--model stacked does not clip gradients (its pretraining and fine-tuning are "

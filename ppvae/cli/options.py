@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 import torch
 
 from ..data import DATASETS, with_missing
+from ..errors import InputError
 from ..guides import GUIDES
 from ..likelihoods import LIKELIHOODS
 from ..priors import PRIORS
 from ..tables import load_table
 from ..workflows import AIS_DEFAULTS, ELBOS, existing_run, load
+from ..workflows.common import check_writable
 
 
 class UserError(Exception):
@@ -335,9 +338,18 @@ def flags(parser: argparse.ArgumentParser, dests) -> str:
 def out_folder(args, *, resume_ok: bool = False) -> Path:
     """--out (default runs/COMMAND-DATASET), refused when it holds a run and --force is absent."""
     name = Path(args.data).stem if getattr(args, "data", None) else args.dataset
+    if args.out is not None and not str(args.out).strip():
+        raise UserError(
+            f"--out is empty: name the output folder (without --out: runs/{args.command}-{name})"
+        )
     out = Path(args.out) if args.out else Path("runs") / f"{args.command}-{name}"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
+    if int(os.environ.get("RANK", "0")) == 0:  # once: ranks probing one folder would race
+        try:
+            check_writable(out, "--out")
+        except InputError as exc:
+            raise UserError(str(exc)) from None
     held = existing_run(out) if out.is_dir() else []
     if held and not args.force:
         also = (
@@ -362,6 +374,12 @@ def load_data(args, binarize: str | None = None, *, missing_ok: bool = False):
     if args.data is None:
         if args.standardize:
             raise UserError("--standardize is for --data tables")
+        bundled = [d for d in ("data_root", "download") if d in given]
+        if args.dataset == "digits" and bundled:
+            raise UserError(
+                f"{flag_names(bundled)}: digits are bundled with scikit-learn (nothing to read "
+                "or download); --data-root and --download are for mnist and fashion-mnist"
+            )
         ds = load(
             args.dataset,
             data_root=args.data_root,

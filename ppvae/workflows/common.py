@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,26 @@ from ..vae import VAE, LinearVAE
 
 RUN_FILES = ("checkpoint.pt", "model.pt", "metrics.json", "check_ppca.json", "compare.json")
 """A folder holding any of these holds a run; it is not overwritten unless asked."""
+
+RUN_OUTPUTS = (
+    *RUN_FILES,
+    "report.md",
+    "compare.md",
+    "log_likelihood.nc",
+    "training_curve.png",
+    "samples_vae.png",
+    "samples_ppca.png",
+    "reconstructions.png",
+    "imputations.png",
+    "latent_scatter.png",
+    "features.png",
+    "ppca_check.png",
+    "loglik_scatter.png",
+    "nuts_vs_guide.png",
+)
+"""Every file a workflow may write into its folder: what ``overwrite`` removes before a new run
+writes (so that no figure or report of the previous run is left beside the new one). Other
+files in the folder are left alone."""
 
 LINEAR_FULL_BATCH_MAX = 10000
 """Above this many training rows a full-batch LinearVAE step costs about a second (60000 x
@@ -147,8 +169,42 @@ def prepare_out(out: str | Path | None, *, overwrite: bool = False, resume: bool
         raise InputError(
             f"out {out} already holds a run ({', '.join(held)}); pass overwrite=True to replace it"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"out {out} cannot be created: {exc.strerror or exc}") from None
+    check_writable(out)
+    if overwrite and not resume:
+        for name in RUN_OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+        for tmp in out.glob(".*.tmp"):  # an interrupted atomic write's leftovers
+            tmp.unlink(missing_ok=True)
     return out
+
+
+def check_writable(out: str | Path, name: str = "out") -> None:
+    """Refuse a folder that cannot be written, by creating (and removing) a file in it; a
+    folder that does not exist yet is created for the test and removed again, with any
+    parents it needed. Before any work, so that no run is lost to its last write."""
+    out = Path(out)
+    created = []
+    try:
+        missing = out.absolute()
+        while not missing.exists():
+            created.append(missing)
+            missing = missing.parent
+        for folder in reversed(created):
+            folder.mkdir()
+        fd, probe = tempfile.mkstemp(prefix=".ppvae-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        what = "cannot be created" if created else "is not writable"
+        raise InputError(f"{name} {out} {what}: {exc.strerror or exc}") from None
+    finally:
+        for folder in created:
+            if folder.is_dir():
+                folder.rmdir()
 
 
 @dataclass
