@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -137,6 +138,12 @@ def add_data(p: argparse.ArgumentParser) -> None:
         help="with --data: centre and scale each column by its observed training moments",
     )
     g.add_argument(
+        "--no-header",
+        action="store_true",
+        help="with --data FILE.csv: its first line is data, not column names (default: a "
+        "first line with a cell that is not a number is a header; what was assumed is printed)",
+    )
+    g.add_argument(
         "--missing-rate",
         type=float,
         default=0.0,
@@ -184,7 +191,13 @@ def add_vae(p: argparse.ArgumentParser, likelihoods=None, title="the VAE") -> No
     )
 
 
-def add_training(p: argparse.ArgumentParser, epochs=300, batch_size=128, clip=True) -> None:
+def add_training(
+    p: argparse.ArgumentParser,
+    epochs=300,
+    batch_size=128,
+    clip=True,
+    lr_help="Adam learning rate (default: the model's; 1e-3 for a VAE)",
+) -> None:
     """--epochs --batch-size --lr [--clip-norm] --device --progress/--no-progress."""
     g = p.add_argument_group("training")
     g.add_argument(
@@ -207,7 +220,7 @@ def add_training(p: argparse.ArgumentParser, epochs=300, batch_size=128, clip=Tr
         "--lr",
         type=positive_float,
         default=None,
-        help="Adam learning rate (default: the model's; 1e-3 for a VAE)",
+        help=lr_help,
     )
     if clip:
         g.add_argument(
@@ -372,6 +385,8 @@ def load_data(args, binarize: str | None = None, *, missing_ok: bool = False):
     are refused here, before work starts."""
     given = getattr(args, "given", set())
     if args.data is None:
+        if getattr(args, "no_header", False):
+            raise UserError("--no-header is for --data tables (.csv)")
         if args.standardize:
             raise UserError("--standardize is for --data tables")
         bundled = [d for d in ("data_root", "download") if d in given]
@@ -397,7 +412,18 @@ def load_data(args, binarize: str | None = None, *, missing_ok: bool = False):
             raise UserError(
                 "--data tables are continuous: use a continuous --likelihood, not bernoulli"
             )
-        ds = load(load_table(args.data, standardize=args.standardize, seed=args.seed))
+        no_header = getattr(args, "no_header", False)  # absent from runs saved before it
+        if no_header and Path(args.data).suffix.lower() != ".csv":
+            raise UserError(f"--no-header is for .csv files, not {Path(args.data).name}")
+        table = load_table(
+            args.data,
+            standardize=args.standardize,
+            seed=args.seed,
+            header=False if no_header else None,
+        )
+        for note in table.info.get("notes", []):
+            print(f"ppvae {args.command}: note: {note}", file=sys.stderr)
+        ds = load(table)
         ds.train = ds.train[: args.n_train] if args.n_train else ds.train
         ds.test = ds.test[: args.n_test] if args.n_test else ds.test
     if not 0.0 <= args.missing_rate < 1.0:

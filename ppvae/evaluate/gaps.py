@@ -12,6 +12,7 @@ from ..vae import LinearVAE
 from ._common import (
     _DEFAULT_MAX_ELEMENTS,
     _chunks,
+    _count,
     _EvalMode,
     _Evaluation,
     _Frozen,
@@ -190,6 +191,11 @@ def inference_gaps(
     """
     if family not in ("gaussian", "guide"):
         raise InputError(f"family must be 'gaussian' or 'guide', got {family!r}")
+    for name, value in (("steps", steps), ("elbo_samples", elbo_samples)):
+        _count(value, name)
+    _count(train_samples, "train_samples")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise InputError(f"lr must be a positive number, got {lr!r}")
     ev, X = _prepare(program, X, num_samples)
     if family == "guide":
         return _gaps_in_family(

@@ -15,6 +15,7 @@ from ._common import (
     _DEFAULT_MAX_ELEMENTS,
     _TRIM,
     _chunks,
+    _count,
     _EvalMode,
     _Evaluation,
     _evaluation,
@@ -262,6 +263,7 @@ def estimate_log_likelihood(
     """
     if smoothed and not psis:
         raise InputError("smoothed=True needs psis=True")
+    _count(num_samples, "num_samples")
     if psis and not isinstance(num_samples, bool) and int(num_samples) == num_samples:
         if num_samples < PSIS_MIN_SAMPLES:
             raise InputError(
@@ -287,6 +289,8 @@ def estimate_log_likelihood(
         # mean w^2 / (mean w)^2 = K exp(lse2 - 2 lse1)
         ratio = torch.exp(lse2 - 2 * lse1 + log_k)
         se.append(((ratio - 1.0).clamp_min(0.0) / num_samples).sqrt())
+        if num_samples == 1:  # one weight per point: its spread is unknown, not zero
+            se[-1] = torch.full_like(se[-1], math.nan)
     return LikelihoodEstimate(
         log_px=torch.cat(est).float(),
         mc_se=torch.cat(se).float(),
