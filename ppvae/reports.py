@@ -242,6 +242,7 @@ def run_report(m: dict) -> str:
         else f"{c['epochs']} epochs of minibatches of {c['batch_size']}"
     )
     ppca_label = "EM, exact" if p.get("method") == "em" else "closed form, exact"
+    unit = "row" if m.get("source") else "image"  # a --data table has rows, not images
     lines = [
         f"# ppvae run: {m['dataset']}",
         "",
@@ -259,10 +260,10 @@ def run_report(m: dict) -> str:
         f"{fmt(v['test_bits_per_dim_iw'])} | {v['train_elbo']:.3f} (ELBO) | "
         f"{v['fit_seconds']:.1f} s |",
         "",
-        "± is the standard error of the mean over test images. The VAE's importance-weighted "
+        f"± is the standard error of the mean over test {unit}s. The VAE's importance-weighted "
         "estimate is a stochastic lower bound on its log-likelihood; PPCA's is exact.",
         "",
-        f"The VAE's test log-likelihood (IW) is {abs(gap):.2f} nats per image "
+        f"The VAE's test log-likelihood (IW) is {abs(gap):.2f} nats per {unit} "
         f"{'above' if gap > 0 else 'below'} PPCA's.",
         "",
         "## Which likelihood of the VAE to trust",
@@ -292,9 +293,10 @@ def run_report(m: dict) -> str:
         "training_curve": "ELBO per epoch, with PPCA's exact test log-likelihood for reference",
         "samples": "VAE samples: decoder means at z ~ p(z)",
         "samples_ppca": "PPCA samples x ~ p(x)",
-        "reconstructions": "Test images and their reconstructions",
+        "reconstructions": f"Test {unit}s and their reconstructions",
         "imputations": "Test rows with holes and the conditional-mean imputations of the holes",
-        "latent_scatter": "Posterior means of the test images, coloured by digit",
+        "latent_scatter": f"Posterior means of the test {unit}s"
+        + ("" if m.get("source") else ", coloured by label"),
         "ppca_check": "Sample-covariance spectrum with the PPCA and LinearVAE fits; KL per "
         "latent dimension",
     }
@@ -327,6 +329,14 @@ def data_sentence(m: dict) -> str:
         f"{m['n_train']} {prep}training {what} (D = {m['data_dim']}), evaluated on "
         f"{m['n_test']} test {what}. Log-likelihoods are in {m['units']}; higher is better."
     )
+    std = m.get("standardization")
+    if std:
+        text += (
+            f" The columns were standardized ({len(std['scale'])} centres and scales in "
+            "metrics.json under standardization: x = x_std * scale + center); a log-density "
+            f"of the original rows is {std['log_density_shift']:+.3f} nats from the one "
+            "reported."
+        )
     share = m.get("missing_share_train") or 0.0
     if share > 0:
         made = (

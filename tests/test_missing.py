@@ -431,7 +431,7 @@ def test_run_on_a_table_with_holes_scores_only_the_entries_it_removed(tmp_path, 
     assert imp["rmse"]["ppca"] < 0.5 * imp["rmse"]["mean"]
     assert (out / "imputations.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
-    assert "training rows of t.csv" in report and "on their own scale" in report
+    assert "training rows of t.csv" in report and "of the standardized data" in report
 
 
 def test_compare_on_data_with_holes_scores_observed_entries_and_says_what_it_skipped(

@@ -578,14 +578,35 @@ def impute_test(vae, ppca: PPCA, ds: Dataset, *, num_samples: int, seed: int) ->
 
 def units(ds) -> str:
     """What the likelihoods of a run on ``ds`` are densities of, in words."""
-    of = (
-        "uniformly dequantized data on [0,1]^D"
-        if ds.dequantized
-        else "the data on their own scale (no dequantization)"
-    )
+    if ds.dequantized:
+        of = "uniformly dequantized data on [0,1]^D"
+    elif ds.info.get("standardized"):
+        of = (
+            "the standardized data: each column minus its training mean, divided by its "
+            "training standard deviation (both recorded under standardization); a density of "
+            "the original values is this one minus the sum of the log scales"
+        )
+    else:
+        of = "the data on their own scale (no dequantization)"
     if has_missing(ds):
         return f"nats per sample (density of each row's observed entries, of {of})"
     return f"nats per sample (density of {of})"
+
+
+def standardization(ds) -> dict | None:
+    """The centres and scales a ``--standardize`` table was transformed with, by column
+    (``x_std = (x - center) / scale``; undo with ``x = x_std * scale + center``), and the
+    shift ``-sum(log scale)`` that turns a log-density of the standardized rows into one of
+    the original rows; None for data that were not standardized."""
+    if not ds.info.get("standardized"):
+        return None
+    scale = [float(v) for v in ds.info["scale"]]
+    return {
+        "columns": list(ds.info.get("columns") or []),
+        "center": [float(v) for v in ds.info["center"]],
+        "scale": scale,
+        "log_density_shift": -sum(math.log(v) for v in scale),
+    }
 
 
 def per_dim_bits(nats: float, ds) -> float | None:

@@ -23,6 +23,7 @@ from .common import (
     make_vae,
     per_dim_bits,
     sem,
+    standardization,
     start,
     train_vae,
     units,
@@ -192,6 +193,7 @@ def _metrics(ds, latent_dim: int, ppca: dict, vae: dict, *, seed: int, device) -
         "latent_dim": latent_dim,
         "units": units(ds),
         "source": ds.info.get("source"),  # a --data table: likelihoods on its own scale
+        "standardization": standardization(ds),
         "dequantized": ds.dequantized,
         "missing_share_train": float(torch.isnan(ds.train).double().mean()),
         "missing_rate": ds.info.get("missing_rate"),
