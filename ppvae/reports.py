@@ -15,6 +15,7 @@ __all__ = [
     "imputation_line",
     "run_report",
     "run_table",
+    "stage_line",
     "trust_paragraph",
 ]
 
@@ -214,6 +215,14 @@ def check_table(r: dict) -> str:
     )
 
 
+def stage_line(seconds: dict | None) -> str:
+    """``Time per stage: PPCA fit 0.1 s, VAE training 12.3 s, ...`` ("" without stages)."""
+    if not seconds:
+        return ""
+    names = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in seconds.items())
+    return f"Time per stage: {names}."
+
+
 def check_line(r: dict) -> str:
     """One line of the LinearVAE-vs-PPCA check (:func:`check_table`'s verdict): PASS, or
     FAIL naming the quantities that missed their targets."""
@@ -317,6 +326,8 @@ def run_report(m: dict) -> str:
         f"torch {m['environment']['torch']}, {m['environment']['threads']} threads.",
         "",
     ]
+    if m.get("stage_seconds"):
+        lines += [stage_line(m["stage_seconds"]), ""]
     return "\n".join(lines)
 
 
@@ -500,6 +511,8 @@ def compare_report(r: dict) -> str:
     table = compare_table(r)
     if r.get("linear_check"):
         holes += f"\n{check_line(r['linear_check'])}\n"
+    if r.get("stage_seconds"):
+        holes += f"\n{stage_line(r['stage_seconds'])}\n"
     return (
         f"# ppvae compare: {r['dataset']}\n\n```\n{table}\n```\n{holes}{trust}{figure}"
         + (f"\n{imputation}" if imputation else "")

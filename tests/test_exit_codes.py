@@ -29,8 +29,14 @@ def test_the_linear_vae_check_decides_the_exit_status(
     run judged by targets it meets: PASS, exit 0."""
     assert main([*argv, "--out", str(tmp_path / "fail")]) == 1
     assert "FAIL" in capsys.readouterr().out
-    check = json.loads((tmp_path / "fail" / written).read_text())[key]
-    assert check["passed"] is False
+    metrics = json.loads((tmp_path / "fail" / written).read_text())
+    assert metrics[key]["passed"] is False
+    # every stage timed, in the JSON and the report (#32: stage times)
+    stages = metrics["stage_seconds"]
+    assert {"ppca", "vae_training", "vae_evaluation", "ais_bdmc", "figures"} <= set(stages)
+    assert all(v >= 0 for v in stages.values())
+    report = (tmp_path / "fail" / ("report.md" if argv[0] == "run" else "compare.md")).read_text()
+    assert "Time per stage: ppca" in report
     monkeypatch.setattr(workflows, "CHECK_TARGETS", LOOSE)
     assert main([*argv, "--out", str(tmp_path / "pass")]) == 0
     assert "PASS" in capsys.readouterr().out
@@ -72,3 +78,19 @@ def test_nproc_above_the_cores_is_refused_before_starting_processes(
     assert code == 2 and len(err) == 1, err
     assert "--nproc 3 is more than the 2 CPU core(s)" in err[0] and "--nproc 2" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_stages_say_when_they_start_and_end_when_progress_is_on(capsys):
+    stages = workflows.common.Stages("compare", progress=True)
+    with stages("iw", "VAE: IW log-likelihoods"):
+        pass
+    with stages("iw", "VAE: IW log-likelihoods"):  # a stage run twice adds up
+        pass
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "ppvae compare: VAE: IW log-likelihoods ..."
+    assert err[1].startswith("ppvae compare: VAE: IW log-likelihoods: ") and err[1].endswith(" s")
+    assert list(stages.seconds) == ["iw"] and len(err) == 4
+    quiet = workflows.common.Stages("run", progress=False)
+    with quiet("ppca", "PPCA fit"):
+        pass
+    assert capsys.readouterr().err == "" and "ppca" in quiet.seconds
