@@ -28,10 +28,9 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     torch.manual_seed(int(sys.argv[1]))  # the global state the models are built under
     x = torch.rand(96, 12, generator=torch.Generator().manual_seed(0))
-    models = {
-        "vae": ppvae.VAE(12, 3, hidden=(16,)),
+    models = {  # custom initializations: the full-rank guide's zeros, the mixture's draws
+        "vae": ppvae.VAE(12, 2, hidden=(16,), prior="mog", guide="fullrank"),
         "linear": ppvae.LinearVAE(12, 3, encoder="free"),
-        "mog": ppvae.VAE(12, 2, hidden=(8,), prior="mog"),
         "user": PyroExampleVAE(12, 3, 16),
     }
     out = {}
