@@ -47,3 +47,16 @@ def test_a_table_s_report_speaks_of_rows_and_its_standardization():
     assert "training rows of t.csv" in text and "images" not in text
     assert "standardized" in text and "-1.790 nats" in text
     assert "standardized" not in reports.data_sentence({**m, "standardization": None})
+
+
+def test_fit_metrics_name_the_source_sizes_and_missing_share(table):
+    ds = ppvae.load_table(table, standardize=True)
+    ae = workflows.fit_autoencoder(ds, model="ae", latent_dim=1, hidden=(4,), epochs=1).metrics
+    vae = workflows.fit_vae(
+        ds, latent_dim=1, hidden=(4,), epochs=1, iw_samples=2, progress=False
+    ).metrics
+    for m in (ae, vae):
+        assert m["source"] == str(table) and (m["n_train"], m["n_test"]) == (48, 12)
+        assert m["data_dim"] == 3 and m["missing_share_train"] == 0.0
+        assert m["standardization"]["columns"] == ["a", "b", "c"]
+        assert "standardized data" in m["units"]

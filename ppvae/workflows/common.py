@@ -638,6 +638,22 @@ def standardization(ds) -> dict | None:
     }
 
 
+def data_record(ds) -> dict:
+    """What a run trained on, for its metrics: the source file (a ``--data`` table, else
+    None), the split sizes, the data dimension, the missing shares, the units and any
+    standardization."""
+    return {
+        "source": ds.info.get("source"),
+        "n_train": int(ds.train.shape[0]),
+        "n_test": int(ds.test.shape[0]),
+        "data_dim": ds.data_dim,
+        "missing_share_train": float(torch.isnan(ds.train).double().mean()),
+        "missing_rate": ds.info.get("missing_rate"),
+        "units": units(ds),
+        "standardization": standardization(ds),
+    }
+
+
 def per_dim_bits(nats: float, ds) -> float | None:
     """Bits per dimension of complete dequantized or binary data (None otherwise: a density
     of observed entries, or of continuous data on their own scale, has no such reading)."""
