@@ -12,6 +12,7 @@ from .checkpoints import load, save
 from .conditional import ConditionalVAE, SemiSupervisedVAE
 from .data import Dataset, MemmapDataset, binarize, check_data, dequantize, load_dataset
 from .guides import IAF, DiagonalGaussian, FullRankGaussian, Guide
+from .initialization import keep_parameters
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace, Likelihood
 from .nets import ConvDecoder, ConvEncoder, GaussianEncoder, MLPDecoder
 from .ppca import PPCA
@@ -85,6 +86,7 @@ __all__ = [
     "evaluate",
     "finetune",
     "fit",
+    "keep_parameters",
     "load",
     "load_dataset",
     "load_table",

@@ -1,6 +1,7 @@
 """Saving and loading: trained models (``model.pt``) and resumable training checkpoints.
 
-Both are written atomically (temporary file in the same folder, flush, fsync, ``os.replace``),
+Both are written atomically (temporary file in the same folder, flush, fsync, ``os.replace``)
+with the SHA-256 of their content appended, checked on every read,
 hold only tensors and plain Python values, and are read with ``torch.load(weights_only=True)``,
 so a tampered file cannot execute code. Every problem with a file is reported as one
 ``ValueError`` naming the file and what is wrong, never as a traceback from torch internals.
@@ -8,6 +9,8 @@ so a tampered file cannot execute code. Every problem with a file is reported as
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
 import tempfile
@@ -18,7 +21,8 @@ import torch
 
 from .autoencoders import AUTOENCODERS
 from .conditional import ConditionalVAE, SemiSupervisedVAE
-from .errors import InputError, MissingFileError
+from .errors import InputError, MissingFileError, UnwritableError
+from .initialization import keep_parameters
 from .vae import VAE, LinearVAE
 
 __all__ = ["load", "load_checkpoint", "rng_state", "save", "set_rng_state"]
@@ -35,21 +39,74 @@ CHECKPOINT_FORMAT = "ppvae.checkpoint"
 FORMAT_VERSION = 1
 
 
+DIGEST_TAG = b"\nppvae-sha256 "
+"""A file's last 79 bytes: this tag, the SHA-256 of everything before it (64 hex digits), and a
+newline. ``torch.load`` ignores bytes after the archive, so the file stays a PyTorch file."""
+_TRAILER_LEN = len(DIGEST_TAG) + 64 + 1
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
+    """``torch.save`` to a temporary file beside ``path`` (with the SHA-256 of its content
+    appended, see :data:`DIGEST_TAG`), fsync, then ``os.replace``: an interrupted or failed
+    write leaves any previous file at ``path`` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    body = buffer.getvalue()
+    digest = hashlib.sha256(body).hexdigest().encode()
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            _write(fh, body + DIGEST_TAG + digest + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        kept = f"; the previous {path.name} is kept as it was" if path.exists() else ""
+        raise UnwritableError(f"cannot write {path}: {exc.strerror or exc}{kept}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write(fh, data: bytes) -> None:
+    """One write of a checkpoint's bytes (a seam for tests that simulate a full disk)."""
+    fh.write(data)
+
+
+def verified_bytes(path: Path, what: str) -> bytes:
+    """The content of a ppvae file, checked against the SHA-256 written with it.
+
+    A file written before ppvae wrote digests has none and is returned as it is (its archive
+    is still checked by ``torch.load``).
+
+    Raises
+    ------
+    InputError
+        If the file is not a PyTorch archive or its content does not match its digest.
+    """
+    data = path.read_bytes()
+    if not data.startswith(b"PK\x03\x04"):
+        raise InputError(
+            f"{path}: not a readable ppvae {what} file (not a PyTorch archive: "
+            f"{'empty' if not data else 'it starts with ' + repr(data[:8])})"
+        )
+    trailer = data[-_TRAILER_LEN:]
+    if not trailer.startswith(DIGEST_TAG):
+        return data
+    body = data[:-_TRAILER_LEN]
+    if hashlib.sha256(body).hexdigest().encode() != trailer[len(DIGEST_TAG) : -1]:
+        raise InputError(
+            f"{path}: the {what} file is damaged: its content does not match the SHA-256 "
+            "written with it (a partial copy, a disk error or an edit); use another copy"
+        )
+    return body
 
 
 def _model_entry(model: VAE) -> dict:
@@ -93,10 +150,13 @@ def save(model: VAE, path: str | os.PathLike, *, history=None, metadata: dict | 
 def _read(path: Path, fmt: str, what: str, map_location) -> dict:
     if not path.is_file():
         raise MissingFileError(f"no such {what} file: {path}")
+    data = verified_bytes(path, what)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated, tampered, or not a torch file at all
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in first:  # PyTorch's advice to unpickle anything: not for a user
+            first = "it holds objects other than tensors and plain values"
         raise InputError(f"{path}: not a readable ppvae {what} file ({first[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else None
@@ -163,7 +223,7 @@ def load(path: str | os.PathLike, map_location="cpu") -> VAE:
         if "'ppvae.checkpoint' file" not in str(exc):
             raise
         payload = _read(path, CHECKPOINT_FORMAT, "checkpoint", map_location)
-    model = build_model(payload, path)
+    model = keep_parameters(build_model(payload, path))  # fit continues from these weights
     return model.to(map_location) if map_location is not None else model
 
 

@@ -108,6 +108,16 @@ class Dataset:
         )
 
 
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as an int in [0, 2**32) (what NumPy, torch and Pyro all accept), or one
+    :class:`~ppvae.errors.InputError` naming ``name``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
+    if not 0 <= int(seed) < 2**32:
+        raise InputError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
 def check_data(
     X,
     *,
@@ -264,7 +274,7 @@ def with_missing(ds: Dataset, rate: float, seed: int = 0) -> Dataset:
         raise InputError(f"rate must lie in [0, 1), got {rate!r}")
     if rate == 0:
         return ds
-    g = torch.Generator().manual_seed(int(seed) + 7)
+    g = torch.Generator().manual_seed(check_seed(seed) + 7)
     train = remove_at_random(ds.train, rate, g)
     test = remove_at_random(ds.test, rate, g)
     info = {**ds.info, "missing_rate": float(rate)}
@@ -491,6 +501,7 @@ def load_dataset(
     FileNotFoundError
         Raw files missing under ``root``.
     """
+    seed = check_seed(seed)
     key = str(name).lower().replace("_", "-")
     if key not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

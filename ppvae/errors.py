@@ -9,7 +9,7 @@ exception a Python user would expect (``ValueError``, ``TypeError``, ``FileNotFo
 
 from __future__ import annotations
 
-__all__ = ["InputError", "MissingFileError", "ProgramError", "WrongTypeError"]
+__all__ = ["InputError", "MissingFileError", "ProgramError", "UnwritableError", "WrongTypeError"]
 
 
 class InputError(ValueError):
@@ -26,3 +26,8 @@ class ProgramError(InputError, TypeError):
 
 class MissingFileError(InputError, FileNotFoundError):
     """A file or folder that does not exist."""
+
+
+class UnwritableError(InputError, OSError):
+    """A file that cannot be written where it was asked for (a missing or read-only folder, a
+    full disk); an ``OSError`` as well as an ``InputError``."""

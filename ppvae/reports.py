@@ -7,6 +7,7 @@ text; log-likelihoods and ELBOs are in nats per sample.
 from __future__ import annotations
 
 __all__ = [
+    "check_line",
     "check_table",
     "compare_report",
     "compare_table",
@@ -14,6 +15,7 @@ __all__ = [
     "imputation_line",
     "run_report",
     "run_table",
+    "stage_line",
     "trust_paragraph",
 ]
 
@@ -113,13 +115,15 @@ def trust_paragraph(
     elif ais_below:
         lines.append(
             "**Trust neither fully**: AIS falls below IW, so at these settings its chains do not "
-            "reach the posterior; IW is the tighter lower bound. Raise ais_steps."
+            "reach the posterior; IW is the tighter lower bound. Raise the annealing steps "
+            "(`--ais-steps`; `ais_steps=` in Python)."
         )
     else:
         lines.append(
             f"**Trust neither fully**: BDMC's gap of {b['gap']:.2f} nats says AIS has not "
             f"converged at T = {a['num_steps']}; both numbers are lower bounds whose distance "
-            "to log p(x) may be that large. Raise ais_steps until the gap is small."
+            "to log p(x) may be that large. Raise the annealing steps (`--ais-steps`; "
+            "`ais_steps=` in Python) until the gap is small."
         )
     return "\n".join(lines)
 
@@ -211,6 +215,24 @@ def check_table(r: dict) -> str:
     )
 
 
+def stage_line(seconds: dict | None) -> str:
+    """``Time per stage: PPCA fit 0.1 s, VAE training 12.3 s, ...`` ("" without stages)."""
+    if not seconds:
+        return ""
+    names = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in seconds.items())
+    return f"Time per stage: {names}."
+
+
+def check_line(r: dict) -> str:
+    """One line of the LinearVAE-vs-PPCA check (:func:`check_table`'s verdict): PASS, or
+    FAIL naming the quantities that missed their targets."""
+    targets = r["targets"]
+    missed = [f"{k} {r[k]:.2e} > {t:g}" for k, t in targets.items() if not r[k] <= t]
+    if not missed:
+        return "LinearVAE (SVI) vs PPCA maximum likelihood: PASS (every quantity within its target)"
+    return f"LinearVAE (SVI) vs PPCA maximum likelihood: FAIL ({'; '.join(missed)})"
+
+
 def run_report(m: dict) -> str:
     """``report.md`` of a run: the table, the LinearVAE check, figures and resolved settings.
 
@@ -229,6 +251,7 @@ def run_report(m: dict) -> str:
         else f"{c['epochs']} epochs of minibatches of {c['batch_size']}"
     )
     ppca_label = "EM, exact" if p.get("method") == "em" else "closed form, exact"
+    unit = "row" if m.get("source") else "image"  # a --data table has rows, not images
     lines = [
         f"# ppvae run: {m['dataset']}",
         "",
@@ -246,10 +269,10 @@ def run_report(m: dict) -> str:
         f"{fmt(v['test_bits_per_dim_iw'])} | {v['train_elbo']:.3f} (ELBO) | "
         f"{v['fit_seconds']:.1f} s |",
         "",
-        "± is the standard error of the mean over test images. The VAE's importance-weighted "
+        f"± is the standard error of the mean over test {unit}s. The VAE's importance-weighted "
         "estimate is a stochastic lower bound on its log-likelihood; PPCA's is exact.",
         "",
-        f"The VAE's test log-likelihood (IW) is {abs(gap):.2f} nats per image "
+        f"The VAE's test log-likelihood (IW) is {abs(gap):.2f} nats per {unit} "
         f"{'above' if gap > 0 else 'below'} PPCA's.",
         "",
         "## Which likelihood of the VAE to trust",
@@ -279,9 +302,10 @@ def run_report(m: dict) -> str:
         "training_curve": "ELBO per epoch, with PPCA's exact test log-likelihood for reference",
         "samples": "VAE samples: decoder means at z ~ p(z)",
         "samples_ppca": "PPCA samples x ~ p(x)",
-        "reconstructions": "Test images and their reconstructions",
+        "reconstructions": f"Test {unit}s and their reconstructions",
         "imputations": "Test rows with holes and the conditional-mean imputations of the holes",
-        "latent_scatter": "Posterior means of the test images, coloured by digit",
+        "latent_scatter": f"Posterior means of the test {unit}s"
+        + ("" if m.get("source") else ", coloured by label"),
         "ppca_check": "Sample-covariance spectrum with the PPCA and LinearVAE fits; KL per "
         "latent dimension",
     }
@@ -302,6 +326,8 @@ def run_report(m: dict) -> str:
         f"torch {m['environment']['torch']}, {m['environment']['threads']} threads.",
         "",
     ]
+    if m.get("stage_seconds"):
+        lines += [stage_line(m["stage_seconds"]), ""]
     return "\n".join(lines)
 
 
@@ -314,6 +340,14 @@ def data_sentence(m: dict) -> str:
         f"{m['n_train']} {prep}training {what} (D = {m['data_dim']}), evaluated on "
         f"{m['n_test']} test {what}. Log-likelihoods are in {m['units']}; higher is better."
     )
+    std = m.get("standardization")
+    if std:
+        text += (
+            f" The columns were standardized ({len(std['scale'])} centres and scales in "
+            "metrics.json under standardization: x = x_std * scale + center); a log-density "
+            f"of the original rows is {std['log_density_shift']:+.3f} nats from the one "
+            "reported."
+        )
     share = m.get("missing_share_train") or 0.0
     if share > 0:
         made = (
@@ -475,6 +509,10 @@ def compare_report(r: dict) -> str:
             f"\n![Test rows with holes and their imputations]({r['imputation_figure']})\n"
         )
     table = compare_table(r)
+    if r.get("linear_check"):
+        holes += f"\n{check_line(r['linear_check'])}\n"
+    if r.get("stage_seconds"):
+        holes += f"\n{stage_line(r['stage_seconds'])}\n"
     return (
         f"# ppvae compare: {r['dataset']}\n\n```\n{table}\n```\n{holes}{trust}{figure}"
         + (f"\n{imputation}" if imputation else "")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Dataset
+from .data import Dataset, check_seed
 from .errors import InputError, MissingFileError
 
 __all__ = ["TABLE_SUFFIXES", "load_table"]
@@ -32,6 +32,7 @@ def load_table(
     standardize: bool = False,
     test_fraction: float = 0.2,
     seed: int = 0,
+    header: bool | None = None,
 ) -> Dataset:
     """Read a numeric table with holes and split it into train and test.
 
@@ -48,13 +49,22 @@ def load_table(
         for training.
     seed : int
         Seeds the split.
+    header : bool, optional
+        For a ``.csv``: whether its first line names the columns. ``None`` (default) detects
+        it: a first line with a cell that is not a number is a header, and so is one that
+        reads ``0,1,...`` or ``,0,1,...`` (pandas' names for unnamed columns); otherwise the
+        first line is data, and ``info["notes"]`` says so. ``False`` refuses a first line
+        that is not numeric; ``True`` always takes the first line as the names.
+        An unnamed first column of distinct integers (``DataFrame.to_csv()``'s index) is
+        dropped, and ``info["notes"]`` says so.
 
     Returns
     -------
     Dataset
         ``train`` and ``test`` as float32 (N, D) tensors with NaN at missing entries;
         ``info`` holds the ``columns``, the ``source``, the share ``missing`` and, with
-        ``standardize``, the ``center`` and ``scale`` used.
+        ``standardize``, the ``center`` and ``scale`` used; ``notes``: what was assumed
+        in reading the file (no header, an index column dropped), one sentence each.
 
     Raises
     ------
@@ -71,12 +81,18 @@ def load_table(
         raise InputError(
             f"data: {p} is neither .npy, .csv nor .parquet (got {p.suffix or 'no suffix'!r})"
         )
-    if not 0.0 < float(test_fraction) < 1.0:
+    seed = check_seed(seed)
+    if not isinstance(standardize, (bool, np.bool_)):
+        raise InputError(f"standardize must be True or False, got {standardize!r}")
+    if isinstance(test_fraction, (bool, str)) or not 0.0 < float(test_fraction) < 1.0:
         raise InputError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    if header not in (None, True, False):
+        raise InputError(f"header must be None (detect), True or False, got {header!r}")
+    notes: list[str] = []
     if suffix == ".npy":
         values, columns, first_line = _read_npy(p), None, 1
     elif suffix == ".csv":
-        values, columns, first_line = _read_csv(p)
+        values, columns, first_line = _read_csv(p, header, notes)
     else:
         values, columns, first_line = _read_parquet(p)
     columns = columns or [f"column {j}" for j in range(values.shape[1])]
@@ -91,6 +107,7 @@ def load_table(
         "columns": list(columns),
         "missing": float(np.isnan(values).mean()),
         "standardized": bool(standardize),
+        "notes": notes,
     }
     if standardize:
         center, scale = _observed_moments(train, columns)
@@ -114,6 +131,11 @@ def _read_npy(p: Path) -> np.ndarray:
         raise InputError(f"data: {p} does not hold a numeric array ({exc})") from None
     if arr.ndim != 2:
         raise InputError(f"data: {p} holds an array of shape {arr.shape}; expected (N, D)")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise InputError(
+            f"data: {p} holds complex values ({arr.dtype}); expected real numbers (split the "
+            "real and imaginary parts into columns of their own)"
+        )
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise InputError(f"data: {p} holds {arr.dtype} values; expected numbers")
     return arr.astype(np.float64)
@@ -129,18 +151,36 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _read_csv(p: Path) -> tuple[np.ndarray, list[str] | None, int]:
+def _read_csv(p: Path, header: bool | None, notes: list) -> tuple:
     with p.open(newline="") as f:
         rows = list(csv.reader(f))
     while rows and not any(c.strip() for c in rows[-1]):
         rows.pop()  # trailing blank lines
     if not rows:
         raise InputError(f"data: {p} is empty")
-    header = None
-    if not all(_is_number(c) for c in rows[0]):
-        header, rows = [c.strip() for c in rows[0]], rows[1:]
-    first_line = 2 if header is not None else 1
-    width = len(header) if header is not None else len(rows[0]) if rows else 0
+    names = None
+    first = [c.strip() for c in rows[0]]
+    numeric = all(_is_number(c) for c in first)
+    if header is False and not numeric:
+        cell = next(c for c in first if not _is_number(c))
+        raise InputError(
+            f"data: {p} line 1 is not numeric ({cell!r}) but header=False says it is data"
+        )
+    if header is None and numeric and _pandas_names(first):
+        header = True
+        notes.append(
+            f"the first line of {p.name} ({','.join(first)}) is read as a header: it is "
+            "pandas' numbering of unnamed columns"
+        )
+    if header or (header is None and not numeric):
+        names, rows = first, rows[1:]
+    elif header is None:
+        notes.append(
+            f"{p.name} has no header (its first line is all numbers): read as data, the "
+            "columns numbered from 0"
+        )
+    first_line = 2 if names is not None else 1
+    width = len(names) if names is not None else len(rows[0]) if rows else 0
     for i, row in enumerate(rows):
         if len(row) != width:
             raise InputError(
@@ -149,8 +189,31 @@ def _read_csv(p: Path) -> tuple[np.ndarray, list[str] | None, int]:
             )
     import pandas as pd  # lazy: only tables need it
 
-    frame = pd.DataFrame(rows, columns=header if header is not None else range(width))
-    return _numeric(p, frame, first_line), header, first_line
+    frame = pd.DataFrame(rows, columns=names if names is not None else range(width))
+    values = _numeric(p, frame, first_line)
+    if names is not None and names and names[0] in ("", "Unnamed: 0") and _is_index(values[:, 0]):
+        notes.append(
+            f"the unnamed first column of {p.name} holds distinct integers (a written "
+            "DataFrame's index, as DataFrame.to_csv() writes it): dropped"
+        )
+        values, names = values[:, 1:], names[1:]
+    return values, names, first_line
+
+
+def _pandas_names(cells: list[str]) -> bool:
+    """Whether a numeric first line is pandas' header of unnamed columns: ``0,1,...,D-1``,
+    or the same after an empty cell (the index's)."""
+    body = cells[1:] if cells and cells[0] == "" else cells
+    return len(body) >= 2 and body == [str(j) for j in range(len(body))]
+
+
+def _is_index(column: np.ndarray) -> bool:
+    """Distinct integers with nothing missing: row numbers, not a feature."""
+    return (
+        not np.isnan(column).any()
+        and bool(np.all(column == np.round(column)))
+        and len(np.unique(column)) == len(column)
+    )
 
 
 def _read_parquet(p: Path) -> tuple[np.ndarray, list[str], int]:
@@ -162,6 +225,9 @@ def _read_parquet(p: Path) -> tuple[np.ndarray, list[str], int]:
         raise InputError(
             f"data: reading {p} needs pyarrow (pip install 'ppvae[parquet]'): {exc}"
         ) from None
+    except Exception as exc:  # pyarrow's ArrowInvalid, OSError, ...: a damaged or other file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"data: {p} is not a readable parquet file ({first[:200]})") from None
     return _numeric(p, frame, 1), [str(c) for c in frame.columns], 1
 
 

@@ -39,3 +39,15 @@ def needs_shared_data(name: str):
         not (SHARED_DATA / folder / "raw").is_dir(),
         reason=f"{SHARED_DATA / folder / 'raw'} not present",
     )
+
+
+def check_status(out) -> int:
+    """The exit status a ``run`` or ``compare`` into ``out`` must have returned: 1 where its
+    LinearVAE check against PPCA failed (FAIL), else 0 (issue 32: a FAIL exits 1)."""
+    import json
+
+    for name, key in (("metrics.json", "ppca_check"), ("compare.json", "linear_check")):
+        path = Path(out) / name
+        if path.exists():
+            return 0 if json.loads(path.read_text())[key]["passed"] else 1
+    raise AssertionError(f"{out} holds neither metrics.json nor compare.json")

@@ -11,7 +11,7 @@ import torch
 import ppvae
 from ppvae.cli import main
 
-from .conftest import REPO
+from .conftest import REPO, check_status
 
 TINY_CHECK = ["--check-epochs", "5"]
 TINY = [
@@ -35,7 +35,7 @@ TINY_AIS = ["--ais-points", "4", "--ais-steps", "5", "--ais-chains", "2", "--bdm
 
 def test_run_writes_every_output(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", *TINY, *TINY_CHECK, *TINY_AIS, "--out", str(out)]) == 0
+    assert main(["run", *TINY, *TINY_CHECK, *TINY_AIS, "--out", str(out)]) == check_status(out)
     expected = {
         "metrics.json",
         "report.md",
@@ -121,7 +121,7 @@ def test_compare_writes_table_scatter_and_inference_data(tmp_path, capsys):
         "60",
         *TINY_AIS,
     ]
-    assert main([*argv, "--out", str(out)]) == 0
+    assert main([*argv, "--out", str(out)]) == check_status(out)
     r = json.loads((out / "compare.json").read_text())
     assert set(r["models"]) == {"PPCA", "LinearVAE", "VAE (standard prior, gaussian)"}
     vae = r["models"]["VAE (standard prior, gaussian)"]
@@ -468,7 +468,7 @@ def test_reports_show_the_resolved_settings(tmp_path):
         "--ais-points",
         "0",
     ]
-    assert main([*argv, "--check-epochs", "1", "--out", str(out)]) == 0
+    assert main([*argv, "--check-epochs", "1", "--out", str(out)]) == check_status(out)
     m = json.loads((out / "metrics.json").read_text())
     assert m["vae"]["lr"] == 1e-3 and m["vae"]["fit_config"]["betas"] == [0.9, 0.999]
     assert "learning rate 0.001" in (out / "report.md").read_text()
@@ -495,7 +495,7 @@ def test_run_checks_the_linear_vae_on_compare_s_schedule(tmp_path, monkeypatch):
         "--ais-points",
         "0",
     ]
-    assert main([*argv, "--out", str(out)]) == 0
+    assert main([*argv, "--out", str(out)]) == check_status(out)
     check = json.loads((out / "metrics.json").read_text())["ppca_check"]
     assert (check["epochs"], check["batch_size"]) == (2, 20)
     assert "2 epochs of minibatches of 20" in (out / "report.md").read_text()

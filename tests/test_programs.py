@@ -209,7 +209,7 @@ def test_estimate_log_likelihood_refuses_too_few_samples_for_psis(digits):
     with pytest.raises(InputError, match="too few for PSIS"):
         evaluate.estimate_log_likelihood(vae, digits.test[:5], num_samples=1)
     est = evaluate.estimate_log_likelihood(vae, digits.test[:5], num_samples=1, psis=False)
-    assert est.khat is None and torch.equal(est.mc_se, torch.zeros(5))
+    assert est.khat is None and bool(torch.isnan(est.mc_se).all())  # unknown from one draw
 
 
 def test_other_programs_sites_in_the_store_are_not_trained_or_saved(tmp_path, datasets):

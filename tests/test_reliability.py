@@ -143,7 +143,10 @@ def test_resume_refuses_a_different_run(tmp_path, digits):
             checkpoint_dir=tmp_path,
             resume=True,
         )
-    with pytest.raises(ValueError, match="different training data"):
+    with pytest.raises(
+        ValueError,
+        match="the training data changed since the checkpoint: the same shape, other values",
+    ):
         ppvae.fit(
             vae,
             digits.train[200:400],

@@ -132,3 +132,82 @@ def test_a_table_trains_a_vae_and_ppca_em_on_its_holes(tmp_path):
     h = ppvae.fit(vae, ds.train, test=ds.test, epochs=3, batch_size=32, progress=False)
     assert all(np.isfinite(h.test_elbo))
     assert torch.isfinite(em.log_prob(ds.test)).all()
+
+
+# ---------------------------------------------------------------------- read as written (#32)
+def test_a_headerless_csv_is_read_as_data_and_says_so(tmp_path):
+    X = np.arange(40, dtype=float).reshape(10, 4) / 7
+    np.savetxt(tmp_path / "h.csv", X, delimiter=",")
+    ds = ppvae.load_table(tmp_path / "h.csv")
+    assert _same_rows(_rows_of(ds), X)  # every row, the first included
+    assert ds.info["notes"] == [
+        "h.csv has no header (its first line is all numbers): read as data, the columns "
+        "numbered from 0"
+    ]
+    assert _same_rows(_rows_of(ppvae.load_table(tmp_path / "h.csv", header=False)), X)
+    named = ppvae.load_table(tmp_path / "h.csv", header=True)  # stated: the first line names
+    assert named.train.shape[0] + named.test.shape[0] == 9
+    (tmp_path / "named.csv").write_text("a,b\n1,2\n3,4\n5,6\n")
+    with pytest.raises(InputError, match=r"line 1 is not numeric \('a'\) but header=False"):
+        ppvae.load_table(tmp_path / "named.csv", header=False)
+    with pytest.raises(InputError, match="header must be None"):
+        ppvae.load_table(tmp_path / "named.csv", header="yes")
+
+
+def test_pandas_index_and_numbered_columns_are_not_features(tmp_path):
+    import pandas as pd
+
+    X = np.random.default_rng(0).normal(size=(12, 3))
+    pd.DataFrame(X, columns=["a", "b", "c"]).to_csv(tmp_path / "index.csv")
+    pd.DataFrame(X).to_csv(tmp_path / "numbered.csv", index=False)
+    pd.DataFrame(X).to_csv(tmp_path / "both.csv")
+    for name, columns in (("index", ["a", "b", "c"]), ("numbered", ["0", "1", "2"])):
+        ds = ppvae.load_table(tmp_path / f"{name}.csv")
+        assert ds.info["columns"] == columns and _same_rows(_rows_of(ds), X), name
+    both = ppvae.load_table(tmp_path / "both.csv")
+    assert both.info["columns"] == ["0", "1", "2"] and _same_rows(_rows_of(both), X)
+    assert "pandas' numbering" in both.info["notes"][0] and "dropped" in both.info["notes"][1]
+    # an unnamed first column that is not row numbers is data
+    text = "\n".join([",x,y"] + [f"{v:.3f},{v + 1},{v * 2}" for v in X[:, 0]])
+    (tmp_path / "values.csv").write_text(text)
+    kept = ppvae.load_table(tmp_path / "values.csv")
+    assert kept.data_dim == 3 and kept.info["notes"] == []
+
+
+def test_complex_npy_and_damaged_parquet_are_refused(tmp_path):
+    np.save(tmp_path / "c.npy", np.ones((5, 3)) + 1j)
+    with pytest.raises(InputError, match="holds complex values"):
+        ppvae.load_table(tmp_path / "c.npy")
+    (tmp_path / "d.parquet").write_bytes(b"PAR1" + bytes(200))
+    with pytest.raises(InputError, match=r"d\.parquet is not a readable parquet file"):
+        ppvae.load_table(tmp_path / "d.parquet")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\)"),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"standardize": "yes"}, "standardize must be True or False"),
+        ({"test_fraction": "0.2"}, "test_fraction must lie in"),
+    ],
+)
+def test_load_table_refuses_bad_arguments_by_name(tmp_path, kwargs, match):
+    np.save(tmp_path / "t.npy", _matrix())
+    with pytest.raises(InputError, match=match):
+        ppvae.load_table(tmp_path / "t.npy", **kwargs)
+
+
+def test_the_cli_prints_what_it_assumed_and_takes_no_header(tmp_path, capsys):
+    from ppvae.cli import main
+
+    X = np.random.default_rng(1).normal(size=(30, 3))
+    np.savetxt(tmp_path / "h.csv", X, delimiter=",")
+    argv = ["check-ppca", "--data", str(tmp_path / "h.csv"), "--latent-dim", "1"]
+    main([*argv, "--epochs", "1", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert "note: h.csv has no header" in err
+    main([*argv, "--no-header", "--epochs", "1", "--out", str(tmp_path / "b")])
+    assert "note" not in capsys.readouterr().err  # nothing assumed: it was said
+    assert main(["check-ppca", "--no-header", "--out", str(tmp_path / "c")]) == 2
+    assert "--no-header is for --data" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -74,6 +75,44 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+PYTHON_NAMES = {
+    "root": "--data-root",
+    "lam": "--contraction",
+    "num_samples": "--iw-samples",
+    "ais_points": "--ais-points",
+    "ais_steps": "--ais-steps",
+    "ais_chains": "--ais-chains",
+    "bdmc_points": "--bdmc-points",
+    "kl_warmup_epochs": "--kl-warmup",
+    "rate": "--missing-rate",
+    "penalty": "--sparsity",
+    "noise_level": "--noise-level",
+}
+"""The Python names of library messages (``ppvae.errors``) that are options of the command
+under another name."""
+
+
+def speak_flags(message: str, command: str) -> str:
+    """A library message (which names Python parameters) as the command line says it: each
+    parameter that is an option of ``command`` by its flag (``lam must`` -> ``--contraction
+    must``, ``root=...`` -> ``--data-root ...``, ``num_samples=3`` -> ``--iw-samples 3``).
+    Advice that has no flag (``psis=False``) is dropped."""
+    dests = {
+        a.dest: a.option_strings[0]
+        for a in subparser(command)._actions
+        if a.option_strings and a.option_strings[0].startswith("--")
+    }
+    names = {**{d: f for d, f in dests.items() if "_" in d or d in ("lr", "seed")}}
+    names.update({k: v for k, v in PYTHON_NAMES.items() if v in dests.values()})
+    message = message.replace(", or psis=False", "")
+    message = re.sub(r"^out (?=\S)", "--out ", message)  # the output folder of a workflow
+    for name, flag in sorted(names.items(), key=lambda kv: -len(kv[0])):
+        message = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", message)
+        message = re.sub(rf"(?<![\w-]){name}(?= (must|is|are|=|<|>))", flag, message)
+        message = re.sub(rf"\b(pass|Pass|raise|Raise|lower|Lower) {name}\b", rf"\1 {flag}", message)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = build_parser()
@@ -90,8 +129,19 @@ def main(argv: list[str] | None = None) -> int:
         status = module.main(args)
         finished = status == 0
         return status
-    except (UserError, InputError) as exc:
+    except UserError as exc:
         print(f"ppvae {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except InputError as exc:
+        message = speak_flags(_one_line(exc), args.command)
+        print(f"ppvae {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # a file that cannot be read or written: the disk, not a bug
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"ppvae {args.command}: error: {where}{exc.strerror or _one_line(exc)}",
+            file=sys.stderr,
+        )
         return EXIT_USER_ERROR
     except TrainingInterrupted as exc:
         hint = module.resume_hint(args) if hasattr(module, "resume_hint") else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import reports, workflows
+from ..vae import LinearVAE
 from . import options
 
 
@@ -18,7 +19,15 @@ def add_parser(sub, name: str):
         "observed entries. Exits with status 1 when a quantity misses its target (FAIL).",
     )
     options.add_data(p)
-    options.add_training(p, epochs=None, batch_size=None, clip=False)
+    lr = LinearVAE.training_defaults["lr"]
+    options.add_training(
+        p,
+        epochs=None,
+        batch_size=None,
+        clip=False,
+        lr_help=f"Adam learning rate of the LinearVAE (default {lr:g}, held for half the run, "
+        "then decayed)",
+    )
     options.add_output(p, name)
     return p
 

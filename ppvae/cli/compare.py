@@ -15,7 +15,8 @@ def add_parser(sub, name: str):
         "data; report train and test nats/sample, bits/dim, ELBO, importance-weighted "
         "estimates with standard errors, the share of Pareto k-hat > 0.7, inference gaps and "
         "fit times; write a per-sample scatter and the per-sample log-likelihoods as ArviZ "
-        "InferenceData (netCDF).",
+        "InferenceData (netCDF). Exits with status 1 when the LinearVAE misses the PPCA maximum "
+        "(FAIL, as check-ppca).",
     )
     options.add_data(p)
     options.add_vae(p, likelihoods=[k for k in LIKELIHOODS if k != "bernoulli"])
@@ -88,6 +89,7 @@ def main(args) -> int:
     )
     r = result.metrics
     print(reports.compare_table(r))
+    print(reports.check_line(r["linear_check"]))
     if r.get("skipped"):
         print(f"{r['missing_share_train']:.1%} of the training entries are missing; {r['skipped']}")
     if line := reports.imputation_line(r.get("imputation")):
@@ -97,4 +99,4 @@ def main(args) -> int:
         f"wrote {out}/compare.json, compare.md, {', '.join(w for w in written if w)} "
         f"in {r['seconds_total']:.1f} s"
     )
-    return 0
+    return 0 if r["linear_check"]["passed"] else 1

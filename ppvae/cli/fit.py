@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from .. import workflows
 from ..autoencoders import AUTOENCODERS
 from ..checkpoints import read_training_checkpoint
+from ..errors import InputError
 from . import options
 from .options import UserError
 
@@ -107,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
 def _refuse_unused(args) -> None:
     """Options given that this fit cannot honour: exit 2, naming them."""
     given = args.given
+    cores = os.cpu_count() or 1
+    if getattr(args, "nproc", 1) > cores:
+        raise UserError(
+            f"--nproc {args.nproc} is more than the {cores} CPU core(s) of this machine: each "
+            f"process needs a core of its own (and a copy of the data); use --nproc {cores} "
+            "or fewer"
+        )
     if args.resume is not None:
         extra = given - set(RESUMABLE)
         if extra:
@@ -127,6 +136,15 @@ def _refuse_unused(args) -> None:
     bad = (given & specific) - set(workflows.AUTOENCODER_OPTIONS.get(model, ()))
     if bad:
         raise UserError(f"{options.flags(_parser(), bad)}: not an option of --model {model}")
+    if model == "sae":
+        penalty = getattr(args, "sparsity", "kl")
+        unused = given & ({"rho", "beta"} if penalty == "l1" else {"l1"})
+        if unused:
+            other = "kl" if penalty == "l1" else "l1"
+            raise UserError(
+                f"--sparsity {penalty} does not use {options.flags(_parser(), unused)} "
+                f"(an option of --sparsity {other})"
+            )
     if model == "stacked" and "clip_norm" in given:
         raise UserError(
             "--model stacked does not clip gradients (its pretraining and fine-tuning are "
@@ -145,6 +163,9 @@ def _cli_record(args) -> dict:
     keep = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in skip}
     keep["world_size"] = workflows.distributed_world()[0]
     keep["hidden"] = list(keep["hidden"])
+    for key in ("data", "data_root"):  # a resume from another folder finds them
+        if keep.get(key):
+            keep[key] = str(Path(keep[key]).resolve())
     return keep
 
 
@@ -223,7 +244,13 @@ def main(args) -> int:
         binarize="dynamic" if run.likelihood == "bernoulli" else None,
         missing_ok=run.model == "vae",  # the VAE's likelihood masks holes; autoencoders cannot
     )
-    m = _fit(run, ds, out).metrics
+    try:
+        m = _fit(run, ds, out).metrics
+    except InputError as exc:
+        if run.resume is None or "training data changed" not in str(exc):
+            raise
+        source = f"--data {run.data}" if run.data else f"--dataset {run.dataset}"
+        raise UserError(f"{exc} (the run trained on {source})") from None
     if not m:  # a rank other than 0 of a distributed run: rank 0 writes and reports
         return 0
     print(_summary(run.model, m, out))

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from pathlib import Path
 
 import torch
 
 from ..data import DATASETS, with_missing
+from ..errors import InputError
 from ..guides import GUIDES
 from ..likelihoods import LIKELIHOODS
 from ..priors import PRIORS
 from ..tables import load_table
 from ..workflows import AIS_DEFAULTS, ELBOS, existing_run, load
+from ..workflows.common import check_writable
 
 
 class UserError(Exception):
@@ -37,6 +41,18 @@ def nonneg_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """A seed: an integer in [0, 2**32), what NumPy, torch and Pyro all accept."""
+    message = f"expected an integer in [0, 2**32), got {text!r}"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(message)
     return value
 
 
@@ -101,7 +117,7 @@ def add_data(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--seed",
-        type=int,
+        type=seed_int,
         default=0,
         help="random seed: data split, dequantization, initialization, shuffling (default 0)",
     )
@@ -120,6 +136,12 @@ def add_data(p: argparse.ArgumentParser) -> None:
         "--standardize",
         action="store_true",
         help="with --data: centre and scale each column by its observed training moments",
+    )
+    g.add_argument(
+        "--no-header",
+        action="store_true",
+        help="with --data FILE.csv: its first line is data, not column names (default: a "
+        "first line with a cell that is not a number is a header; what was assumed is printed)",
     )
     g.add_argument(
         "--missing-rate",
@@ -169,7 +191,13 @@ def add_vae(p: argparse.ArgumentParser, likelihoods=None, title="the VAE") -> No
     )
 
 
-def add_training(p: argparse.ArgumentParser, epochs=300, batch_size=128, clip=True) -> None:
+def add_training(
+    p: argparse.ArgumentParser,
+    epochs=300,
+    batch_size=128,
+    clip=True,
+    lr_help="Adam learning rate (default: the model's; 1e-3 for a VAE)",
+) -> None:
     """--epochs --batch-size --lr [--clip-norm] --device --progress/--no-progress."""
     g = p.add_argument_group("training")
     g.add_argument(
@@ -192,7 +220,7 @@ def add_training(p: argparse.ArgumentParser, epochs=300, batch_size=128, clip=Tr
         "--lr",
         type=positive_float,
         default=None,
-        help="Adam learning rate (default: the model's; 1e-3 for a VAE)",
+        help=lr_help,
     )
     if clip:
         g.add_argument(
@@ -323,9 +351,18 @@ def flags(parser: argparse.ArgumentParser, dests) -> str:
 def out_folder(args, *, resume_ok: bool = False) -> Path:
     """--out (default runs/COMMAND-DATASET), refused when it holds a run and --force is absent."""
     name = Path(args.data).stem if getattr(args, "data", None) else args.dataset
+    if args.out is not None and not str(args.out).strip():
+        raise UserError(
+            f"--out is empty: name the output folder (without --out: runs/{args.command}-{name})"
+        )
     out = Path(args.out) if args.out else Path("runs") / f"{args.command}-{name}"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
+    if int(os.environ.get("RANK", "0")) == 0:  # once: ranks probing one folder would race
+        try:
+            check_writable(out, "--out")
+        except InputError as exc:
+            raise UserError(str(exc)) from None
     held = existing_run(out) if out.is_dir() else []
     if held and not args.force:
         also = (
@@ -348,8 +385,16 @@ def load_data(args, binarize: str | None = None, *, missing_ok: bool = False):
     are refused here, before work starts."""
     given = getattr(args, "given", set())
     if args.data is None:
+        if getattr(args, "no_header", False):
+            raise UserError("--no-header is for --data tables (.csv)")
         if args.standardize:
             raise UserError("--standardize is for --data tables")
+        bundled = [d for d in ("data_root", "download") if d in given]
+        if args.dataset == "digits" and bundled:
+            raise UserError(
+                f"{flag_names(bundled)}: digits are bundled with scikit-learn (nothing to read "
+                "or download); --data-root and --download are for mnist and fashion-mnist"
+            )
         ds = load(
             args.dataset,
             data_root=args.data_root,
@@ -367,7 +412,18 @@ def load_data(args, binarize: str | None = None, *, missing_ok: bool = False):
             raise UserError(
                 "--data tables are continuous: use a continuous --likelihood, not bernoulli"
             )
-        ds = load(load_table(args.data, standardize=args.standardize, seed=args.seed))
+        no_header = getattr(args, "no_header", False)  # absent from runs saved before it
+        if no_header and Path(args.data).suffix.lower() != ".csv":
+            raise UserError(f"--no-header is for .csv files, not {Path(args.data).name}")
+        table = load_table(
+            args.data,
+            standardize=args.standardize,
+            seed=args.seed,
+            header=False if no_header else None,
+        )
+        for note in table.info.get("notes", []):
+            print(f"ppvae {args.command}: note: {note}", file=sys.stderr)
+        ds = load(table)
         ds.train = ds.train[: args.n_train] if args.n_train else ds.train
         ds.test = ds.test[: args.n_test] if args.n_test else ds.test
     if not 0.0 <= args.missing_rate < 1.0:

@@ -13,7 +13,8 @@ def add_parser(sub, name: str):
         help="fit PPCA and a Gaussian VAE, evaluate both on the test split, write a report",
         description="Fit PPCA (closed form) and a Gaussian VAE (SVI) on the same dequantized "
         "training data, evaluate both on the test split in nats, check a LinearVAE trained by "
-        "SVI against the PPCA optimum, and write metrics.json, report.md and figures.",
+        "SVI against the PPCA optimum, and write metrics.json, report.md and figures. Exits with "
+        "status 1 when that check fails (FAIL).",
     )
     options.add_data(p)
     options.add_vae(p, likelihoods=[k for k in LIKELIHOODS if k != "bernoulli"])
@@ -65,4 +66,4 @@ def main(args) -> int:
         f"wrote {out}/metrics.json, report.md and {len(m['figures'])} figures "
         f"in {m['seconds_total']:.1f} s"
     )
-    return 0
+    return 0 if m["ppca_check"]["passed"] else 1

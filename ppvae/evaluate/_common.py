@@ -4,6 +4,7 @@ sites, fixed global latents), chunking for bounded memory, and the log joint at 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 
@@ -238,6 +239,18 @@ def _program_device(program: Program, X: torch.Tensor) -> torch.device:
     return params[0].device if params else X.device
 
 
+def _count(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int of at least ``minimum``, or one InputError naming ``name`` (a
+    string, a float with a fraction or a bool is not a count)."""
+    whole = isinstance(value, numbers.Integral) or (
+        isinstance(value, float) and value.is_integer()
+    )
+    if isinstance(value, bool) or not whole or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise InputError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
 def _prepare(
     program,
     X,
@@ -258,8 +271,7 @@ def _prepare(
     ``point_estimates``, ``global_samples``: the global latents (see :func:`_global_values`).
     """
     prog = as_program(program)
-    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-        raise InputError(f"num_samples must be a positive integer, got {num_samples!r}")
+    _count(num_samples, "num_samples")
     data_dim = getattr(prog.module, "data_dim", None) if prog.is_ppvae else None
     X = check_data(X, name="X", data_dim=data_dim, dtype=torch.float32, allow_nan=True)
     X = X.to(_program_device(prog, X))

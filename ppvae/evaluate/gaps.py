@@ -13,6 +13,7 @@ from ..vae import LinearVAE
 from ._common import (
     _DEFAULT_MAX_ELEMENTS,
     _chunks,
+    _count,
     _EvalMode,
     _Evaluation,
     _Frozen,
@@ -206,6 +207,11 @@ def inference_gaps(
     """
     if family not in ("gaussian", "guide"):
         raise InputError(f"family must be 'gaussian' or 'guide', got {family!r}")
+    for name, value in (("steps", steps), ("elbo_samples", elbo_samples)):
+        _count(value, name)
+    _count(train_samples, "train_samples")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise InputError(f"lr must be a positive number, got {lr!r}")
     ev, X = _prepare(
         program, X, num_samples, any_rows="inference_gaps", point_estimates=point_estimates
     )

@@ -15,6 +15,7 @@ from ._common import (
     _DEFAULT_MAX_ELEMENTS,
     _TRIM,
     _chunks,
+    _count,
     _EvalMode,
     _Evaluation,
     _evaluation,
@@ -340,6 +341,7 @@ def estimate_log_likelihood(
     """
     if smoothed and not psis:
         raise InputError("smoothed=True needs psis=True")
+    _count(num_samples, "num_samples")
     if psis and not isinstance(num_samples, bool) and int(num_samples) == num_samples:
         if num_samples < PSIS_MIN_SAMPLES:
             raise InputError(
@@ -378,6 +380,8 @@ def estimate_log_likelihood(
             per_draw = lw_used.reshape(S, num_samples, -1).logsumexp(1) - math.log(num_samples)
             rel = torch.exp(per_draw - (lse1 - log_k))  # p_s / p, (S, n)
             se.append((rel.var(0) / S).sqrt())
+        if num_samples * S == 1:  # one weight per point: its spread is unknown, not zero
+            se[-1] = torch.full_like(se[-1], math.nan)
     return LikelihoodEstimate(
         log_px=torch.cat(est).float(),
         mc_se=torch.cat(se).float(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import torch
@@ -11,7 +12,7 @@ from ..data import check_data, check_missing
 from ..errors import InputError
 from ..program import Program, ProgramInfo, check_support
 
-__all__ = ["Stream", "fingerprint", "same_fingerprint", "support_check"]
+__all__ = ["Stream", "fingerprint", "fingerprint_change", "same_fingerprint", "support_check"]
 
 
 def support_check(program: Program, info: ProgramInfo, binarize) -> Callable:
@@ -34,15 +35,51 @@ def support_check(program: Program, info: ProgramInfo, binarize) -> Callable:
     return lambda x, what: check_support(info, x, what)
 
 
-def fingerprint(x: torch.Tensor) -> list[float]:
-    """Cheap identity of a data matrix: shape, sum and sum of squares in float64."""
+def fingerprint(x: torch.Tensor) -> list:
+    """Identity of a data matrix: rows, columns, sum and sum of squares in float64, and the
+    SHA-256 of its float32 values (``"sha256:<hex>"``), so that any changed value shows."""
     x64 = x.detach().to(torch.float64)
-    return [float(x.shape[0]), float(x.shape[1]), float(x64.sum()), float((x64 * x64).sum())]
+    values = x.detach().to("cpu", torch.float32).contiguous().numpy()
+    digest = hashlib.sha256(memoryview(values).cast("B")).hexdigest()
+    return [
+        float(x.shape[0]),
+        float(x.shape[1]),
+        float(x64.sum()),
+        float((x64 * x64).sum()),
+        f"sha256:{digest}",
+    ]
 
 
-def same_fingerprint(a: list[float], b: list[float]) -> bool:
-    return a[:2] == b[:2] and all(
-        abs(u - v) <= 1e-9 * max(1.0, abs(u), abs(v)) for u, v in zip(a[2:], b[2:], strict=True)
+def same_fingerprint(a: list, b: list) -> bool:
+    """Whether two :func:`fingerprint` s are of the same data (by content where both carry a
+    digest; a checkpoint written before digests compares shape and sums)."""
+    return not fingerprint_change(a, b)
+
+
+def fingerprint_change(saved: list, now: list) -> str:
+    """What differs between the data a fingerprint ``saved`` was taken of and the data of
+    ``now``, in words; empty where nothing does."""
+    if saved[:2] != now[:2]:
+        return (
+            f"it had {int(saved[0])} rows of {int(saved[1])} columns, "
+            f"now {int(now[0])} rows of {int(now[1])} columns"
+        )
+    sums = [
+        abs(u - v) <= 1e-9 * max(1.0, abs(u), abs(v))
+        for u, v in zip(saved[2:4], now[2:4], strict=True)
+    ]
+    if len(saved) > 4 and len(now) > 4:
+        if saved[4] == now[4]:
+            return ""
+    elif all(sums):
+        return ""
+    if all(sums):
+        return (
+            "the same shape, sum and sum of squares, but other values (rows reordered or changed)"
+        )
+    return (
+        f"the same shape, other values (sum {saved[2]:.6g}, now {now[2]:.6g}; "
+        f"sum of squares {saved[3]:.6g}, now {now[3]:.6g})"
     )
 
 
@@ -109,7 +146,8 @@ class Stream:
         )
         return x
 
-    def fingerprint(self) -> list[float]:
+    def fingerprint(self) -> list:
+        """:func:`fingerprint` of the first 1024 rows, with the number of rows of the whole."""
         head = self._fetch(torch.arange(min(self.n, 1024)))
         return [float(self.n), *fingerprint(head.float())[1:]]
 

@@ -37,6 +37,7 @@ from ..checkpoints import (
 )
 from ..data import UNLABELLED, check_data, check_missing, missing_as_nan, split_missing
 from ..errors import InputError, ProgramError
+from ..initialization import keep_parameters, seed_parameters
 from ..program import (
     Program,
     _accepts,
@@ -528,6 +529,8 @@ def fit(
         run.start = time.perf_counter() - run.history.seconds
         run.compiled_before = run.history.compile_seconds  # of the run this one resumes
         _call(run.hooks, "on_fit_start", run)
+        if prog.module is not None:  # trained from here: a later fit continues from them
+            keep_parameters(prog.module)
         try:
             while run.epoch < cfg.epochs and not run.stop:
                 run.run_epoch(sigint)
@@ -642,6 +645,8 @@ def _start(run: Run, payload: dict | None, ckpt_path) -> None:
         run.epoch, run.step = progress_state["epoch"], progress_state["step"]
         run.perm, run.partial = progress_state["perm"], progress_state["partial"]
     else:
+        if prog.module is not None:  # initial weights from the seed, not from the build
+            seed_parameters(prog.module, cfg.seed)
         pyro.set_rng_seed(cfg.seed + run.rank)  # per-rank guide noise; the shuffling is shared
         run.gen.manual_seed(cfg.seed)
         if run.stream is not None:

@@ -15,7 +15,7 @@ import torch
 from ..checkpoints import MODEL_CLASSES, _model_entry, set_rng_state
 from ..errors import InputError
 from ..program import Program
-from .batches import same_fingerprint
+from .batches import fingerprint_change, same_fingerprint
 from .config import RESUME_MAY_CHANGE
 from .objectives import estimator_name
 
@@ -92,14 +92,15 @@ def load_param_store(saved: dict, path) -> None:
 
 def check_resumable(payload: dict, program: Program, fit_config: dict, epochs: int, path) -> None:
     saved = payload["fit_config"]
+    change = fingerprint_change(saved["data"], fit_config["data"])
+    if change:  # before the model: other columns also mean another data_dim in its config
+        raise InputError(f"{path}: the training data changed since the checkpoint: {change}")
     config = program.module.config() if program.is_ppvae and payload["config"] else None
     if payload["class"] != model_state_class(program) or payload["config"] != config:
         raise InputError(
             f"{path}: the checkpoint is of a different model ({payload['class']} "
             f"{payload['config']}), not {model_state_class(program)} {config}"
         )
-    if not same_fingerprint(saved["data"], fit_config["data"]):
-        raise InputError(f"{path}: the checkpoint was written for different training data")
     holes, now = saved.get("observed"), fit_config.get("observed")
     if (holes is None) != (now is None) or (holes is not None and not same_fingerprint(holes, now)):
         raise InputError(

@@ -8,9 +8,13 @@ and ``CHECK_TARGETS``), so that replacing ``ppvae.workflows.fit`` reaches every 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import platform
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,26 @@ from ..vae import VAE, LinearVAE
 
 RUN_FILES = ("checkpoint.pt", "model.pt", "metrics.json", "check_ppca.json", "compare.json")
 """A folder holding any of these holds a run; it is not overwritten unless asked."""
+
+RUN_OUTPUTS = (
+    *RUN_FILES,
+    "report.md",
+    "compare.md",
+    "log_likelihood.nc",
+    "training_curve.png",
+    "samples_vae.png",
+    "samples_ppca.png",
+    "reconstructions.png",
+    "imputations.png",
+    "latent_scatter.png",
+    "features.png",
+    "ppca_check.png",
+    "loglik_scatter.png",
+    "nuts_vs_guide.png",
+)
+"""Every file a workflow may write into its folder: what ``overwrite`` removes before a new run
+writes (so that no figure or report of the previous run is left beside the new one). Other
+files in the folder are left alone."""
 
 LINEAR_FULL_BATCH_MAX = 10000
 """Above this many training rows a full-batch LinearVAE step costs about a second (60000 x
@@ -147,8 +171,69 @@ def prepare_out(out: str | Path | None, *, overwrite: bool = False, resume: bool
         raise InputError(
             f"out {out} already holds a run ({', '.join(held)}); pass overwrite=True to replace it"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"out {out} cannot be created: {exc.strerror or exc}") from None
+    check_writable(out)
+    if overwrite and not resume:
+        for name in RUN_OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+        for tmp in out.glob(".*.tmp"):  # an interrupted atomic write's leftovers
+            tmp.unlink(missing_ok=True)
     return out
+
+
+def check_writable(out: str | Path, name: str = "out") -> None:
+    """Refuse a folder that cannot be written, by creating (and removing) a file in it; a
+    folder that does not exist yet is created for the test and removed again, with any
+    parents it needed. Before any work, so that no run is lost to its last write."""
+    out = Path(out)
+    created = []
+    try:
+        missing = out.absolute()
+        while not missing.exists():
+            created.append(missing)
+            missing = missing.parent
+        for folder in reversed(created):
+            folder.mkdir()
+        fd, probe = tempfile.mkstemp(prefix=".ppvae-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        what = "cannot be created" if created else "is not writable"
+        raise InputError(f"{name} {out} {what}: {exc.strerror or exc}") from None
+    finally:
+        for folder in created:
+            if folder.is_dir():
+                folder.rmdir()
+
+
+class Stages:
+    """The wall time of each stage of a workflow (``seconds``, by name, in the order run),
+    and, when ``progress`` is on (None: when stderr is a terminal), a line on stderr as each
+    stage starts and ends, so that no long stage runs in silence.
+
+    ``with stages("iw", "VAE: IW log-likelihood of 2000 test points, K = 1000"): ...``
+    """
+
+    def __init__(self, command: str, progress: bool | None = None):
+        self.command = command
+        self.show = sys.stderr.isatty() if progress is None else bool(progress)
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, what: str):
+        if self.show:
+            print(f"ppvae {self.command}: {what} ...", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - t
+            self.seconds[name] = self.seconds.get(name, 0.0) + spent
+        if self.show:
+            print(f"ppvae {self.command}: {what}: {spent:.1f} s", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -349,6 +434,16 @@ def has_missing(ds: Dataset) -> bool:
     return bool(torch.isnan(ds.train).any() or torch.isnan(ds.test).any())
 
 
+def check_against_ppca(vae, ppca, X: torch.Tensor) -> dict:
+    """:func:`~ppvae.evaluate.compare_to_ppca` on ``X``, with ``targets``
+    (:data:`CHECK_TARGETS`) and ``passed``: whether every quantity is within its target."""
+    result = evaluate.compare_to_ppca(vae, ppca, X.double())
+    targets = workflows.CHECK_TARGETS
+    result["targets"] = dict(targets)
+    result["passed"] = all(result[key] <= tol for key, tol in targets.items())
+    return result
+
+
 def linear_check(ds, k: int, *, epochs, batch_size, **training) -> dict:
     """Fit PPCA and a LinearVAE on ds.train and compare them (evaluate.compare_to_ppca).
 
@@ -360,17 +455,14 @@ def linear_check(ds, k: int, *, epochs, batch_size, **training) -> dict:
     ppca = PPCA(k, method="em" if incomplete else "closed_form").fit(X.double())
     epochs, batch_size = linear_schedule(len(X), epochs=epochs, batch_size=batch_size)
     vae, history = train_linear_vae(ds, k, epochs=epochs, batch_size=batch_size, **training)
-    result = evaluate.compare_to_ppca(vae, ppca, X.double())
+    result = check_against_ppca(vae, ppca, X)
     test_ll = float(evaluate.exact_log_likelihood(vae, ds.test.double()).mean())
-    targets = workflows.CHECK_TARGETS
     result.update(
         {
             "fit_seconds": history.seconds,
             "epochs": epochs,
             "batch_size": batch_size,
             "lr": history.config["lr"],
-            "targets": dict(targets),
-            "passed": all(result[key] <= tol for key, tol in targets.items()),
             "test_log_likelihood_linear_vae": test_ll,
             "test_log_likelihood_ppca": float(ppca.log_prob(ds.test.double()).mean()),
             "ppca_method": ppca.method,
@@ -515,14 +607,51 @@ def impute_test(vae, ppca: PPCA, ds: Dataset, *, num_samples: int, seed: int) ->
 
 def units(ds) -> str:
     """What the likelihoods of a run on ``ds`` are densities of, in words."""
-    of = (
-        "uniformly dequantized data on [0,1]^D"
-        if ds.dequantized
-        else "the data on their own scale (no dequantization)"
-    )
+    if ds.dequantized:
+        of = "uniformly dequantized data on [0,1]^D"
+    elif ds.info.get("standardized"):
+        of = (
+            "the standardized data: each column minus its training mean, divided by its "
+            "training standard deviation (both recorded under standardization); a density of "
+            "the original values is this one minus the sum of the log scales"
+        )
+    else:
+        of = "the data on their own scale (no dequantization)"
     if has_missing(ds):
         return f"nats per sample (density of each row's observed entries, of {of})"
     return f"nats per sample (density of {of})"
+
+
+def standardization(ds) -> dict | None:
+    """The centres and scales a ``--standardize`` table was transformed with, by column
+    (``x_std = (x - center) / scale``; undo with ``x = x_std * scale + center``), and the
+    shift ``-sum(log scale)`` that turns a log-density of the standardized rows into one of
+    the original rows; None for data that were not standardized."""
+    if not ds.info.get("standardized"):
+        return None
+    scale = [float(v) for v in ds.info["scale"]]
+    return {
+        "columns": list(ds.info.get("columns") or []),
+        "center": [float(v) for v in ds.info["center"]],
+        "scale": scale,
+        "log_density_shift": -sum(math.log(v) for v in scale),
+    }
+
+
+def data_record(ds) -> dict:
+    """What a run trained on, for its metrics: the source file (a ``--data`` table, else
+    None), the split sizes, the data dimension, the missing shares, the units and any
+    standardization."""
+    return {
+        "source": ds.info.get("source"),
+        "n_train": int(ds.train.shape[0]),
+        "n_test": int(ds.test.shape[0]),
+        "data_dim": ds.data_dim,
+        "missing_share_train": float(torch.isnan(ds.train).double().mean()),
+        "missing_rate": ds.info.get("missing_rate"),
+        "units": units(ds),
+        "standardization": standardization(ds),
+    }
 
 
 def per_dim_bits(nats: float, ds) -> float | None:

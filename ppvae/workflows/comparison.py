@@ -9,11 +9,14 @@ import torch
 
 from .. import evaluate, plots, reports
 from ..data import Dataset
+from ..errors import InputError
 from .common import (
     AIS_DEFAULTS,
     MISSING_AIS_REASON,
     Result,
+    Stages,
     certify_likelihood,
+    check_against_ppca,
     environment,
     finish,
     fit_ppca,
@@ -23,6 +26,7 @@ from .common import (
     make_vae,
     per_dim_bits,
     sem,
+    standardization,
     start,
     train_linear_vae,
     train_vae,
@@ -107,6 +111,11 @@ def compare(
         ``linear_vae``, ``vae``.
     """
     t0 = time.perf_counter()
+    if isinstance(iw_samples, int) and iw_samples < evaluate.PSIS_MIN_SAMPLES:  # before training
+        raise InputError(
+            f"iw_samples={iw_samples} is too few for the PSIS diagnostics compare reports: use "
+            f"at least {evaluate.PSIS_MIN_SAMPLES}"
+        )
     k = latent_dim
     s = start(
         dataset,
@@ -133,69 +142,85 @@ def compare(
         "seed": seed,
     }
     rows: dict[str, dict] = {}
-    ppca, rows["PPCA"], ppca_test = _ppca_row(ds, k)
-    lin, rows["LinearVAE"], lin_exact_test = _linear_row(
-        ds,
-        k,
-        epochs=linear_epochs,
-        batch_size=linear_batch_size,
-        seed=seed,
-        device=dev,
-        progress=progress,
-        scores=scores,
-    )
-    h = train_vae(
-        vae,
-        ds,
-        dev,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        elbo=elbo,
-        clip_norm=clip_norm,
-        kl_weight=kl_weight,
-        kl_warmup=kl_warmup,
-        num_particles=num_particles,
-        seed=seed,
-        progress=progress,
-    )
-    vae_scores = _vae_row(vae, ds, h, scores)
+    stage = Stages("compare", progress)
+    with stage("ppca", "PPCA fit"):
+        ppca, rows["PPCA"], ppca_test = _ppca_row(ds, k)
+    with stage("linear_vae", "LinearVAE: training, exact likelihoods, IW and gaps"):
+        lin, rows["LinearVAE"], lin_exact_test = _linear_row(
+            ds,
+            k,
+            epochs=linear_epochs,
+            batch_size=linear_batch_size,
+            seed=seed,
+            device=dev,
+            progress=progress,
+            scores=scores,
+        )
+        linear_check = check_against_ppca(lin, ppca, ds.train)
+    with stage("vae_training", f"VAE training, {epochs} epochs"):
+        h = train_vae(
+            vae,
+            ds,
+            dev,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            elbo=elbo,
+            clip_norm=clip_norm,
+            kl_weight=kl_weight,
+            kl_warmup=kl_warmup,
+            num_particles=num_particles,
+            seed=seed,
+            progress=progress,
+        )
+    with stage(
+        "vae_evaluation",
+        f"VAE: IW log-likelihoods (K = {iw_samples}) of up to {eval_points} points per split, "
+        f"gaps on {gap_points}",
+    ):
+        vae_scores = _vae_row(vae, ds, h, scores)
     incomplete = has_missing(ds)
     if incomplete:
         vae_scores["certified_skipped"] = MISSING_AIS_REASON
         nuts_points = 0
-    vae_scores["certified"] = certify_likelihood(
-        vae,
-        _subset_rows(ds.test, eval_points, seed + 1),
-        vae_scores["test_per_sample"],
-        ais_points=0 if incomplete else ais_points,
-        ais_steps=ais_steps,
-        ais_chains=ais_chains,
-        bdmc_points=bdmc_points,
-        seed=seed,
-        progress=progress,
-    )
+    with stage("ais_bdmc", f"VAE: AIS on {ais_points} points and BDMC on {bdmc_points}"):
+        vae_scores["certified"] = certify_likelihood(
+            vae,
+            _subset_rows(ds.test, eval_points, seed + 1),
+            vae_scores["test_per_sample"],
+            ais_points=0 if incomplete else ais_points,
+            ais_steps=ais_steps,
+            ais_chains=ais_chains,
+            bdmc_points=bdmc_points,
+            seed=seed,
+            progress=progress,
+        )
     rows[f"VAE ({prior} prior, {likelihood})"] = vae_scores
-    nuts = _nuts(vae, ds, vae_scores, points=nuts_points, samples=nuts_samples, seed=seed)
+    with stage("nuts", f"NUTS posteriors of {nuts_points} test points"):
+        nuts = _nuts(vae, ds, vae_scores, points=nuts_points, samples=nuts_samples, seed=seed)
     per_sample = {
         "ppca": ppca_test.numpy(),
         "linear_vae": lin_exact_test.numpy(),
         "vae": vae_scores.pop("test_per_sample").numpy(),
     }
     result = _result(ds, k, rows, iw_samples=iw_samples, eval_points=eval_points)
+    result["linear_check"] = linear_check
     if incomplete:
         result["skipped"] = MISSING_GAPS_REASON
-    imputation, imputation_png = impute_holes(
-        vae, ppca, ds, out, num_samples=iw_samples, seed=seed
-    )
+    with stage("imputation", "imputation of the test split's holes"):
+        imputation, imputation_png = impute_holes(
+            vae, ppca, ds, out, num_samples=iw_samples, seed=seed
+        )
     if imputation is not None:
         result["imputation"] = imputation
     if out is not None:
-        _compare_figures(
-            result, out, ppca_test, per_sample, nuts, eval_points=eval_points, seed=seed
-        )
+        with stage("figures", "figures"):
+            _compare_figures(
+                result, out, ppca_test, per_sample, nuts, eval_points=eval_points, seed=seed
+            )
         if imputation_png is not None:
             result["imputation_figure"] = imputation_png
+    result["stage_seconds"] = stage.seconds
     result["seconds_total"] = time.perf_counter() - t0
     result["environment"] = environment()
     finish(out, "compare.json", result, report=("compare.md", reports.compare_report))
@@ -251,6 +276,7 @@ def _result(ds, k: int, rows: dict, *, iw_samples: int, eval_points: int) -> dic
         "n_train": int(ds.train.shape[0]),
         "n_test": int(ds.test.shape[0]),
         "units": units(ds),
+        "standardization": standardization(ds),
         "missing_share_train": float(torch.isnan(ds.train).double().mean()),
         "missing_rate": ds.info.get("missing_rate"),
         "ppca_method": "em" if has_missing(ds) else "closed_form",

@@ -19,7 +19,16 @@ from ..checkpoints import save
 from ..data import Dataset, as_image_shape
 from ..errors import InputError
 from ..likelihoods import Gaussian
-from .common import Result, environment, finish, make_vae, start, train_vae, vae_figures
+from .common import (
+    Result,
+    data_record,
+    environment,
+    finish,
+    make_vae,
+    start,
+    train_vae,
+    vae_figures,
+)
 
 
 # ---------------------------------------------------------------------- the VAE
@@ -147,6 +156,7 @@ def _evaluate_and_save_vae(vae, ds, history, model: dict, iw_samples, seed, out,
         "command": "fit",
         "model": "vae",
         **meta,
+        **data_record(ds),
         **model,
         "hidden": list(model["hidden"]),  # in the place of model's, as a JSON list
         "epochs": config["epochs"],
@@ -341,7 +351,13 @@ def fit_autoencoder(
         ),
     )
     ds, ae, out = s.data, s.model, s.out
-    metrics: dict = {"command": "fit", "model": model, "dataset": ds.name, "seed": seed}
+    metrics: dict = {
+        "command": "fit",
+        "model": model,
+        "dataset": ds.name,
+        "seed": seed,
+        **data_record(ds),
+    }
     train = {"batch_size": batch_size, "lr": lr, "seed": seed, "device": s.device}
     if model == "stacked":
         finetune_epochs = epochs if finetune_epochs is None else finetune_epochs

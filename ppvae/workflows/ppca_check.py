@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import plots
 from ..data import Dataset
-from .common import Result, environment, finish, linear_check, start
+from .common import Result, environment, finish, linear_check, standardization, start
 
 
 def check_ppca(
@@ -73,6 +73,7 @@ def check_ppca(
         {
             "dataset": ds.name,
             "source": ds.info.get("source"),  # a --data table: likelihoods on its own scale
+            "standardization": standardization(ds),
             "dequantized": ds.dequantized,
             "latent_dim": latent_dim,
             "seed": seed,

@@ -13,6 +13,7 @@ from .common import (
     AIS_DEFAULTS,
     MISSING_AIS_REASON,
     Result,
+    Stages,
     certify_likelihood,
     environment,
     finish,
@@ -23,6 +24,7 @@ from .common import (
     make_vae,
     per_dim_bits,
     sem,
+    standardization,
     start,
     train_vae,
     units,
@@ -121,60 +123,71 @@ def run_experiment(
         build=lambda d: make_vae(d, latent_dim, **model),
     )
     ds, dev, vae, out = s.data, s.device, s.model, s.out
-    ppca, ppca_fit_s, ppca_test = fit_ppca(ds, latent_dim)
-    ppca_metrics = _ppca_metrics(ppca, ppca_fit_s, ppca_test, ds)
-    history = train_vae(
-        vae,
-        ds,
-        dev,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        elbo=elbo,
-        clip_norm=clip_norm,
-        kl_weight=kl_weight,
-        kl_warmup=kl_warmup,
-        num_particles=num_particles,
-        seed=seed,
-        progress=progress,
-    )
-    vae_metrics = _vae_metrics(vae, ds, history, model, iw_samples=iw_samples, seed=seed)
+    stage = Stages("run", progress)
+    with stage("ppca", "PPCA fit"):
+        ppca, ppca_fit_s, ppca_test = fit_ppca(ds, latent_dim)
+        ppca_metrics = _ppca_metrics(ppca, ppca_fit_s, ppca_test, ds)
+    with stage("vae_training", f"VAE training, {epochs} epochs"):
+        history = train_vae(
+            vae,
+            ds,
+            dev,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            elbo=elbo,
+            clip_norm=clip_norm,
+            kl_weight=kl_weight,
+            kl_warmup=kl_warmup,
+            num_particles=num_particles,
+            seed=seed,
+            progress=progress,
+        )
+    with stage("vae_evaluation", f"VAE: IW log-likelihood of the test split, K = {iw_samples}"):
+        vae_metrics = _vae_metrics(vae, ds, history, model, iw_samples=iw_samples, seed=seed)
     incomplete = has_missing(ds)
     if incomplete:
         vae_metrics["certified_skipped"] = MISSING_AIS_REASON
-    vae_metrics["certified"] = certify_likelihood(
-        vae,
-        ds.test,
-        vae_metrics.pop("test_per_sample"),
-        ais_points=0 if incomplete else ais_points,
-        ais_steps=ais_steps,
-        ais_chains=ais_chains,
-        bdmc_points=bdmc_points,
-        seed=seed,
-        progress=progress,
-    )
+    with stage("ais_bdmc", f"VAE: AIS on {ais_points} points and BDMC on {bdmc_points}"):
+        vae_metrics["certified"] = certify_likelihood(
+            vae,
+            ds.test,
+            vae_metrics.pop("test_per_sample"),
+            ais_points=0 if incomplete else ais_points,
+            ais_steps=ais_steps,
+            ais_chains=ais_chains,
+            bdmc_points=bdmc_points,
+            seed=seed,
+            progress=progress,
+        )
     metrics = _metrics(ds, latent_dim, ppca_metrics, vae_metrics, seed=seed, device=dev)
-    imputation, imputation_png = impute_holes(
-        vae, ppca, ds, out, num_samples=iw_samples, seed=seed
-    )
+    with stage("imputation", "imputation of the test split's holes"):
+        imputation, imputation_png = impute_holes(
+            vae, ppca, ds, out, num_samples=iw_samples, seed=seed
+        )
     if imputation is not None:
         metrics["imputation"] = imputation
-    check = linear_check(
-        ds,
-        latent_dim,
-        epochs=check_epochs,
-        batch_size=check_batch_size,
-        lr=None,
-        seed=seed,
-        device=dev,
-        progress=progress,
-    )
+    with stage("linear_check", "LinearVAE check against PPCA"):
+        check = linear_check(
+            ds,
+            latent_dim,
+            epochs=check_epochs,
+            batch_size=check_batch_size,
+            lr=None,
+            seed=seed,
+            device=dev,
+            progress=progress,
+        )
     metrics["ppca_check"] = check["result"]
     models = {"vae": vae, "ppca": ppca, "linear_vae": check["vae"]}
     if out is not None:
-        metrics["figures"] = _run_figures(vae, ppca, check, ds, out, history, dev, seed, metrics)
+        with stage("figures", "figures"):
+            metrics["figures"] = _run_figures(
+                vae, ppca, check, ds, out, history, dev, seed, metrics
+            )
         if imputation_png is not None:
             metrics["figures"]["imputations"] = imputation_png
+    metrics["stage_seconds"] = stage.seconds
     metrics["seconds_total"] = time.perf_counter() - t0
     vae.cpu()
     finish(out, "metrics.json", metrics, report=("report.md", reports.run_report))
@@ -192,6 +205,7 @@ def _metrics(ds, latent_dim: int, ppca: dict, vae: dict, *, seed: int, device) -
         "latent_dim": latent_dim,
         "units": units(ds),
         "source": ds.info.get("source"),  # a --data table: likelihoods on its own scale
+        "standardization": standardization(ds),
         "dequantized": ds.dequantized,
         "missing_share_train": float(torch.isnan(ds.train).double().mean()),
         "missing_rate": ds.info.get("missing_rate"),
