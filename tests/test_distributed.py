@@ -76,6 +76,7 @@ def test_a_short_two_process_vae_run_converges_and_resumes_exactly(tmp_path):
 
 
 _STREAM_WORKER = '''
+import os
 import sys
 import torch
 import ppvae
@@ -96,6 +97,11 @@ def work(rank, path, out, rendezvous):
         torch.save(params, out)
     torch.distributed.barrier()  # tear down together: gloo may abort a rank whose peer left
     torch.distributed.destroy_process_group()
+    # as ppvae's CLI does: gloo's threads freeing DDP work objects during interpreter
+    # finalization aborted a finished rank once under load (exit -6); skip that teardown
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 if __name__ == "__main__":
     torch.multiprocessing.spawn(work, args=tuple(sys.argv[1:4]), nprocs=2)
