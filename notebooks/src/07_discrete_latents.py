@@ -21,8 +21,8 @@ import os
 import warnings
 
 SMALL = os.environ.get("PPVAE_NOTEBOOK_SMALL") == "1"  # the quick run of the test suite
-REPEATS = 60 if SMALL else 400  # gradient draws per estimator
-N = 200 if SMALL else 1000  # points of the mixture data
+REPEATS = 30 if SMALL else 400  # gradient draws per estimator
+N = 100 if SMALL else 1000  # points of the mixture data
 warnings.filterwarnings("ignore", message="ArviZ is undergoing")
 
 # %%
