@@ -24,6 +24,13 @@ from .vae import data_plate, register_module
 __all__ = ["ConditionalVAE", "SemiSupervisedVAE"]
 
 
+def _check_sizes(**sizes) -> None:
+    """Refuse, by name, a size that is not a positive integer."""
+    for what, v in sizes.items():
+        if isinstance(v, bool) or int(v) != v or v < 1:
+            raise InputError(f"{what} must be a positive integer, got {v!r}")
+
+
 class ConditionalVAE(nn.Module):
     """p(z | y) p(x | z, y) with q(z | x, y), for class-conditional generation.
 
@@ -62,10 +69,7 @@ class ConditionalVAE(nn.Module):
         name: str = "cvae",
     ):
         super().__init__()
-        for what, v in (("data_dim", data_dim), ("n_classes", n_classes),
-                        ("latent_dim", latent_dim)):  # fmt: skip
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise InputError(f"{what} must be a positive integer, got {v!r}")
+        _check_sizes(data_dim=data_dim, n_classes=n_classes, latent_dim=latent_dim)
         self.data_dim, self.n_classes = int(data_dim), int(n_classes)
         self.latent_dim = int(latent_dim)
         self.hidden, self.activation, self.pyro_name = tuple(hidden), activation, name
@@ -174,10 +178,7 @@ class SemiSupervisedVAE(nn.Module):
         name: str = "ssvae",
     ):
         super().__init__()
-        for what, v in (("data_dim", data_dim), ("n_classes", n_classes),
-                        ("latent_dim", latent_dim)):  # fmt: skip
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise InputError(f"{what} must be a positive integer, got {v!r}")
+        _check_sizes(data_dim=data_dim, n_classes=n_classes, latent_dim=latent_dim)
         if not float(alpha) >= 0:
             raise InputError(f"alpha must be >= 0, got {alpha!r}")
         self.data_dim, self.n_classes = int(data_dim), int(n_classes)

@@ -563,7 +563,7 @@ def inspect_rows(program: Program, X: torch.Tensor, rows: int, **kwargs) -> Prog
     rows = max(1, min(int(rows), n))
 
     def head(k):
-        return {key: v[:k] if _per_row(v, n) else v for key, v in kwargs.items()}
+        return head_kwargs(kwargs, k, n)
 
     try:
         return inspect_program(program, X[:rows], **head(rows))
@@ -578,6 +578,12 @@ def inspect_rows(program: Program, X: torch.Tensor, rows: int, **kwargs) -> Prog
             raise first from None
         info.rows_failed, info.first_error = rows, str(first)
         return info
+
+
+def head_kwargs(kwargs: dict, rows: int, n: int) -> dict:
+    """``kwargs`` with every per-row tensor (first dimension ``n``: mask, y) cut to its first
+    ``rows`` rows, to go with ``x[:rows]``."""
+    return {key: v[:rows] if _per_row(v, n) else v for key, v in kwargs.items()}
 
 
 def _per_row(value, n: int) -> bool:

@@ -33,12 +33,9 @@ from pyro.infer import ELBO
 from pyro.poutine.util import prune_subsample_sites
 
 from ..errors import ProgramError
+from ..program import _in_data_plate
 
 __all__ = ["IWAE_ELBO"]
-
-
-def _in_data_plate(site, plate: str = "data") -> bool:
-    return any(f.name == plate for f in site["cond_indep_stack"])
 
 
 def _detached(fn):

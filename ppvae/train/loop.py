@@ -43,6 +43,7 @@ from ..program import (
     _accepts,
     as_program,
     check_mask_contract,
+    head_kwargs,
     inspect_program,
     inspect_rows,
     plate_problem,
@@ -695,7 +696,9 @@ def _trace_and_check(run: Run, payload: dict | None, ckpt_path):
     last = run.n % run.batch_size
     if info.subsamples and 0 < last < info.subsample_size and run.stream is None:
         try:  # Pyro's own plate refuses a subsample larger than the rows it is given
-            inspect_program(prog, head[:last].to(run.device), **_head_kwargs(kwargs, last))
+            inspect_program(
+                prog, head[:last].to(run.device), **head_kwargs(kwargs, last, len(head))
+            )
         except ProgramError:
             raise ProgramError(
                 f"the last minibatch ({run.n} rows, batch_size {run.batch_size}) holds {last} "
@@ -821,11 +824,6 @@ def _check_labels(labels, n: int, test, prog: Program):
     if test is not None:
         raise InputError("test ELBOs are not computed for a labelled fit; pass test=None")
     return labels.long()
-
-
-def _head_kwargs(kwargs: dict, rows: int) -> dict:
-    cut = {k: v[:rows] for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.dim()}
-    return {**kwargs, **cut}
 
 
 def _label_kwargs(labels, rows: int) -> dict:
