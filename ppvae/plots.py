@@ -116,6 +116,32 @@ def loss_curve(
     return _save(fig, path)
 
 
+def error_curve(
+    epochs: Sequence[int],
+    errors: Sequence[float],
+    path: str | os.PathLike,
+    *,
+    reference: dict[str, float] | None = None,
+    title: str = "",
+) -> Path:
+    """A classifier's test error (a share, drawn in percent) against the epoch.
+
+    ``reference``: label -> error drawn as horizontal dashed lines (e.g. a baseline).
+    """
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot()
+    ax.plot(list(epochs), [100 * v for v in errors], marker="." if len(errors) < 40 else None,
+            label="test error")  # fmt: skip
+    for i, (label, value) in enumerate((reference or {}).items()):
+        ax.axhline(100 * value, color=f"C{i + 1}", linestyle="--", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, path)
+
+
 def image_grid(
     rows: Sequence[torch.Tensor],
     image_shape: tuple[int, int],

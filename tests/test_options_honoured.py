@@ -33,6 +33,8 @@ VALUES = {
     "contraction": ["--contraction", "0.2"],
     "finetune_epochs": ["--finetune-epochs", "3"],
     "labels": ["--labels", "50"],
+    "alpha": ["--alpha", "2.5"],
+    "conditional_prior": ["--conditional-prior"],  # a switch: reaches the workflow as True
 }
 HONOURS = {
     "vae": {
@@ -50,6 +52,8 @@ HONOURS = {
     "sae": {"sparsity", "rho", "beta"},  # the default KL penalty; --sparsity l1 takes --l1
     "cae": {"contraction"},
     "stacked": {"noise_level", "finetune_epochs", "labels"},
+    "cvae": {"labels", "conditional_prior", "iw_samples"},
+    "ssvae": {"labels", "alpha"},
 }
 CASES = [(model, option) for model in HONOURS for option in VALUES]
 
@@ -63,6 +67,7 @@ def _captured(monkeypatch) -> dict:
 
     monkeypatch.setattr(workflows, "fit_vae", capture)
     monkeypatch.setattr(workflows, "fit_autoencoder", capture)
+    monkeypatch.setattr(workflows, "fit_labelled", capture)
     return seen
 
 
@@ -75,8 +80,9 @@ def _fit(model, extra, tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("model, option", CASES, ids=[f"{m}-{o}" for m, o in CASES])
 def test_each_option_is_honoured_or_refused(model, option, tmp_path, capsys, monkeypatch):
-    flag, value = VALUES[option]
-    code, err, seen = _fit(model, [flag, value], tmp_path, capsys, monkeypatch)
+    given = VALUES[option]
+    flag, value = given[0], (given[1] if len(given) > 1 else "True")
+    code, err, seen = _fit(model, given, tmp_path, capsys, monkeypatch)
     if option in HONOURS[model]:
         assert code == 0, err
         assert str(seen[option]) == value, (option, seen.get(option))

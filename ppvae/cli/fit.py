@@ -16,6 +16,8 @@ from .options import UserError
 
 RESUMABLE = ("resume", "epochs", "lr", "clip_norm", "device", "progress", "nproc")
 """What ``--resume DIR`` may be given with: how long, how fast and where to train."""
+LABELLED_OPTIONS = {"cvae": ("labels", "conditional_prior"), "ssvae": ("labels", "alpha")}
+"""The options of the models of labelled data, by ``--model``."""
 VAE_ONLY = (
     "prior",
     "architecture",
@@ -36,15 +38,19 @@ def add_parser(sub, name: str):
         description="Train one model by SVI and write OUT/model.pt, metrics.json and figures. "
         "--model picks the VAE (default) or a classic autoencoder, each a Pyro program: "
         "ae (vanilla), dae (denoising), sae (sparse), cae (contractive), stacked (greedy "
-        "layer-wise pretraining of --hidden plus --latent-dim, then fine-tuning with labels). "
+        "layer-wise pretraining of --hidden plus --latent-dim, then fine-tuning with labels); "
+        "or, with --labels N, the conditional VAE (cvae, trained on the N labelled images) "
+        "or the semi-supervised VAE M2 (ssvae, trained on all images, the unlabelled ones' "
+        "class summed out), which report their test error, its curve and conditional samples. "
         "Every model but stacked writes OUT/checkpoint.pt after each epoch; --resume OUT "
         "continues it.",
     )
     p.add_argument(
         "--model",
         default="vae",
-        choices=["vae", *AUTOENCODERS],
-        help="vae, or an autoencoder: ae, dae, sae, cae, stacked (default vae)",
+        choices=["vae", *AUTOENCODERS, *workflows.LABELLED_MODELS],
+        help="vae; an autoencoder: ae, dae, sae, cae, stacked; or a model of labelled data: "
+        "cvae (conditional VAE), ssvae (semi-supervised VAE, M2) (default vae)",
     )
     options.add_data(p)
     options.add_vae(
@@ -79,7 +85,21 @@ def add_parser(sub, name: str):
         "--labels",
         type=options.positive_int,
         default=None,
-        help="stacked: fine-tune on this many labelled training images (default: all)",
+        help="stacked, cvae, ssvae: this many labelled training images, balanced over the "
+        "classes and chosen with --seed (default: all)",
+    )
+    lab = p.add_argument_group("models of labelled data (each for the --model named)")
+    lab.add_argument(
+        "--alpha",
+        type=options.nonneg_float,
+        default=None,
+        help="ssvae: weight of log q(y | x) per labelled image (default 0.1 N / labels, "
+        "Kingma et al. 2014)",
+    )
+    lab.add_argument(
+        "--conditional-prior",
+        action="store_true",
+        help="cvae: a learned p(z | y), one Gaussian per class, instead of N(0, I)",
     )
     p.add_argument(
         "--nproc",
@@ -126,14 +146,22 @@ def _refuse_unused(args) -> None:
         return
     model = args.model
     if model != "vae":
-        bad = given & set(VAE_ONLY)
+        allowed = {"iw_samples"} if model == "cvae" else set()
+        bad = given & (set(VAE_ONLY) - allowed)
+        if bad and model in LABELLED_OPTIONS:
+            raise UserError(
+                f"--model {model} has its own prior and trains with the ELBO fit chooses for "
+                f"it (TraceEnum_ELBO where a class is enumerated); it cannot use "
+                f"{options.flags(_parser(), bad)}"
+            )
         if bad:
             raise UserError(
                 f"--model {model} is not a VAE (no KL term, prior, ELBO or importance "
                 f"sampling); it cannot use {options.flags(_parser(), bad)}"
             )
-    specific = set().union(*workflows.AUTOENCODER_OPTIONS.values())
-    bad = (given & specific) - set(workflows.AUTOENCODER_OPTIONS.get(model, ()))
+    own = {**workflows.AUTOENCODER_OPTIONS, **LABELLED_OPTIONS}
+    specific = set().union(*own.values())
+    bad = (given & specific) - set(own.get(model, ()))
     if bad:
         raise UserError(f"{options.flags(_parser(), bad)}: not an option of --model {model}")
     if model == "sae":
@@ -276,6 +304,16 @@ def _fit(run, ds, out: Path):
         "metadata": {"cli": _cli_record(run)},
     }
     model = run.model
+    if model in workflows.LABELLED_MODELS:
+        return workflows.fit_labelled(
+            ds,
+            model=model,
+            labels=run.labels,
+            alpha=getattr(run, "alpha", None),
+            conditional_prior=getattr(run, "conditional_prior", False),
+            iw_samples=run.iw_samples,
+            **common,
+        )
     if model == "vae":
         return workflows.fit_vae(
             ds,
@@ -313,6 +351,16 @@ def _summary(model: str, m: dict, out: Path) -> str:
         return (
             f"test ELBO {m['test_elbo']:.3f}, test log-lik (IW, K={m['iw_samples']}) "
             f"{m['test_log_likelihood_iw']:.3f} nats/sample; wrote {out}/model.pt"
+        )
+    if model in workflows.LABELLED_MODELS:
+        extra = ""
+        if "test_log_likelihood_given_label_iw" in m:
+            extra = (f"; test log p(x | y) (IW, K={m['iw_samples']}) "
+                     f"{m['test_log_likelihood_given_label_iw']:.3f} nats/sample")  # fmt: skip
+        return (
+            f"test error {m['test_error']:.2%} with {m['labels_used']} labels (logistic "
+            f"regression on the same labels {m['logistic_regression_test_error']:.2%}){extra}; "
+            f"wrote {out}/model.pt and {out}/report.md"
         )
     if model == "stacked":
         return (

@@ -18,7 +18,8 @@ One module per experiment, over the shared pieces of :mod:`~ppvae.workflows.comm
 * :mod:`~ppvae.workflows.run`: :func:`run_experiment` (``ppvae run``);
 * :mod:`~ppvae.workflows.ppca_check`: :func:`check_ppca` (``ppvae check-ppca``);
 * :mod:`~ppvae.workflows.comparison`: :func:`compare` (``ppvae compare``);
-* :mod:`~ppvae.workflows.fitting`: :func:`fit_vae`, :func:`fit_autoencoder` (``ppvae fit``).
+* :mod:`~ppvae.workflows.fitting`: :func:`fit_vae`, :func:`fit_autoencoder` (``ppvae fit``);
+* :mod:`~ppvae.workflows.labelled`: :func:`fit_labelled` (``ppvae fit --model cvae|ssvae``).
 
 The experiments call the training loop (``fit``, ``pretrain``, ``finetune``, ...) and read
 the ``LINEAR_*`` schedule constants and ``CHECK_TARGETS`` through this package at call time,
@@ -60,6 +61,7 @@ from .fitting import (  # noqa: F401  (AUTOENCODER_OPTIONS: read by ppvae.cli)
     fit_vae,
     make_autoencoder,
 )
+from .labelled import LABELLED_MODELS, fit_labelled  # noqa: F401  (LABELLED_MODELS: read by ppvae.cli)
 from .ppca_check import check_ppca
 from .run import run_experiment
 
@@ -72,6 +74,7 @@ __all__ = [
     "compare",
     "existing_run",
     "fit_autoencoder",
+    "fit_labelled",
     "fit_vae",
     "linear_schedule",
     "load",

@@ -53,6 +53,8 @@ RUN_OUTPUTS = (
     "reconstructions.png",
     "imputations.png",
     "latent_scatter.png",
+    "error_curve.png",
+    "conditional_samples.png",
     "features.png",
     "ppca_check.png",
     "loglik_scatter.png",
