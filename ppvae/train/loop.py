@@ -681,7 +681,7 @@ def _trace_and_check(run: Run, payload: dict | None, ckpt_path):
     head, head_mask = split_missing(head) if run.stream else (head, None)
     if run.observed is not None:
         head_mask = run.observed
-    kwargs = _label_kwargs(run.labels, run.n)
+    kwargs = _label_kwargs(run.labels, len(head))  # a streamed head holds `rows` rows
     if head_mask is not None:
         kwargs["mask"] = head_mask.to(run.device)
     info = inspect_rows(prog, head.to(run.device), rows, **kwargs)
