@@ -16,10 +16,11 @@ What it measures, in one process, one thread each (``XLA_FLAGS`` and
 ``torch.set_num_threads`` set before either library is imported):
 
 * time per step: each round is one ppvae epoch (inside ``ppvae.fit``, between two
-  ``on_epoch_end`` hooks, so shuffling, indexing and fit's bookkeeping count) followed by one
-  NumPyro epoch (one call of the compiled epoch); the first round (ppvae's trace, NumPyro's
-  first call) is dropped; the ratio ppvae / NumPyro of each round, median and interquartile
-  range, in process CPU time and in wall time;
+  ``on_epoch_end`` hooks, so shuffling, indexing and fit's bookkeeping count), then one
+  NumPyro epoch (one call of the compiled epoch), then one epoch of a hand-written PyTorch
+  loop of the same model (:class:`HandWritten`); the first round (ppvae's trace, NumPyro's
+  first call) is dropped; the ratios of each round, median and interquartile range, in
+  process CPU time and in wall time;
 * compilation: NumPyro's ``jit(...).lower(...).compile()`` of the epoch, ppvae's
   ``History.compile_seconds`` (``torch.jit.trace`` of the ELBO);
 * peak resident memory of each alone: a fresh subprocess per library that reads the same
@@ -262,14 +263,48 @@ class NumPyroVAE:
         return self.svi.get_params(self.state)
 
 
+# --------------------------------------------------------------------------- by hand
+class HandWritten:
+    """The same VAE and objective in a hand-written PyTorch loop: the VAE's own networks,
+    ``loc + scale * eps``, Bernoulli log-likelihood by ``binary_cross_entropy_with_logits``,
+    analytic KL, minus the minibatch ELBO scaled to N, fused ``torch.optim.Adam``, minibatches
+    by ``index_select`` of a seeded shuffle."""
+
+    def __init__(self, train, vae, seed: int):
+        import torch
+
+        self.train, self.vae, self.n = train, vae, train.shape[0]
+        self.opt = torch.optim.Adam(vae.parameters(), lr=LR, fused=True)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def run_epoch(self) -> None:
+        import torch
+        from torch.nn import functional as F
+
+        perm = torch.randperm(self.n, generator=self.gen)
+        scale_n = self.n / BATCH
+        for i in range(0, self.n - BATCH + 1, BATCH):
+            xb = self.train.index_select(0, perm[i : i + BATCH])
+            loc, scale = self.vae.encoder(xb)
+            z = loc + scale * torch.randn_like(loc)
+            ll = -F.binary_cross_entropy_with_logits(self.vae.decoder(z), xb, reduction="none")
+            kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1.0 - 2.0 * scale.log())
+            loss = -scale_n * (ll.sum() - kl.sum())
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+
+
 # --------------------------------------------------------------------------- the rounds
 class Alternate:
-    """A ``fit`` hook: after each ppvae epoch, one NumPyro epoch; both timed."""
+    """A ``fit`` hook: after each ppvae epoch, one NumPyro epoch and one hand-written PyTorch
+    epoch; all timed."""
 
-    def __init__(self, peer: NumPyroVAE):
-        self.peer = peer
+    def __init__(self, peer: NumPyroVAE, hand: HandWritten):
+        self.peer, self.hand = peer, hand
         self.ppvae: list[tuple[float, float]] = []
         self.numpyro: list[tuple[float, float]] = []
+        self.hand_written: list[tuple[float, float]] = []
         self.peer_elbo: list[float] = []
         self.mark = clocks()
 
@@ -283,6 +318,9 @@ class Alternate:
         self.peer_elbo.append(self.peer.run_epoch())
         done = clocks()
         self.numpyro.append((done[0] - t[0], done[1] - t[1]))
+        self.hand.run_epoch()
+        end = clocks()
+        self.hand_written.append((end[0] - done[0], end[1] - done[1]))
         self.mark = clocks()
 
 
@@ -301,11 +339,18 @@ def timing(alt: Alternate, steps_per_epoch: int, skip: int = 1) -> dict:
     for which, col in (("cpu", 1), ("wall", 0)):
         p = [t[col] for t in alt.ppvae[skip:]]
         q = [t[col] for t in alt.numpyro[skip:]]
-        ratios = [a / b for a, b in zip(p, q, strict=True)]
+        h = [t[col] for t in alt.hand_written[skip:]]
         out[which] = {
             "ppvae_ms_per_step": _round(spread([1e3 * a / steps_per_epoch for a in p])),
             "numpyro_ms_per_step": _round(spread([1e3 * b / steps_per_epoch for b in q])),
-            "ppvae_over_numpyro": _round(spread(ratios)),
+            "hand_written_ms_per_step": _round(spread([1e3 * c / steps_per_epoch for c in h])),
+            "ppvae_over_numpyro": _round(spread([a / b for a, b in zip(p, q, strict=True)])),
+            "hand_written_over_numpyro": _round(
+                spread([c / b for c, b in zip(h, q, strict=True)])
+            ),
+            "ppvae_over_hand_written": _round(
+                spread([a / c for a, c in zip(p, h, strict=True)])
+            ),
         }
     first = alt.ppvae[0], alt.numpyro[0]
     out["first_round_seconds_wall"] = {"ppvae": first[0][0], "numpyro": first[1][0]}
@@ -454,7 +499,8 @@ def main() -> None:
     init = initial_weights(vae)
     peer = NumPyroVAE(jnp.asarray(train_u8, dtype=jnp.float32), init, args.seed)
     compile_s = peer.compile()
-    alt = Alternate(peer)
+    hand = HandWritten(train_t, make_vae(train_t.shape[1], args.seed), args.seed + 1)
+    alt = Alternate(peer, hand)
     t = time.perf_counter()
     hist = ppvae.fit(vae, train_t, epochs=args.epochs, batch_size=BATCH, lr=LR, seed=args.seed,
                      progress=False, hooks=[alt])
