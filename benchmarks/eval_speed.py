@@ -1,4 +1,4 @@
-"""Evaluation at the matmul floor: ppvae's estimators against hand-written batched PyTorch.
+"""Evaluation against its floor: ppvae's estimators, hand-written PyTorch, the matmuls alone.
 
 In one process, in interleaved repetitions, for Burda et al.'s (2015) MNIST VAE (784-200-200-50
 tanh, Bernoulli) at K importance samples, times
@@ -9,6 +9,9 @@ tanh, Bernoulli) at K importance samples, times
   over K, in chunks of the size ``log_likelihood`` uses;
 * (b) ``evaluate.log_likelihood`` (Pyro traces of the model replayed against the guide);
 * (c) ``evaluate.estimate_log_likelihood`` (b plus standard errors and PSIS k-hat);
+* (d) the matmul floor: the encoder's and decoder's affine layers alone (``F.linear``, bias
+  included, no activation, no sampling, no likelihood) on inputs of the same shapes, in the
+  same chunks: the encoder once per chunk of images, the decoder on the (k, n, 50) draws;
 
 and checks that (a) and (b) give the same values from the same seed. For AIS, it times one
 HMC gradient evaluation of ppvae's annealing path (model and guide traced, autograd through
@@ -71,6 +74,39 @@ def hand_log_likelihood(vae, X, num_samples, max_elements=_DEFAULT_MAX_ELEMENTS)
     return torch.cat(out) - math.log(num_samples)
 
 
+def _linears(net) -> list:
+    return [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def matmul_floor(vae, X, num_samples, max_elements=_DEFAULT_MAX_ELEMENTS) -> float:
+    """Seconds of the networks' affine layers alone (``F.linear``, bias included) on inputs of
+    the shapes ``log_likelihood`` feeds them, in its chunks; the inputs are drawn beforehand
+    and not timed."""
+    n_chunk, k_chunk = _chunks(X.shape[0], num_samples, vae.eval_width, max_elements)
+    enc, dec = _linears(vae.encoder), _linears(vae.decoder)
+    inputs: dict = {}
+
+    def inp(rows: int, width: int) -> torch.Tensor:
+        if (rows, width) not in inputs:
+            inputs[(rows, width)] = torch.randn(rows, width)
+        return inputs[(rows, width)]
+
+    plan = []
+    for i in range(0, X.shape[0], n_chunk):
+        n = min(n_chunk, X.shape[0] - i)
+        plan += [(lin, n) for lin in enc]
+        for j in range(0, num_samples, k_chunk):
+            m = min(k_chunk, num_samples - j)
+            plan += [(lin, m * n) for lin in dec]
+    for lin, rows in plan:  # draw the inputs before the clock starts
+        inp(rows, lin.in_features)
+    with torch.no_grad():
+        t = time.perf_counter()
+        for lin, rows in plan:
+            F.linear(inp(rows, lin.in_features), lin.weight, lin.bias)
+        return time.perf_counter() - t
+
+
 def hand_log_joint_grad(vae, x, z):
     """Gradient of log p(x, z) + log q(z | x) mixture as AIS's path needs it, by hand."""
     with torch.enable_grad():
@@ -128,8 +164,9 @@ def main(argv=None):
     b_vals = evaluate.log_likelihood(vae, X[:2], K)
     same = float((a_vals - b_vals).abs().max())
 
-    times = {"a_hand": [], "b_log_likelihood": [], "c_estimate": []}
+    times = {"a_hand": [], "b_log_likelihood": [], "c_estimate": [], "d_matmuls": []}
     for _ in range(args.reps):
+        times["d_matmuls"].append(matmul_floor(vae, X, K))
         times["a_hand"].append(_timed(lambda: hand_log_likelihood(vae, X, K))[0])
         times["b_log_likelihood"].append(_timed(lambda: evaluate.log_likelihood(vae, X, K))[0])
         times["c_estimate"].append(
@@ -139,6 +176,8 @@ def main(argv=None):
     best = {k: min(v) for k, v in times.items()}
     ratios_b = [b / a for a, b in zip(times["a_hand"], times["b_log_likelihood"], strict=True)]
     ratios_c = [c / b for b, c in zip(times["b_log_likelihood"], times["c_estimate"], strict=True)]
+    ratios_cd = [c / d for d, c in zip(times["d_matmuls"], times["c_estimate"], strict=True)]
+    ratios_ad = [a / d for d, a in zip(times["d_matmuls"], times["a_hand"], strict=True)]
 
     # AIS: one gradient evaluation of the annealing path vs the hand-written gradient
     xs = _images(argparse.Namespace(**{**vars(args), "images": args.ais_points}))
@@ -167,11 +206,15 @@ def main(argv=None):
                 "seconds": med,
                 "b_over_a_log_likelihood_vs_hand": statistics.median(ratios_b),
                 "c_over_b_psis_overhead": statistics.median(ratios_c),
+                # the floor: the encoder's and decoder's F.linear calls alone, same chunks
+                "c_over_d_estimate_with_psis_vs_matmuls": statistics.median(ratios_cd),
+                "a_over_d_hand_vs_matmuls": statistics.median(ratios_ad),
                 # interference from other work on a shared machine only ever adds time, so
                 # the ratio of the fastest repetitions is the least noisy estimate of the cost
                 "best_seconds": best,
                 "b_over_a_best": best["b_log_likelihood"] / best["a_hand"],
                 "c_over_b_best": best["c_estimate"] / best["b_log_likelihood"],
+                "c_over_d_best": best["c_estimate"] / best["d_matmuls"],
                 "projected_seconds_10000_images": {
                     "a_hand": med["a_hand"] / X.shape[0] * 10000,
                     "b_log_likelihood": med["b_log_likelihood"] / X.shape[0] * 10000,

@@ -38,6 +38,7 @@ __all__ = [
     "missing_as_nan",
     "read_idx",
     "remove_at_random",
+    "row_blocks",
     "split_missing",
     "with_missing",
 ]
@@ -184,13 +185,29 @@ def check_data(
         raise InputError(f"{name}: has no columns")
     if data_dim is not None and X.shape[1] != data_dim:
         raise InputError(f"{name}: expected {data_dim} columns, got {X.shape[1]}")
-    bad = torch.isinf(X) if allow_nan else ~torch.isfinite(X)
-    if bool(bad.any()):
+    if any(bool(_non_finite(b, allow_nan).any()) for b in row_blocks(X)):
+        bad = _non_finite(X, allow_nan)  # the whole matrix, for the message
         n_bad = int(bad.sum())
         row, col = (int(i) for i in bad.nonzero()[0])
         kind = "infinite" if allow_nan else "NaN or infinite"
         raise InputError(f"{name}: {n_bad} {kind} value(s), first at row {row}, column {col}")
     return X
+
+
+def row_blocks(X: torch.Tensor, elements: int = 2**20) -> tuple[torch.Tensor, ...]:
+    """Consecutive blocks of rows of X (views), each of about ``elements`` values.
+
+    Whole-matrix checks run block by block so that their temporaries stay small: on the
+    60,000 x 784 MNIST matrix, ``torch.isinf(X)`` alone peaked at 180 MiB above the data.
+    """
+    if X.dim() < 2 or X.shape[0] == 0:
+        return (X,)
+    return X.split(max(1, elements // max(1, X[0].numel())))
+
+
+def _non_finite(X: torch.Tensor, allow_nan: bool) -> torch.Tensor:
+    """Where X is infinite (and, unless ``allow_nan``, NaN): bool, X's shape."""
+    return torch.isinf(X) if allow_nan else ~torch.isfinite(X)
 
 
 def split_missing(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -278,9 +278,10 @@ def add_iw(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_ais(p: argparse.ArgumentParser) -> None:
-    """--ais-points --ais-steps --ais-chains --bdmc-points: the certified likelihood."""
-    d = AIS_DEFAULTS
+def add_ais(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """--ais-points --ais-steps --ais-chains --bdmc-points: the certified likelihood
+    (defaults: ``defaults``, else :data:`~ppvae.workflows.AIS_DEFAULTS`)."""
+    d = AIS_DEFAULTS if defaults is None else defaults
     g = p.add_argument_group(
         "the VAE's likelihood certified by AIS, with BDMC's bound on its error"
     )

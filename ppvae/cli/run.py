@@ -37,7 +37,7 @@ def add_parser(sub, name: str):
         help="its batch size (default: the training set up to "
         f"{workflows.LINEAR_FULL_BATCH_MAX:,} rows, else {workflows.LINEAR_BATCH_SIZE})",
     )
-    options.add_ais(p)
+    options.add_ais(p, workflows.RUN_AIS_DEFAULTS)
     options.add_output(p, name)
     return p
 

@@ -8,11 +8,18 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import check_data, check_missing
+from ..data import check_data, check_missing, row_blocks
 from ..errors import InputError
 from ..program import Program, ProgramInfo, check_support
 
-__all__ = ["Stream", "fingerprint", "fingerprint_change", "same_fingerprint", "support_check"]
+__all__ = [
+    "Stream",
+    "blockwise",
+    "fingerprint",
+    "fingerprint_change",
+    "same_fingerprint",
+    "support_check",
+]
 
 
 def support_check(program: Program, info: ProgramInfo, binarize) -> Callable:
@@ -33,6 +40,26 @@ def support_check(program: Program, info: ProgramInfo, binarize) -> Callable:
     if likelihood is not None:
         return likelihood.check_support
     return lambda x, what: check_support(info, x, what)
+
+
+def blockwise(check: Callable) -> Callable:
+    """``check(x, what)`` run on blocks of rows (:func:`~ppvae.data.row_blocks`), so that
+    its temporaries stay small; where a block fails, the whole of x is checked again, so
+    the error's counts are those of all of x."""
+
+    def checked(x: torch.Tensor, what: str) -> None:
+        for block in row_blocks(x):
+            try:
+                check(block, what)
+            except InputError as exc:
+                first = exc
+                break
+        else:
+            return
+        check(x, what)  # raises with the counts of all of x
+        raise first
+
+    return checked
 
 
 def fingerprint(x: torch.Tensor) -> list:

@@ -10,8 +10,8 @@ import torch
 from .. import evaluate, plots, reports
 from ..data import Dataset
 from .common import (
-    AIS_DEFAULTS,
     MISSING_AIS_REASON,
+    RUN_AIS_DEFAULTS,
     Result,
     Stages,
     certify_likelihood,
@@ -50,10 +50,10 @@ def run_experiment(
     kl_warmup: int = 0,
     num_particles: int = 1,
     iw_samples: int = 1000,
-    ais_points: int = AIS_DEFAULTS["ais_points"],
-    ais_steps: int = AIS_DEFAULTS["ais_steps"],
-    ais_chains: int = AIS_DEFAULTS["ais_chains"],
-    bdmc_points: int = AIS_DEFAULTS["bdmc_points"],
+    ais_points: int = RUN_AIS_DEFAULTS["ais_points"],
+    ais_steps: int = RUN_AIS_DEFAULTS["ais_steps"],
+    ais_chains: int = RUN_AIS_DEFAULTS["ais_chains"],
+    bdmc_points: int = RUN_AIS_DEFAULTS["bdmc_points"],
     check_epochs: int | None = None,
     check_batch_size: int | None = None,
     seed: int = 0,
