@@ -145,6 +145,7 @@ def _refuse_unused(args) -> None:
                 f"--sparsity {penalty} does not use {options.flags(_parser(), unused)} "
                 f"(an option of --sparsity {other})"
             )
+    options.refuse_idle(args)
     if model == "stacked" and "clip_norm" in given:
         raise UserError(
             "--model stacked does not clip gradients (its pretraining and fine-tuning are "
