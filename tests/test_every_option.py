@@ -26,15 +26,17 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import inspect
 
 import numpy as np
 import pytest
 import torch
 
-from ppvae import cli, workflows
+from ppvae import cli, evaluate, workflows
 from ppvae.cli import main, subparser
 from ppvae.cli import options as cli_options
 from ppvae.data import Dataset
+from ppvae.errors import InputError
 
 NO_EFFECT = {
     "out": "where the outputs are written",
@@ -309,3 +311,166 @@ def test_no_header_on_a_table_with_a_header_is_refused_in_flags(table, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--no-header says" in err[0], err
     assert "header=" not in err[0]
+
+
+# ---------------------------------------------------------------------- the workflows
+TRACED = (
+    "estimate_log_likelihood",
+    "log_likelihood",
+    "elbo",
+    "inference_gaps",
+    "nuts_posterior",
+    "ais_log_likelihood",
+    "bdmc",
+    "impute",
+)
+"""The evaluators the workflows call (through ``ppvae.evaluate``), recorded with ``fit``."""
+
+CHEAP = {
+    "fit": {"epochs": 1},
+    "inference_gaps": {"steps": 1},
+    "ais_log_likelihood": {"num_steps": 1, "num_chains": 1},
+    "bdmc": {"num_points": 1, "num_steps": 1, "num_chains": 1},
+    "nuts_posterior": {"num_samples": 2, "warmup_steps": 2},
+}
+"""What the recorded calls then run with: the least work that lets the workflow go on (what
+they were asked for is recorded first)."""
+
+NO_EFFECT_KEYWORDS = {
+    "dataset": "the data themselves (the first half of this file varies them)",
+    "progress": NO_EFFECT["progress"],
+    "device": NO_EFFECT["device"],
+    "out": NO_EFFECT["out"],
+    "overwrite": NO_EFFECT["force"],
+    "resume": NO_EFFECT["resume"],
+    "metadata": "extra JSON stored in the checkpoint",
+}
+
+BASE = {"latent_dim": 2, "hidden": (4,), "epochs": 1, "batch_size": 20, "progress": False}
+BASE_EVAL = {"iw_samples": 5, "ais_points": 1, "ais_steps": 2, "ais_chains": 2, "bdmc_points": 1}
+BASELINE = {
+    "fit_vae": {**BASE, "iw_samples": 5, "elbo": "trace"},
+    "run_experiment": {**BASE, **BASE_EVAL, "elbo": "trace", "check_epochs": 1},
+    "compare": {
+        **BASE,
+        **BASE_EVAL,
+        "elbo": "trace",
+        "linear_epochs": 1,
+        "eval_points": 12,
+        "gap_points": 2,
+        "nuts_points": 1,
+        "nuts_samples": 3,
+    },
+    "check_ppca": {"latent_dim": 2, "epochs": 1, "batch_size": 20, "progress": False},
+}
+"""Each workflow at tiny sizes."""
+
+GIVEN = {
+    "latent_dim": (3, "fit", "program.latent_dim", 3),
+    "hidden": ((6,), "fit", "program.hidden", [6]),
+    "likelihood": ("laplace", "fit", "program.likelihood.name", "laplace"),
+    "prior": ("mog", "fit", "program.prior.name", "mog"),
+    "guide": ("fullrank", "fit", "program.guide.name", "fullrank"),
+    "architecture": ("conv", None, "refused", "architecture"),
+    "epochs": (2, "fit", "epochs", 2),
+    "batch_size": (16, "fit", "batch_size", 16),
+    "lr": (0.002, "fit", "lr", 0.002),
+    "elbo": ("meanfield", "fit", "elbo", "meanfield"),
+    "clip_norm": (7.0, "fit", "clip_norm", 7.0),
+    "kl_weight": (0.5, "fit", "kl_weight", 0.5),
+    "kl_warmup": (3, "fit", "kl_warmup_epochs", 3),
+    "num_particles": (2, "fit", "num_particles", 2),
+    "seed": (3, "fit", "seed", 3),
+    "iw_samples": (6, "estimate_log_likelihood|log_likelihood", "num_samples", 6),
+    "ais_points": (2, "ais_log_likelihood", "X", 2),
+    "ais_steps": (3, "ais_log_likelihood", "num_steps", 3),
+    "ais_chains": (3, "ais_log_likelihood", "num_chains", 3),
+    "bdmc_points": (2, "bdmc", "num_points", 2),
+    "check_epochs": (5, "fit", "epochs", 5),
+    "check_batch_size": (15, "fit", "batch_size", 15),
+    "linear_epochs": (5, "fit", "epochs", 5),
+    "linear_batch_size": (15, "fit", "batch_size", 15),
+    "eval_points": (9, "estimate_log_likelihood", "X", 9),
+    "gap_points": (3, "inference_gaps", "X", 3),
+    "nuts_points": (2, "nuts_posterior", "X", 2),
+    "nuts_samples": (4, "nuts_posterior", "num_samples", 4),
+}
+"""For each keyword: a value, and the evaluator (or fit) parameter it must reach with it
+(``X``: that many rows; ``program.*``: the model's configuration), or ``refused`` on the
+digits (a convolutional VAE needs 28 x 28 images)."""
+
+
+def _summary(value):
+    if isinstance(value, torch.Tensor):
+        return int(value.shape[0]) if value.dim() else float(value)
+    if hasattr(value, "config") and callable(value.config):
+        config = value.config()
+        for key in ("likelihood", "prior", "guide"):
+            if not isinstance(config.get(key, {}), dict):
+                config[key] = {"name": config[key]}
+        return config
+    return value
+
+
+def _traced(monkeypatch) -> list:
+    calls: list = []
+
+    def wrap(name, fn):
+        signature = inspect.signature(fn)
+
+        def recorded(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            record = {k: _summary(v) for k, v in bound.arguments.items()}
+            calls.append(
+                (name, {("program" if k in ("vae", "model") else k): v for k, v in record.items()})
+            )
+            bound.arguments.update(CHEAP.get(name, {}))
+            return fn(*bound.args, **bound.kwargs)
+
+        return recorded
+
+    monkeypatch.setattr(workflows, "fit", wrap("fit", workflows.fit))
+    for name in TRACED:
+        monkeypatch.setattr(evaluate, name, wrap(name, getattr(evaluate, name)))
+    return calls
+
+
+def _reached(calls, function: str, path: str, value) -> bool:
+    for name, record in calls:
+        if name not in function.split("|"):
+            continue
+        found = record
+        for key in path.split("."):
+            found = found.get(key) if isinstance(found, dict) else None
+        if found == value:
+            return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return workflows.load("digits", n_train=40, n_test=12)
+
+
+@pytest.mark.parametrize("workflow", list(BASELINE))
+def test_every_keyword_of_a_workflow_reaches_what_uses_it(workflow, digits, monkeypatch):
+    """One run with every keyword changed (to values no two keywords share), its calls of
+    fit and the evaluators recorded: each value must arrive where it is used."""
+    fn = getattr(workflows, workflow)
+    names = [n for n in inspect.signature(fn).parameters if n not in NO_EFFECT_KEYWORDS]
+    missing = [n for n in names if n not in GIVEN]
+    assert not missing, f"{workflow}: add {missing} to GIVEN in {__file__}"
+    kwargs = {**BASELINE[workflow]}
+    kwargs.update({n: GIVEN[n][0] for n in names if GIVEN[n][1] is not None})
+    calls = _traced(monkeypatch)
+    fn(digits, **kwargs)
+    failures = [
+        f"{workflow}({n}={GIVEN[n][0]!r}) did not reach {GIVEN[n][1]}'s {GIVEN[n][2]}"
+        for n in names
+        if GIVEN[n][1] is not None and not _reached(calls, *GIVEN[n][1:])
+    ]
+    for n in (n for n in names if GIVEN[n][1] is None):
+        with pytest.raises(InputError, match=GIVEN[n][3]):
+            fn(digits, **{**BASELINE[workflow], n: GIVEN[n][0]})
+    assert not failures, "\n".join(failures)
