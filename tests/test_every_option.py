@@ -6,16 +6,18 @@ baseline, and must either
 
 * be refused: exit 2 with one line on stderr that names it, before any work; or
 * change what the command hands to its workflow (the keywords, or the data: their name,
-  content and split), which the second half of this file shows changes the result; or
+  content and split), which the second half of this file follows into the computation; or
 * be in :data:`NO_EFFECT`, the options that by design cannot change the numbers, each with
   its reason.
 
 Three baselines (the bundled digits, a CSV table, MNIST read from a folder) let the data
 options meet the data they are for; each option is honoured on at least one.
 
-The second half runs each workflow at tiny sizes (a few rows, 1 epoch, small K) once per
-keyword of its signature (read by ``inspect``, so a new keyword cannot escape either) and
-checks that changing it changes the metrics or the trained model, unless it is in
+The second half follows each workflow keyword (read by ``inspect``, so a new keyword cannot
+escape either) to what uses it: one tiny run per workflow with every keyword changed at once
+(to values no two share), its calls of ``fit`` and the evaluators recorded, each value must
+arrive at the parameter that uses it (whose effect on the numbers the evaluators' own tests
+show); an autoencoder's own keywords are each checked to change the trained model. Unless in
 :data:`NO_EFFECT_KEYWORDS`.
 """
 
@@ -449,12 +451,12 @@ def _reached(calls, function: str, path: str, value) -> bool:
 
 
 @pytest.fixture(scope="module")
-def digits():
+def small_digits():
     return workflows.load("digits", n_train=40, n_test=12)
 
 
 @pytest.mark.parametrize("workflow", list(BASELINE))
-def test_every_keyword_of_a_workflow_reaches_what_uses_it(workflow, digits, monkeypatch):
+def test_every_keyword_of_a_workflow_reaches_what_uses_it(workflow, small_digits, monkeypatch):
     """One run with every keyword changed (to values no two keywords share), its calls of
     fit and the evaluators recorded: each value must arrive where it is used."""
     fn = getattr(workflows, workflow)
@@ -464,7 +466,7 @@ def test_every_keyword_of_a_workflow_reaches_what_uses_it(workflow, digits, monk
     kwargs = {**BASELINE[workflow]}
     kwargs.update({n: GIVEN[n][0] for n in names if GIVEN[n][1] is not None})
     calls = _traced(monkeypatch)
-    fn(digits, **kwargs)
+    fn(small_digits, **kwargs)
     failures = [
         f"{workflow}({n}={GIVEN[n][0]!r}) did not reach {GIVEN[n][1]}'s {GIVEN[n][2]}"
         for n in names
@@ -472,5 +474,53 @@ def test_every_keyword_of_a_workflow_reaches_what_uses_it(workflow, digits, monk
     ]
     for n in (n for n in names if GIVEN[n][1] is None):
         with pytest.raises(InputError, match=GIVEN[n][3]):
-            fn(digits, **{**BASELINE[workflow], n: GIVEN[n][0]})
+            fn(small_digits, **{**BASELINE[workflow], n: GIVEN[n][0]})
+    assert not failures, "\n".join(failures)
+
+
+AE_GIVEN = {
+    "noise": "gaussian",
+    "noise_level": 0.2,
+    "sparsity": "l1",
+    "rho": 0.1,
+    "beta": 5.0,
+    "l1": 0.5,
+    "contraction": 0.5,
+    "finetune_epochs": 2,
+    "labels": 10,
+}
+"""A value of each model-specific keyword of fit_autoencoder."""
+
+
+def _fingerprint(result) -> str:
+    """The trained weights and the metrics, without times and versions."""
+    model = result.models["model"]
+    weights = [v.numpy().tobytes() for v in model.state_dict().values()]
+    numbers = {k: v for k, v in result.metrics.items() if "seconds" not in k}
+    numbers.pop("environment", None)
+    return hashlib.sha256(b"".join(weights) + repr(numbers).encode()).hexdigest()
+
+
+OWN = {**workflows.AUTOENCODER_OPTIONS, "sae": ("rho", "beta"), "sae-l1": ("l1",)}
+"""The keywords of each autoencoder (the sparse one's l1 is its other penalty's); the CLI
+refuses the others (first half of this file); the common ones are the VAE's (above)."""
+
+
+@pytest.mark.parametrize("model", [m for m in OWN if OWN[m]])
+def test_every_keyword_of_an_autoencoder_changes_it_or_is_refused(model, small_digits):
+    """Each keyword of its own changes the trained model or raises InputError."""
+    base = {"model": model, "latent_dim": 2, "hidden": (4,), "epochs": 1, "batch_size": 20}
+    if model == "sae-l1":
+        base.update(model="sae", sparsity="l1")
+    specific = set().union(*workflows.AUTOENCODER_OPTIONS.values())
+    assert specific <= set(AE_GIVEN), "add new keywords to AE_GIVEN"
+    before = _fingerprint(workflows.fit_autoencoder(small_digits, **base))
+    failures = []
+    for name in OWN[model]:
+        try:
+            after = workflows.fit_autoencoder(small_digits, **base, **{name: AE_GIVEN[name]})
+        except InputError:
+            continue
+        if _fingerprint(after) == before:
+            failures.append(f"{model}: {name}={AE_GIVEN[name]!r} changed nothing")
     assert not failures, "\n".join(failures)
