@@ -476,8 +476,9 @@ def _ais_note(r: dict) -> str:
 
 def compare_report(r: dict) -> str:
     """``compare.md``: the table of :func:`compare_table`, which likelihood to trust, figures."""
+    point = "row" if r.get("source") else "image"  # a --data table has rows, not images
     figure = (
-        f"\n![Per-image test log-likelihoods, PPCA (exact) against the VAE (IW)]({r['figure']})\n"
+        f"\n![Per-{point} test log-likelihoods, PPCA (exact) against the VAE (IW)]({r['figure']})\n"
         if r.get("figure")
         else ""
     )

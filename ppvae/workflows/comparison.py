@@ -276,6 +276,7 @@ def _result(ds, k: int, rows: dict, *, iw_samples: int, eval_points: int) -> dic
         "n_train": int(ds.train.shape[0]),
         "n_test": int(ds.test.shape[0]),
         "units": units(ds),
+        "source": ds.info.get("source"),  # a --data table: rows, on its own scale
         "standardization": standardization(ds),
         "missing_share_train": float(torch.isnan(ds.train).double().mean()),
         "missing_rate": ds.info.get("missing_rate"),
@@ -357,6 +358,7 @@ def _compare_figures(
         xlabel="PPCA test log p(x) (exact, nats)",
         ylabel=f"VAE test log p(x) (IW, K={result['iw_samples']}, nats)",
         names=("PPCA", "the VAE"),
+        what="rows" if result.get("source") else "images",
     ).name
     result["netcdf"] = _write_inference_data(per_sample, idx, out / "log_likelihood.nc")
     if nuts and result["latent_dim"] >= 2:
