@@ -389,9 +389,10 @@ def imputation_section(block: dict | None) -> list[str]:
     rmse = block.get("rmse")
     if rmse is None:
         return [*lines, "The holes came with the data, so there is no truth to score them.", ""]
+    scale = block.get("scale")
     lines += [
         f"| imputation | RMSE over {block.get('n_scored', block['n_missing_test'])} removed "
-        "test entries |",
+        "test entries" + (f", on {scale} scale" if scale else "") + " |",
         "|---|---|",
         f"| column mean of the observed training data | {rmse['mean']:.4f} |",
         f"| PPCA conditional mean (exact) | {rmse['ppca']:.4f} |",

@@ -592,6 +592,10 @@ def impute_test(vae, ppca: PPCA, ds: Dataset, *, num_samples: int, seed: int) ->
         "vae": vae_imp.mean.float(),
     }
     truth = ds.test_complete
+    scaling = data_standardization(ds)
+    if scaling is not None:  # imputations and their errors on the file's own scale
+        filled = {name: scaling.inverse(v).float() for name, v in filled.items()}
+        truth = None if truth is None else scaling.inverse(truth).float()
     rmse = None
     if truth is not None:
         scored = missing & ~torch.isnan(truth)  # holes the data came with have no truth
@@ -604,6 +608,7 @@ def impute_test(vae, ppca: PPCA, ds: Dataset, *, num_samples: int, seed: int) ->
         "n_missing_test": int(missing.sum()),
         "n_scored": None if truth is None else int(scored.sum()),
         "rmse": rmse,
+        "scale": "the data's own" + (" (standardization undone)" if scaling else ""),
         "vae_num_samples": num_samples,
         "vae_khat_share_gt_0.7": vae_imp.khat_share,
         "vae_seconds": vae_s,
@@ -727,6 +732,9 @@ def imputation_figure(ds, imputed: dict, out: Path) -> dict:
     (missing pixels in red), else a scatter of imputed against true values."""
     image_shape = as_image_shape(ds.image_shape, ds.data_dim)
     truth = ds.test_complete
+    scaling = data_standardization(ds)
+    if scaling is not None and truth is not None:  # the imputations are on the file's scale
+        truth = scaling.inverse(truth).float()
     if image_shape is not None:
         rows = [ds.test[:10], imputed["vae"][:10], imputed["ppca"][:10]]
         labels = ["with holes", "VAE E[x_m | x_o]", "PPCA E[x_m | x_o]"]
