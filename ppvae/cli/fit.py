@@ -103,8 +103,9 @@ def add_parser(sub, name: str):
         metavar="PATH",
         default=None,
         help="--model vae on a --data table with missing entries: write the table to PATH "
-        "(CSV, its header and row order) with each hole filled by the VAE's E[x_m | x_o], on "
-        "the file's own scale (--standardize undone)",
+        "(CSV, its header and row order) with each hole filled by the VAE's E[x_m | x_o] "
+        "(importance sampling, K = --iw-samples), on the file's own scale (--standardize "
+        "undone)",
     )
     return p
 
