@@ -14,6 +14,7 @@ import io
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from .autoencoders import AUTOENCODERS
 from .conditional import ConditionalVAE, SemiSupervisedVAE
 from .errors import InputError, MissingFileError, UnwritableError
 from .initialization import keep_parameters
+from .tables import Standardization
 from .vae import VAE, LinearVAE
 
 __all__ = ["load", "load_checkpoint", "rng_state", "save", "set_rng_state"]
@@ -209,6 +211,14 @@ def load_weights(model: VAE, state_dict: dict, path) -> None:
 def load(path: str | os.PathLike, map_location="cpu") -> VAE:
     """Rebuild a model saved by :func:`save` (or ``ppvae fit``); a training checkpoint works too.
 
+    A model fitted on a standardized table (``ppvae fit --standardize``) was trained on
+    standardized rows and saved with the centres and scales: it comes back with them as
+    ``model.standardization`` (a :class:`~ppvae.tables.Standardization`; None for other
+    models), and a UserWarning says how to use them: give the model
+    ``model.standardization.transform(x)`` of raw rows, map its outputs back with
+    ``.inverse(...)``, and add ``.log_density_shift`` to its log-densities for those of the
+    raw rows.
+
     Raises
     ------
     FileNotFoundError
@@ -224,7 +234,26 @@ def load(path: str | os.PathLike, map_location="cpu") -> VAE:
             raise
         payload = _read(path, CHECKPOINT_FORMAT, "checkpoint", map_location)
     model = keep_parameters(build_model(payload, path))  # fit continues from these weights
+    _attach_standardization(model, payload, path)
     return model.to(map_location) if map_location is not None else model
+
+
+def _attach_standardization(model, payload: dict, path) -> None:
+    """``model.standardization`` from the saved metadata, with a warning saying how to use it."""
+    record = (payload.get("metadata") or {}).get("standardization")
+    model.standardization = Standardization.from_dict(record)
+    if model.standardization is not None:
+        shift = model.standardization.log_density_shift
+        warnings.warn(
+            f"{path}: this model was trained on standardized columns (centres and scales in "
+            "model.standardization): give it model.standardization.transform(x) of raw rows, "
+            "map its outputs (reconstructions, samples, imputations) back with "
+            "model.standardization.inverse(...), and add "
+            f"model.standardization.log_density_shift ({shift:.4f}) "
+            "to its log-densities for those of the raw rows",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def read_training_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

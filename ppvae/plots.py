@@ -321,9 +321,11 @@ def loglik_scatter(
     xlabel: str,
     ylabel: str,
     names: tuple[str, str] = ("the first model", "the second model"),
+    what: str = "images",
 ) -> Path:
     """Per-sample log-likelihoods of two models against each other, with the diagonal;
-    ``names`` (of ``a``'s model, then ``b``'s) name them in the title."""
+    ``names`` (of ``a``'s model, then ``b``'s) name them in the title, ``what`` the test
+    points (images, rows)."""
     a = a.detach().double().cpu().numpy()
     b = b.detach().double().cpu().numpy()
     fig = Figure(figsize=(5.0, 4.6), layout="constrained")
@@ -332,7 +334,7 @@ def loglik_scatter(
     lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="equal")
     above = float((b > a).mean())
-    ax.set_title(f"Test images: {names[1]} higher than {names[0]} on {100 * above:.0f}%")
+    ax.set_title(f"Test {what}: {names[1]} higher than {names[0]} on {100 * above:.0f}%")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)

@@ -389,9 +389,10 @@ def imputation_section(block: dict | None) -> list[str]:
     rmse = block.get("rmse")
     if rmse is None:
         return [*lines, "The holes came with the data, so there is no truth to score them.", ""]
+    scale = block.get("scale")
     lines += [
         f"| imputation | RMSE over {block.get('n_scored', block['n_missing_test'])} removed "
-        "test entries |",
+        "test entries" + (f", on {scale} scale" if scale else "") + " |",
         "|---|---|",
         f"| column mean of the observed training data | {rmse['mean']:.4f} |",
         f"| PPCA conditional mean (exact) | {rmse['ppca']:.4f} |",
@@ -476,8 +477,9 @@ def _ais_note(r: dict) -> str:
 
 def compare_report(r: dict) -> str:
     """``compare.md``: the table of :func:`compare_table`, which likelihood to trust, figures."""
+    point = "row" if r.get("source") else "image"  # a --data table has rows, not images
     figure = (
-        f"\n![Per-image test log-likelihoods, PPCA (exact) against the VAE (IW)]({r['figure']})\n"
+        f"\n![Per-{point} test log-likelihoods, PPCA (exact) against the VAE (IW)]({r['figure']})\n"
         if r.get("figure")
         else ""
     )

@@ -12,7 +12,9 @@ This module imports nothing from the model side of the package.
 from __future__ import annotations
 
 import csv
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import torch
 from .data import Dataset, check_seed
 from .errors import InputError, MissingFileError
 
-__all__ = ["TABLE_SUFFIXES", "load_table"]
+__all__ = ["TABLE_SUFFIXES", "Standardization", "load_table", "write_table"]
 
 TABLE_SUFFIXES = (".npy", ".csv", ".parquet")
 
@@ -108,6 +110,7 @@ def load_table(
         "missing": float(np.isnan(values).mean()),
         "standardized": bool(standardize),
         "notes": notes,
+        "rows": {"train": perm[n_test:].tolist(), "test": perm[:n_test].tolist()},
     }
     if standardize:
         center, scale = _observed_moments(train, columns)
@@ -300,3 +303,79 @@ def _observed_moments(X: torch.Tensor, columns) -> tuple[torch.Tensor, torch.Ten
             f"standardize: column {columns[j]!r} is constant on the training rows; drop it"
         )
     return center, scale
+
+
+@dataclass(frozen=True)
+class Standardization:
+    """The centres and scales a table's columns were standardized with:
+    ``x_std = (x - center) / scale``, undone by ``x = x_std * scale + center``.
+
+    A model trained on standardized rows takes :meth:`transform` of raw rows, its outputs
+    (reconstructions, samples, imputations) go back with :meth:`inverse`, and a log-density
+    of a standardized row plus :attr:`log_density_shift` is the log-density of the raw row.
+    """
+
+    columns: tuple[str, ...]
+    center: tuple[float, ...]
+    scale: tuple[float, ...]
+
+    @classmethod
+    def from_dict(cls, record: dict | None) -> Standardization | None:
+        """From the ``standardization`` record of a report or a saved model (None: none)."""
+        if not record:
+            return None
+        return cls(
+            tuple(record.get("columns") or ()), tuple(record["center"]), tuple(record["scale"])
+        )
+
+    @property
+    def log_density_shift(self) -> float:
+        """``-sum(log scale)``: add it to a log-density of standardized rows."""
+        return -sum(math.log(v) for v in self.scale)
+
+    def transform(self, x) -> torch.Tensor:
+        """Raw rows (N, D) to the standardized scale the model was trained on."""
+        c, s = self._tensors(x)
+        return (torch.as_tensor(x, dtype=c.dtype) - c) / s
+
+    def inverse(self, x) -> torch.Tensor:
+        """Standardized rows (N, D) back to the raw scale."""
+        c, s = self._tensors(x)
+        return torch.as_tensor(x, dtype=c.dtype) * s + c
+
+    def _tensors(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = x.dtype if isinstance(x, torch.Tensor) and x.is_floating_point() else None
+        c = torch.tensor(self.center, dtype=dtype or torch.float64)
+        if np.shape(x)[-1] != c.shape[0]:
+            raise InputError(
+                f"x has {np.shape(x)[-1]} columns; the standardization has {c.shape[0]}"
+            )
+        return c, torch.tensor(self.scale, dtype=c.dtype)
+
+    def to_dict(self) -> dict:
+        """JSON-able, with the log-density shift."""
+        return {
+            "columns": list(self.columns),
+            "center": list(self.center),
+            "scale": list(self.scale),
+            "log_density_shift": self.log_density_shift,
+        }
+
+
+def write_table(path: str | os.PathLike, X, columns) -> Path:
+    """Write rows ``X`` (N, D) as a CSV with a header of ``columns`` (missing entries empty).
+
+    Raises
+    ------
+    InputError
+        The folder of ``path`` does not exist or cannot be written.
+    """
+    p = Path(path)
+    X = np.asarray(X, dtype=np.float64)
+    lines = [",".join(str(c) for c in columns)]
+    lines += [",".join("" if np.isnan(v) else repr(float(v)) for v in row) for row in X]
+    try:
+        p.write_text("\n".join(lines) + "\n")
+    except OSError as exc:
+        raise InputError(f"{p} cannot be written: {exc.strerror or exc}") from None
+    return p

@@ -92,6 +92,10 @@ PYTHON_NAMES = {
 under another name."""
 
 
+PYTHON_PHRASES = {"header=False says": "--no-header says"}
+"""Library phrases whose Python keyword is a flag of another form."""
+
+
 def speak_flags(message: str, command: str) -> str:
     """A library message (which names Python parameters) as the command line says it: each
     parameter that is an option of ``command`` by its flag (``lam must`` -> ``--contraction
@@ -105,6 +109,8 @@ def speak_flags(message: str, command: str) -> str:
     names = {**{d: f for d, f in dests.items() if "_" in d or d in ("lr", "seed")}}
     names.update({k: v for k, v in PYTHON_NAMES.items() if v in dests.values()})
     message = message.replace(", or psis=False", "")
+    for phrase, words in PYTHON_PHRASES.items():
+        message = message.replace(phrase, words)
     message = re.sub(r"^out (?=\S)", "--out ", message)  # the output folder of a workflow
     for name, flag in sorted(names.items(), key=lambda kv: -len(kv[0])):
         message = re.sub(rf"(?<![\w-]){name}=", f"{flag} ", message)

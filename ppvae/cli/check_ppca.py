@@ -49,4 +49,5 @@ def main(args) -> int:
     r = result.metrics
     print(reports.check_table(r))
     print(f"wrote {out}/check_ppca.json and {r['figure']} in {r['seconds_total']:.1f} s")
+    print(reports.stage_line(r["stage_seconds"]))
     return 0 if r["passed"] else 1

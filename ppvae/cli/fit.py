@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from .. import workflows
+from .. import reports, workflows
 from ..autoencoders import AUTOENCODERS
 from ..checkpoints import read_training_checkpoint
 from ..errors import InputError
@@ -27,6 +27,7 @@ VAE_ONLY = (
     "kl_weight",
     "kl_warmup",
     "iw_samples",
+    "export_imputed",
 )
 """Options of the VAE that an autoencoder cannot honour."""
 
@@ -117,6 +118,15 @@ def add_parser(sub, name: str):
         "given with it (not for --model stacked, which writes no checkpoint)",
     )
     options.add_output(p, name)
+    p.add_argument(
+        "--export-imputed",
+        metavar="PATH",
+        default=None,
+        help="--model vae on a --data table with missing entries: write the table to PATH "
+        "(CSV, its header and row order) with each hole filled by the VAE's E[x_m | x_o] "
+        "(importance sampling, K = --iw-samples), on the file's own scale (--standardize "
+        "undone)",
+    )
     return p
 
 
@@ -173,6 +183,12 @@ def _refuse_unused(args) -> None:
                 f"--sparsity {penalty} does not use {options.flags(_parser(), unused)} "
                 f"(an option of --sparsity {other})"
             )
+    options.refuse_idle(args)
+    if "export_imputed" in given and args.data is None:
+        raise UserError(
+            "--export-imputed writes a --data table back with its holes filled; "
+            f"--dataset {args.dataset} is not a table"
+        )
     if model == "stacked" and "clip_norm" in given:
         raise UserError(
             "--model stacked does not clip gradients (its pretraining and fine-tuning are "
@@ -325,6 +341,7 @@ def _fit(run, ds, out: Path):
             kl_weight=run.kl_weight,
             kl_warmup=run.kl_warmup,
             iw_samples=run.iw_samples,
+            export_imputed=getattr(run, "export_imputed", None),
             **common,
         )
     if model == "stacked":
@@ -346,30 +363,40 @@ def _fit(run, ds, out: Path):
 
 
 def _summary(model: str, m: dict, out: Path) -> str:
-    """The line fit prints: the test numbers of ``model`` and where it was saved."""
+    """The lines fit prints: the test numbers of ``model``, where it was saved, the time
+    per stage."""
+    unit = "row" if m.get("source") else "image"  # a --data table has rows, not images
     if model == "vae":
-        return (
+        text = (
             f"test ELBO {m['test_elbo']:.3f}, test log-lik (IW, K={m['iw_samples']}) "
-            f"{m['test_log_likelihood_iw']:.3f} nats/sample; wrote {out}/model.pt"
+            f"{m['test_log_likelihood_iw']:.3f} nats per {unit}; wrote {out}/model.pt"
         )
-    if model in workflows.LABELLED_MODELS:
-        extra = ""
-        if "test_log_likelihood_given_label_iw" in m:
-            extra = (f"; test log p(x | y) (IW, K={m['iw_samples']}) "
-                     f"{m['test_log_likelihood_given_label_iw']:.3f} nats/sample")  # fmt: skip
-        return (
+        if m.get("export_imputed"):
+            e = m["export_imputed"]
+            text += f" and {e['path']} ({e['imputed_entries']} entries imputed)"
+    elif model in workflows.LABELLED_MODELS:
+        text = (
             f"test error {m['test_error']:.2%} with {m['labels_used']} labels (logistic "
-            f"regression on the same labels {m['logistic_regression_test_error']:.2%}){extra}; "
-            f"wrote {out}/model.pt and {out}/report.md"
+            f"regression on the same labels {m['logistic_regression_test_error']:.2%})"
         )
-    if model == "stacked":
-        return (
+        if "test_log_likelihood_given_label_iw" in m:
+            text += (
+                f"; test log p(x | y) (IW, K={m['iw_samples']}) "
+                f"{m['test_log_likelihood_given_label_iw']:.3f} nats per {unit}"
+            )
+        text += f"; wrote {out}/model.pt and {out}/report.md"
+    elif model == "stacked":
+        text = (
             f"test reconstruction error after pretraining "
-            f"{m['test_reconstruction_error_pretrained']:.4f} (squared, per image); test "
+            f"{m['test_reconstruction_error_pretrained']:.4f} (squared, per {unit}); test "
             f"accuracy after fine-tuning {m['test_accuracy']:.4f} ({m['labels_used']} labels); "
             f"wrote {out}/model.pt"
         )
-    return (
-        f"test reconstruction error {m['test_reconstruction_error']:.4f} (squared, per "
-        f"image); wrote {out}/model.pt"
-    )
+    else:
+        text = (
+            f"test reconstruction error {m['test_reconstruction_error']:.4f} (squared, per "
+            f"{unit}); wrote {out}/model.pt"
+        )
+    if m.get("stage_seconds"):
+        text += "\n" + reports.stage_line(m["stage_seconds"])
+    return text

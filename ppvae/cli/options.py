@@ -465,16 +465,60 @@ def vae_settings(args) -> dict:
     }
 
 
+IDLE_WITHOUT_AIS = ("ais_steps", "ais_chains", "bdmc_points")
+"""Options of AIS and BDMC, which ``--ais-points 0`` switches off."""
+SKIPPED_WITH_HOLES = ("ais_points", *IDLE_WITHOUT_AIS, "gap_points", "nuts_points", "nuts_samples")
+"""Options of the stages skipped on data with missing entries (they need complete rows)."""
+
+
+def refuse_idle(args) -> None:
+    """Options given that another option's value switches off: exit 2, naming both.
+
+    ``--hidden`` with ``--architecture conv`` (convolutional networks of their own),
+    AIS's options with ``--ais-points 0`` (no AIS, no BDMC), ``--nuts-samples`` with
+    ``--nuts-points 0``.
+    """
+    given = getattr(args, "given", set())
+    if getattr(args, "architecture", None) == "conv" and "hidden" in given:
+        raise UserError(
+            "--architecture conv has convolutional networks of its own; --hidden (the widths "
+            "of the MLPs) does not apply"
+        )
+    if getattr(args, "ais_points", None) == 0:
+        idle = given & set(IDLE_WITHOUT_AIS)
+        if idle:
+            raise UserError(
+                f"--ais-points 0 runs neither AIS nor BDMC; {flag_names(sorted(idle))} cannot apply"
+            )
+    if getattr(args, "nuts_points", None) == 0 and "nuts_samples" in given:
+        raise UserError("--nuts-points 0 runs no NUTS; --nuts-samples cannot apply")
+
+
+def refuse_skipped(args, ds) -> None:
+    """Options of stages that data with missing entries skip (AIS, BDMC, gaps, NUTS),
+    given with such data: exit 2, naming them."""
+    given = getattr(args, "given", set())
+    idle = [d for d in SKIPPED_WITH_HOLES if d in given and hasattr(args, d)]
+    if idle and bool(torch.isnan(ds.train).any() or torch.isnan(ds.test).any()):
+        raise UserError(
+            "the data have missing entries, on which AIS, BDMC, the inference gaps and NUTS "
+            f"are skipped (they need complete rows); {flag_names(idle)} cannot apply"
+        )
+
+
 def run_workflow(args, workflow, **params):
-    """Check --out, load the data and call ``workflow`` with them and the run settings.
+    """Check the options and --out, load the data and call ``workflow`` with them and the run
+    settings.
 
     Returns
     -------
     (Path, Result)
         The output folder and what ``workflow`` returned.
     """
+    refuse_idle(args)
     out = out_folder(args)
     ds = load_data(args, missing_ok=params.pop("missing_ok", False))
+    refuse_skipped(args, ds)
     result = workflow(
         ds,
         seed=args.seed,
@@ -488,7 +532,9 @@ def run_workflow(args, workflow, **params):
 
 
 def check_out(args) -> None:
-    """The ``preflight`` of a subcommand whose one check before training is --out."""
+    """The ``preflight`` of a subcommand whose checks before training are its options and
+    --out."""
+    refuse_idle(args)
     out_folder(args)
 
 

@@ -7,6 +7,7 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..vae import LinearVAE
@@ -116,7 +117,15 @@ def _family_elbo(ev: _Evaluation, x, local: _LocalFamilyGuide, num_samples: int,
     return total / num_samples
 
 
-def _optimize_family(ev: _Evaluation, X, *, steps: int, lr: float, train_samples: int):
+def _steps(steps: int, progress: bool | None, what: str):
+    """``range(steps)`` with a progress bar (None: only on a terminal)."""
+    disable = None if progress is None else not progress
+    return tqdm(range(int(steps)), desc=what, unit="step", disable=disable, leave=False)
+
+
+def _optimize_family(
+    ev: _Evaluation, X, *, steps: int, lr: float, train_samples: int, progress=False
+):
     """Per-point encoder outputs maximizing the ELBO within the guide's family, from the
     encoder's own; returns the local guide and its starting copy."""
     vae = ev.module
@@ -138,7 +147,7 @@ def _optimize_family(ev: _Evaluation, X, *, steps: int, lr: float, train_samples
     start = _LocalFamilyGuide(vae, [r.detach().clone() for r in raw], positive)
     local = _LocalFamilyGuide(vae, raw, positive)
     opt = torch.optim.Adam(raw, lr=lr)
-    for _ in range(int(steps)):
+    for _ in _steps(steps, progress, "gaps: per-point guides"):
         loss = -_family_elbo(ev, X, local, train_samples, train_samples).sum()
         grads = torch.autograd.grad(loss, raw)
         for r, g in zip(raw, grads, strict=True):
@@ -159,6 +168,7 @@ def inference_gaps(
     family: str = "gaussian",
     max_elements: int = _DEFAULT_MAX_ELEMENTS,
     point_estimates=None,
+    progress: bool | None = False,
 ) -> dict:
     """Approximation and amortization gaps (Cremer et al. 2018), per data point and on average.
 
@@ -198,6 +208,8 @@ def inference_gaps(
         Plug-in values of the global latents (sites outside the data plate), which this
         estimator conditions on: a dict ``{site: value}``, or True (and by default) the
         module's ``point_estimates()``; a program with global latents and neither is refused.
+    progress : bool or None
+        A progress bar over the optimizer's steps on stderr (None: only on a terminal).
 
     Returns
     -------
@@ -232,6 +244,7 @@ def inference_gaps(
             elbo_samples=elbo_samples,
             train_samples=train_samples,
             max_elements=max_elements,
+            progress=progress,
         )
     ev.require_continuous("inference_gaps")
     sites = ev.space
@@ -244,7 +257,7 @@ def inference_gaps(
         loc = loc0.detach().clone().requires_grad_(True)
         log_scale = scale0.detach().log().clone().requires_grad_(True)
         opt = torch.optim.Adam([loc, log_scale], lr=lr)
-        for _ in range(int(steps)):
+        for _ in _steps(steps, progress, "gaps: per-point Gaussians"):
             loss = -_local_elbo(ev, X, loc, log_scale, train_samples).sum()
             # only the local parameters: the program's own gradients stay untouched
             loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
@@ -291,7 +304,16 @@ def inference_gaps(
 
 
 def _gaps_in_family(
-    ev: _Evaluation, X, *, num_samples, steps, lr, elbo_samples, train_samples, max_elements
+    ev: _Evaluation,
+    X,
+    *,
+    num_samples,
+    steps,
+    lr,
+    elbo_samples,
+    train_samples,
+    max_elements,
+    progress=False,
 ) -> dict:
     """:func:`inference_gaps` with ``family="guide"``."""
     chunk = max(1, max_elements // max(1, X.shape[0] * ev.width))
@@ -300,7 +322,9 @@ def _gaps_in_family(
             amortized = elbo(
                 ev.program, X, elbo_samples, max_elements=max_elements, point_estimates=_plug(ev)
             ).to(X.device)
-        local, start = _optimize_family(ev, X, steps=steps, lr=lr, train_samples=train_samples)
+        local, start = _optimize_family(
+            ev, X, steps=steps, lr=lr, train_samples=train_samples, progress=progress
+        )
         with torch.no_grad():
             # per point, the better of the optimized and the starting member (compared on
             # common random numbers), then its ELBO estimated afresh (no selection bias)

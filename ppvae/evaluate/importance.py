@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ._common import (
@@ -57,11 +58,16 @@ GLOBAL_SAMPLES = 10
 """Default S: draws of a program's global latents from q(g) that likelihoods average over."""
 
 
-def _weight_chunks(ev: _Evaluation, X, num_samples, max_elements, guide=None):
+def _weight_chunks(
+    ev: _Evaluation, X, num_samples, max_elements, guide=None, progress=False, desc="IW"
+):
     """Yield, for each chunk of data points, one list per draw of the global latents (one list
-    for a program without them) of (k_chunk, n_chunk) log-weight blocks."""
+    for a program without them) of (k_chunk, n_chunk) log-weight blocks; with ``progress``
+    (None: on a terminal), a progress bar over the points."""
     n_chunk, k_chunk = _chunks(X.shape[0], num_samples, ev.width, max_elements)
-    with _EvalMode(ev.module), torch.no_grad():
+    disable = None if progress is None else not progress
+    bar = tqdm(total=X.shape[0], desc=desc, unit="point", disable=disable, leave=False)
+    with _EvalMode(ev.module), torch.no_grad(), bar:
         for c, (start, stop, lo) in enumerate(ev.blocks(X.shape[0], n_chunk)):
             x = X[lo:stop]
             mask = None if ev.mask is None else ev.mask[lo:stop]
@@ -82,6 +88,7 @@ def _weight_chunks(ev: _Evaluation, X, num_samples, max_elements, guide=None):
                 ]
                 for g in ev.global_draws
             ]
+            bar.update(keep)
             if _TRIM is not None and x.device.type == "cpu" and c % _TRIM_EVERY == 0:
                 # glibc's dynamic mmap threshold keeps the freed chunk-sized buffers in
                 # the heap, fragmented: without trimming, peak memory grew ~0.6 MB per point
@@ -156,6 +163,7 @@ def log_likelihood(
     point_estimates=None,
     global_samples: int = GLOBAL_SAMPLES,
     y=None,
+    progress: bool | None = False,
 ):
     """Importance-weighted estimate of log p(x) (Burda et al. 2015).
 
@@ -194,6 +202,8 @@ def log_likelihood(
     global_samples : int
         S, draws of the global latents from the guide (ignored without global latents or
         with ``point_estimates``); the work is S x K weights per point.
+    progress : bool or None
+        A progress bar over the points on stderr (None: only on a terminal).
 
     Returns
     -------
@@ -211,7 +221,7 @@ def log_likelihood(
     )
     lse = [
         torch.stack([b.logsumexp(0) for blocks in groups for b in blocks]).logsumexp(0)
-        for groups in _weight_chunks(ev, X, num_samples, max_elements, guide)
+        for groups in _weight_chunks(ev, X, num_samples, max_elements, guide, progress)
     ]
     return torch.cat(lse).cpu() - math.log(num_samples * len(ev.global_draws))
 
@@ -308,6 +318,7 @@ def estimate_log_likelihood(
     point_estimates=None,
     global_samples: int = GLOBAL_SAMPLES,
     y=None,
+    progress: bool | None = False,
 ) -> LikelihoodEstimate:
     """Importance-weighted log p(x) with Monte Carlo standard errors and PSIS k-hat.
 
@@ -334,6 +345,8 @@ def estimate_log_likelihood(
         log E_q(g) p(x | g) over S draws of g; PSIS k-hat is then fitted to all S x K
         weights of a point, and the Monte Carlo error is that of the mean over the S
         independent per-draw estimates (it includes their own K-sample error).
+    progress : bool or None
+        A progress bar over the points on stderr (None: only on a terminal).
 
     Returns
     -------
@@ -360,7 +373,7 @@ def estimate_log_likelihood(
     S = len(ev.global_draws)
     log_k = math.log(num_samples * S)
     est, se, khats = [], [], []
-    for groups in _weight_chunks(ev, X, num_samples, max_elements, guide):
+    for groups in _weight_chunks(ev, X, num_samples, max_elements, guide, progress):
         blocks = [b for blocks in groups for b in blocks]
         if psis:
             lw = torch.cat(blocks).double()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pyro
 import torch
 from pyro import poutine
@@ -23,6 +25,7 @@ def nuts_posterior(
     num_chains: int = 2,
     seed: int = 0,
     point_estimates=None,
+    progress: bool | None = False,
 ) -> list[dict]:
     """Gold-standard posteriors p(z | x) by NUTS for a few points, next to the guide's q(z | x).
 
@@ -47,6 +50,8 @@ def nuts_posterior(
         Plug-in values of the global latents (sites outside the data plate), which this
         estimator conditions on: a dict ``{site: value}``, or True (and by default) the
         module's ``point_estimates()``; a program with global latents and neither is refused.
+    progress : bool or None
+        Pyro's progress bar for each chain on stderr (None: only on a terminal).
 
     Returns
     -------
@@ -80,7 +85,7 @@ def nuts_posterior(
                     NUTS(model, transforms=transforms, init_strategy=init),
                     num_samples=num_samples,
                     warmup_steps=warmup_steps,
-                    disable_progbar=True,
+                    disable_progbar=not (sys.stderr.isatty() if progress is None else progress),
                 )
                 mcmc.run(x)
                 draws = mcmc.get_samples()

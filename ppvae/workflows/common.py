@@ -25,6 +25,7 @@ from .. import evaluate, plots, workflows
 from ..data import Dataset, as_image_shape, load_dataset, split_missing
 from ..errors import InputError
 from ..ppca import PPCA
+from ..tables import Standardization, write_table
 
 # The training loop: the one place that names its module (ppvae.train).
 from ..train import (  # noqa: F401  (re-exported by ppvae.workflows for the experiments and ppvae.cli)
@@ -446,19 +447,25 @@ def check_against_ppca(vae, ppca, X: torch.Tensor) -> dict:
     return result
 
 
-def linear_check(ds, k: int, *, epochs, batch_size, **training) -> dict:
+def linear_check(ds, k: int, *, epochs, batch_size, stage=None, **training) -> dict:
     """Fit PPCA and a LinearVAE on ds.train and compare them (evaluate.compare_to_ppca).
 
-    ``epochs`` and ``batch_size`` complete :func:`linear_schedule`; ``training``: ``lr``,
-    ``seed``, ``device``, ``progress`` of :func:`train_linear_vae`.
+    ``epochs`` and ``batch_size`` complete :func:`linear_schedule`; ``stage``: a
+    :class:`Stages` that times the PPCA fit, the training and the comparison (None: not
+    timed); ``training``: ``lr``, ``seed``, ``device``, ``progress`` of
+    :func:`train_linear_vae`.
     """
+    stage = stage or Stages("", progress=False)
     X = ds.train
     incomplete = bool(torch.isnan(X).any())  # EM: the exact maximum of the observed data
-    ppca = PPCA(k, method="em" if incomplete else "closed_form").fit(X.double())
+    with stage("ppca", "PPCA fit" + (" by EM" if incomplete else "")):
+        ppca = PPCA(k, method="em" if incomplete else "closed_form").fit(X.double())
     epochs, batch_size = linear_schedule(len(X), epochs=epochs, batch_size=batch_size)
-    vae, history = train_linear_vae(ds, k, epochs=epochs, batch_size=batch_size, **training)
-    result = check_against_ppca(vae, ppca, X)
-    test_ll = float(evaluate.exact_log_likelihood(vae, ds.test.double()).mean())
+    with stage("linear_vae_training", f"LinearVAE training, {epochs} epochs"):
+        vae, history = train_linear_vae(ds, k, epochs=epochs, batch_size=batch_size, **training)
+    with stage("comparison", "LinearVAE against PPCA: gaps, covariance, angles"):
+        result = check_against_ppca(vae, ppca, X)
+        test_ll = float(evaluate.exact_log_likelihood(vae, ds.test.double()).mean())
     result.update(
         {
             "fit_seconds": history.seconds,
@@ -598,6 +605,10 @@ def impute_test(vae, ppca: PPCA, ds: Dataset, *, num_samples: int, seed: int) ->
         "vae": vae_imp.mean.float(),
     }
     truth = ds.test_complete
+    scaling = data_standardization(ds)
+    if scaling is not None:  # imputations and their errors on the file's own scale
+        filled = {name: scaling.inverse(v).float() for name, v in filled.items()}
+        truth = None if truth is None else scaling.inverse(truth).float()
     rmse = None
     if truth is not None:
         scored = missing & ~torch.isnan(truth)  # holes the data came with have no truth
@@ -610,6 +621,7 @@ def impute_test(vae, ppca: PPCA, ds: Dataset, *, num_samples: int, seed: int) ->
         "n_missing_test": int(missing.sum()),
         "n_scored": None if truth is None else int(scored.sum()),
         "rmse": rmse,
+        "scale": "the data's own" + (" (standardization undone)" if scaling else ""),
         "vae_num_samples": num_samples,
         "vae_khat_share_gt_0.7": vae_imp.khat_share,
         "vae_seconds": vae_s,
@@ -630,9 +642,10 @@ def units(ds) -> str:
         )
     else:
         of = "the data on their own scale (no dequantization)"
+    per = "nats per row" if ds.info.get("source") else "nats per sample"  # a table has rows
     if has_missing(ds):
-        return f"nats per sample (density of each row's observed entries, of {of})"
-    return f"nats per sample (density of {of})"
+        return f"{per} (density of each row's observed entries, of {of})"
+    return f"{per} (density of {of})"
 
 
 def standardization(ds) -> dict | None:
@@ -640,14 +653,66 @@ def standardization(ds) -> dict | None:
     (``x_std = (x - center) / scale``; undo with ``x = x_std * scale + center``), and the
     shift ``-sum(log scale)`` that turns a log-density of the standardized rows into one of
     the original rows; None for data that were not standardized."""
+    found = data_standardization(ds)
+    return None if found is None else found.to_dict()
+
+
+def data_standardization(ds) -> Standardization | None:
+    """The :class:`~ppvae.tables.Standardization` of a ``--standardize`` table, else None."""
     if not ds.info.get("standardized"):
         return None
-    scale = [float(v) for v in ds.info["scale"]]
+    return Standardization(
+        tuple(ds.info.get("columns") or ()),
+        tuple(float(v) for v in ds.info["center"]),
+        tuple(float(v) for v in ds.info["scale"]),
+    )
+
+
+def check_export(ds, path) -> None:
+    """Refuse an ``export_imputed`` path before any work: the data must be a table read by
+    :func:`~ppvae.load_table` (its rows and columns are written back) with missing entries,
+    and the folder of ``path`` must exist and be writable."""
+    if "rows" not in ds.info:
+        raise InputError(
+            "export_imputed is for a table read from a file by load_table (it writes the "
+            f"table back, in its row order and with its column names); {ds.name} is not one"
+        )
+    if not has_missing(ds):
+        raise InputError("export_imputed: the data have no missing entries, nothing to impute")
+    folder = Path(path).absolute().parent
+    if not folder.is_dir():
+        raise InputError(f"export_imputed {path}: the folder {folder} does not exist")
+    check_writable(folder, f"export_imputed {path}: the folder")
+
+
+def export_imputed(vae, ds, path, *, num_samples: int, seed: int) -> dict:
+    """Write the table of ``ds`` (both splits, in the file's row order) with each missing entry
+    replaced by the VAE's E[x_m | x_o] (:func:`~ppvae.evaluate.impute`), on the file's own
+    scale (any standardization undone), as a CSV with the column names as header.
+
+    Returns
+    -------
+    dict
+        The ``export_imputed`` record of a report: the path, the rows, the entries imputed.
+    """
+    X = torch.cat([ds.train, ds.test])
+    order = torch.tensor(
+        ds.info["rows"]["train"][: len(ds.train)] + ds.info["rows"]["test"][: len(ds.test)]
+    )
+    vae.cpu().eval()
+    filled = evaluate.impute(vae, X, num_samples=num_samples, seed=seed).mean.double()
+    scaling = data_standardization(ds)
+    if scaling is not None:
+        filled = scaling.inverse(filled)
+    filled = filled[order.argsort()]
+    columns = ds.info.get("columns") or [f"column {j}" for j in range(ds.data_dim)]
+    write_table(path, filled.numpy(), columns)
     return {
-        "columns": list(ds.info.get("columns") or []),
-        "center": [float(v) for v in ds.info["center"]],
-        "scale": scale,
-        "log_density_shift": -sum(math.log(v) for v in scale),
+        "path": str(Path(path).absolute()),
+        "rows": int(X.shape[0]),
+        "imputed_entries": int(torch.isnan(X).sum()),
+        "num_samples": num_samples,
+        "scale": "the file's own" + (" (standardization undone)" if scaling else ""),
     }
 
 
@@ -680,6 +745,9 @@ def imputation_figure(ds, imputed: dict, out: Path) -> dict:
     (missing pixels in red), else a scatter of imputed against true values."""
     image_shape = as_image_shape(ds.image_shape, ds.data_dim)
     truth = ds.test_complete
+    scaling = data_standardization(ds)
+    if scaling is not None and truth is not None:  # the imputations are on the file's scale
+        truth = scaling.inverse(truth).float()
     if image_shape is not None:
         rows = [ds.test[:10], imputed["vae"][:10], imputed["ppca"][:10]]
         labels = ["with holes", "VAE E[x_m | x_o]", "PPCA E[x_m | x_o]"]

@@ -140,6 +140,7 @@ def compare(
         "gap_points": gap_points,
         "iw_samples": iw_samples,
         "seed": seed,
+        "progress": progress,
     }
     rows: dict[str, dict] = {}
     stage = Stages("compare", progress)
@@ -197,7 +198,15 @@ def compare(
         )
     rows[f"VAE ({prior} prior, {likelihood})"] = vae_scores
     with stage("nuts", f"NUTS posteriors of {nuts_points} test points"):
-        nuts = _nuts(vae, ds, vae_scores, points=nuts_points, samples=nuts_samples, seed=seed)
+        nuts = _nuts(
+            vae,
+            ds,
+            vae_scores,
+            points=nuts_points,
+            samples=nuts_samples,
+            seed=seed,
+            progress=progress,
+        )
     per_sample = {
         "ppca": ppca_test.numpy(),
         "linear_vae": lin_exact_test.numpy(),
@@ -276,6 +285,7 @@ def _result(ds, k: int, rows: dict, *, iw_samples: int, eval_points: int) -> dic
         "n_train": int(ds.train.shape[0]),
         "n_test": int(ds.test.shape[0]),
         "units": units(ds),
+        "source": ds.info.get("source"),  # a --data table: rows, on its own scale
         "standardization": standardization(ds),
         "missing_share_train": float(torch.isnan(ds.train).double().mean()),
         "missing_rate": ds.info.get("missing_rate"),
@@ -293,13 +303,16 @@ def _subset_rows(X: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return X[idx.sort().values]
 
 
-def _vae_scores(vae, ds, *, eval_points: int, gap_points: int, iw_samples: int, seed: int):
-    """ELBO, IW estimate with SE and k-hat share, gaps, on train and test subsets."""
+def _vae_scores(
+    vae, ds, *, eval_points: int, gap_points: int, iw_samples: int, seed: int, progress=False
+):
+    """ELBO, IW estimate with SE and k-hat share, gaps, on train and test subsets (with
+    ``progress``, bars over the IW points and the gaps' steps)."""
     out = {}
     for split, X in (("train", ds.train), ("test", ds.test)):
         Xs = _subset_rows(X, eval_points, seed + (split == "test"))
         torch.manual_seed(seed)
-        est = evaluate.estimate_log_likelihood(vae, Xs, num_samples=iw_samples)
+        est = evaluate.estimate_log_likelihood(vae, Xs, num_samples=iw_samples, progress=progress)
         out[split] = {
             "n_points": int(Xs.shape[0]),
             "elbo": float(evaluate.elbo(vae, Xs, num_samples=10).mean()),
@@ -315,19 +328,29 @@ def _vae_scores(vae, ds, *, eval_points: int, gap_points: int, iw_samples: int, 
         out["approximation_gap"] = out["amortization_gap"] = None
         return out
     gaps = evaluate.inference_gaps(
-        vae, _subset_rows(ds.test, gap_points, seed + 7), num_samples=iw_samples
+        vae,
+        _subset_rows(ds.test, gap_points, seed + 7),
+        num_samples=iw_samples,
+        progress=progress,
     )["mean"]
     out["approximation_gap"] = gaps["approximation_gap"]
     out["amortization_gap"] = gaps["amortization_gap"]
     return out
 
 
-def _nuts(vae, ds, vae_scores: dict, *, points: int, samples: int, seed: int) -> list:
+def _nuts(
+    vae, ds, vae_scores: dict, *, points: int, samples: int, seed: int, progress=False
+) -> list:
     """NUTS on the VAE posterior of the first ``points`` test rows; summarized in vae_scores."""
     if not points:
         return []
     nuts = evaluate.nuts_posterior(
-        vae, ds.test[:points], num_samples=samples, warmup_steps=samples, seed=seed
+        vae,
+        ds.test[:points],
+        num_samples=samples,
+        warmup_steps=samples,
+        seed=seed,
+        progress=progress,
     )
     vae_scores["nuts"] = [
         {
@@ -357,6 +380,7 @@ def _compare_figures(
         xlabel="PPCA test log p(x) (exact, nats)",
         ylabel=f"VAE test log p(x) (IW, K={result['iw_samples']}, nats)",
         names=("PPCA", "the VAE"),
+        what="rows" if result.get("source") else "images",
     ).name
     result["netcdf"] = _write_inference_data(per_sample, idx, out / "log_likelihood.nc")
     if nuts and result["latent_dim"] >= 2:

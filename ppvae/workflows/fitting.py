@@ -21,14 +21,18 @@ from ..errors import InputError
 from ..likelihoods import Gaussian
 from .common import (
     Result,
+    Stages,
+    check_export,
     data_record,
     environment,
     finish,
     make_vae,
+    standardization,
     start,
     train_vae,
     vae_figures,
 )
+from .common import export_imputed as write_imputed
 
 
 # ---------------------------------------------------------------------- the VAE
@@ -57,6 +61,7 @@ def fit_vae(
     resume: bool = False,
     overwrite: bool = False,
     metadata: dict | None = None,
+    export_imputed: str | Path | None = None,
 ) -> Result:
     """Train one VAE with checkpoints in ``out``, evaluate it, save ``out/model.pt``.
 
@@ -79,12 +84,19 @@ def fit_vae(
         Continue the run checkpointed in ``out``; or replace the run held there.
     metadata : dict, optional
         JSON-able extras stored in the checkpoint (the CLI stores its settings).
+    export_imputed : path, optional
+        Write the table (a ``load_table`` dataset with missing entries) to this CSV with its
+        holes filled by the VAE's E[x_m | x_o], on the file's own scale (see
+        :func:`~ppvae.workflows.common.export_imputed`).
+
+    A standardized table's centres and scales are saved in ``model.pt`` (and the checkpoint):
+    :func:`ppvae.load` gives the model with them as ``model.standardization``.
 
     Returns
     -------
     Result
         ``metrics`` as in ``metrics.json`` (nats per sample; empty on ranks other than 0 of
-        a distributed run); ``models`` ``vae``.
+        a distributed run), with ``stage_seconds``; ``models`` ``vae``.
     """
     if resume and out is None:
         raise InputError("resume=True needs out, the folder of the run")
@@ -109,45 +121,72 @@ def fit_vae(
         build=lambda d: make_vae(d, **model),
     )
     ds, dev, vae, out = s.data, s.device, s.model, s.out
-    history = train_vae(
-        vae,
-        ds,
-        dev,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        elbo=elbo,
-        clip_norm=clip_norm,
-        kl_weight=kl_weight,
-        kl_warmup=kl_warmup,
-        num_particles=num_particles,
-        seed=seed,
-        progress=progress,
-        binarize=binarize,
-        checkpoint_dir=out,
-        resume=resume,
-        overwrite=overwrite,
-        metadata=metadata,
-    )
+    if export_imputed is not None:
+        check_export(ds, export_imputed)
+    metadata = _with_standardization(metadata, ds, out)
+    stage = Stages("fit", progress)
+    with stage("training", f"VAE training, {epochs} epochs"):
+        history = train_vae(
+            vae,
+            ds,
+            dev,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            elbo=elbo,
+            clip_norm=clip_norm,
+            kl_weight=kl_weight,
+            kl_warmup=kl_warmup,
+            num_particles=num_particles,
+            seed=seed,
+            progress=progress,
+            binarize=binarize,
+            checkpoint_dir=out,
+            resume=resume,
+            overwrite=overwrite,
+            metadata=metadata,
+        )
     if workflows.distributed_world()[1] != 0:  # rank 0 evaluates and writes the outputs
         return Result({}, {"vae": vae}, history, out)
-    metrics = _evaluate_and_save_vae(vae, ds, history, model, iw_samples, seed, out, dev)
+    settings = {"iw_samples": iw_samples, "seed": seed, "progress": progress}
+    metrics = _evaluate_and_save_vae(vae, ds, history, model, out, dev, stage, **settings)
+    if export_imputed is not None:
+        with stage("export", f"imputing the table's holes into {export_imputed}"):
+            metrics["export_imputed"] = write_imputed(
+                vae, ds, export_imputed, num_samples=iw_samples, seed=seed
+            )
+    metrics["stage_seconds"] = stage.seconds
     finish(out, "metrics.json", metrics)
     return Result(metrics, {"vae": vae}, history, out)
 
 
-def _evaluate_and_save_vae(vae, ds, history, model: dict, iw_samples, seed, out, device) -> dict:
+def _with_standardization(metadata: dict | None, ds, out) -> dict | None:
+    """The checkpoint's metadata with the data's standardization (none without a checkpoint)."""
+    if out is None:
+        return metadata
+    return {**(metadata or {}), "standardization": standardization(ds)}
+
+
+def _evaluate_and_save_vae(
+    vae, ds, history, model: dict, out, device, stage, *, iw_samples, seed, progress
+) -> dict:
     """Test ELBO and IW estimate, the figures and ``out/model.pt``: metrics.json's content."""
-    torch.manual_seed(seed)
-    test_elbo = float(evaluate.elbo(vae, ds.test, num_samples=10).mean())
-    test_iw = evaluate.log_likelihood(vae, ds.test, num_samples=iw_samples)
+    with stage("evaluation", f"VAE: test ELBO and IW log-likelihood, K = {iw_samples}"):
+        torch.manual_seed(seed)
+        test_elbo = float(evaluate.elbo(vae, ds.test, num_samples=10).mean())
+        test_iw = evaluate.log_likelihood(vae, ds.test, num_samples=iw_samples, progress=progress)
     meta = {
         "dataset": ds.name,
         "seed": seed,
         "binarize": ds.binarize,
         "dequantized": ds.dequantized,
+        "standardization": standardization(ds),
     }
-    figs = _fit_vae_figures(vae, ds, out, history, device) if out is not None else {}
+    if out is not None:
+        with stage("figures", "figures"):
+            figs = _fit_vae_figures(vae, ds, out, history, device)
+    else:
+        figs = {}
     vae.cpu()
     if out is not None:
         save(vae, out / "model.pt", history=history, metadata=meta)
@@ -359,40 +398,47 @@ def fit_autoencoder(
         **data_record(ds),
     }
     train = {"batch_size": batch_size, "lr": lr, "seed": seed, "device": s.device}
+    stage = Stages("fit", progress)
     if model == "stacked":
         finetune_epochs = epochs if finetune_epochs is None else finetune_epochs
-        history = _fit_stacked(
-            ae,
-            ds,
-            metrics,
-            epochs=epochs,
-            finetune_epochs=finetune_epochs,
-            labels=labels,
-            progress=progress,
-            **train,
-        )
+        with stage("training", "layer-wise pretraining and fine-tuning"):
+            history = _fit_stacked(
+                ae,
+                ds,
+                metrics,
+                epochs=epochs,
+                finetune_epochs=finetune_epochs,
+                labels=labels,
+                progress=progress,
+                **train,
+            )
     else:
-        history = workflows.fit(
-            ae,
-            ds.train,
-            epochs=epochs,
-            binarize=binarize,
-            clip_norm=clip_norm,
-            checkpoint_dir=out,
-            resume=resume,
-            overwrite=overwrite,
-            metadata=metadata,
-            progress=progress,
-            **train,
-        )
+        with stage("training", f"{model} training, {epochs} epochs"):
+            history = workflows.fit(
+                ae,
+                ds.train,
+                epochs=epochs,
+                binarize=binarize,
+                clip_norm=clip_norm,
+                checkpoint_dir=out,
+                resume=resume,
+                overwrite=overwrite,
+                metadata=_with_standardization(metadata, ds, out),
+                progress=progress,
+                **train,
+            )
         if workflows.distributed_world()[1] != 0:
             return Result({}, {"model": ae}, history, out)
         ae.cpu()
         metrics["fit_seconds"] = history.seconds
-    _evaluate_autoencoder(ae, ds, history, metrics)
+    with stage("evaluation", "test reconstruction error"):
+        _evaluate_autoencoder(ae, ds, history, metrics)
     if out is not None:
-        metrics["figures"] = _autoencoder_figures(ae, model, ds, out, history, seed)
-        save(ae, out / "model.pt", history=history, metadata={"dataset": ds.name, "seed": seed})
+        with stage("figures", "figures"):
+            metrics["figures"] = _autoencoder_figures(ae, model, ds, out, history, seed)
+        meta = {"dataset": ds.name, "seed": seed, "standardization": standardization(ds)}
+        save(ae, out / "model.pt", history=history, metadata=meta)
+    metrics["stage_seconds"] = stage.seconds
     metrics["environment"] = environment()
     finish(out, "metrics.json", metrics)
     return Result(metrics, {"model": ae}, history, out)

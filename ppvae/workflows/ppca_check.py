@@ -7,7 +7,15 @@ from pathlib import Path
 
 from .. import plots
 from ..data import Dataset
-from .common import Result, environment, finish, linear_check, standardization, start
+from .common import (
+    Result,
+    Stages,
+    environment,
+    finish,
+    linear_check,
+    standardization,
+    start,
+)
 
 
 def check_ppca(
@@ -46,13 +54,15 @@ def check_ppca(
     Result
         ``metrics``: log-likelihood and ELBO gaps (nats per sample), noise-variance and
         covariance relative errors, principal angles, active units, ``passed`` (every
-        quantity within :data:`CHECK_TARGETS`); ``models`` ``linear_vae`` and ``ppca``.
+        quantity within :data:`CHECK_TARGETS`), ``stage_seconds``; ``models``
+        ``linear_vae`` and ``ppca``.
     """
     t0 = time.perf_counter()
     s = start(
         dataset, latent_dim=latent_dim, seed=seed, device=device, out=out, overwrite=overwrite
     )
     ds, out = s.data, s.out
+    stage = Stages("check-ppca", progress)
     check = linear_check(
         ds,
         latent_dim,
@@ -62,12 +72,15 @@ def check_ppca(
         seed=seed,
         device=s.device,
         progress=progress,
+        stage=stage,
     )
     r = check["result"]
     if out is not None:
-        r["figure"] = plots.ppca_check(
-            ds.train.double(), check["ppca"], check["vae"], r, out / "ppca_check.png"
-        ).name
+        with stage("figure", "figure"):
+            r["figure"] = plots.ppca_check(
+                ds.train.double(), check["ppca"], check["vae"], r, out / "ppca_check.png"
+            ).name
+    r["stage_seconds"] = stage.seconds
     r["seconds_total"] = time.perf_counter() - t0
     r.update(
         {

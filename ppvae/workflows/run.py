@@ -144,7 +144,9 @@ def run_experiment(
             progress=progress,
         )
     with stage("vae_evaluation", f"VAE: IW log-likelihood of the test split, K = {iw_samples}"):
-        vae_metrics = _vae_metrics(vae, ds, history, model, iw_samples=iw_samples, seed=seed)
+        vae_metrics = _vae_metrics(
+            vae, ds, history, model, iw_samples=iw_samples, seed=seed, progress=progress
+        )
     incomplete = has_missing(ds)
     if incomplete:
         vae_metrics["certified_skipped"] = MISSING_AIS_REASON
@@ -230,13 +232,17 @@ def _ppca_metrics(ppca, fit_seconds: float, test: torch.Tensor, ds) -> dict:
     }
 
 
-def _vae_metrics(vae, ds, history, model: dict, *, iw_samples: int, seed: int) -> dict:
+def _vae_metrics(
+    vae, ds, history, model: dict, *, iw_samples: int, seed: int, progress=False
+) -> dict:
     """The ``vae`` block of metrics.json: test ELBO and IW estimate, train ELBO, settings."""
     torch.manual_seed(seed)
     t = time.perf_counter()
     test_elbo = evaluate.elbo(vae, ds.test, num_samples=10)
     psis = iw_samples >= evaluate.PSIS_MIN_SAMPLES  # k-hat needs a tail of weights
-    est = evaluate.estimate_log_likelihood(vae, ds.test, num_samples=iw_samples, psis=psis)
+    est = evaluate.estimate_log_likelihood(
+        vae, ds.test, num_samples=iw_samples, psis=psis, progress=progress
+    )
     test_iw = est.log_px
     eval_s = time.perf_counter() - t
     train_elbo = float(evaluate.elbo(vae, ds.train, num_samples=1).mean())
