@@ -279,10 +279,11 @@ def add_iw(p: argparse.ArgumentParser) -> None:
 
 
 def add_ais(p: argparse.ArgumentParser) -> None:
-    """--ais-points --ais-steps --ais-chains --bdmc-points: the certified likelihood."""
+    """--ais-points --ais-steps --ais-chains --bdmc-points: AIS's check of the IW likelihood."""
     d = AIS_DEFAULTS
     g = p.add_argument_group(
-        "the VAE's likelihood certified by AIS, with BDMC's bound on its error"
+        "the VAE's likelihood by AIS (step sizes adapted) beside IW, with BDMC's gap on data "
+        "simulated from the VAE"
     )
     g.add_argument(
         "--ais-points",
