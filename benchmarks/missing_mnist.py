@@ -3,10 +3,10 @@ observed entries, compared by imputation error and observed-data log-likelihood,
 
 Two kinds of holes, in both splits: ``mcar`` (each pixel missing with probability
 ``--rate``, completely at random) and ``square`` (a 14 x 14 square at a random place per
-image: missing not at random, since where it falls depends on nothing but it removes whole
-strokes). Data are dequantized intensities in [0, 1]; log-likelihoods are densities of the
-observed entries, nats per image (higher is better); imputation error is the mean squared
-error over the missing entries (lower is better).
+image: structured missing completely at random, since where it falls depends on nothing in the
+image, though it removes whole strokes together). Data are dequantized intensities in [0, 1];
+log-likelihoods are densities of the observed entries, nats per image (higher is better);
+imputation error is the mean squared error over the missing entries (lower is better).
 
     python benchmarks/missing_mnist.py --data-root ../shared/data --dataset mnist
 

@@ -128,6 +128,7 @@ def test_compare_writes_table_scatter_and_inference_data(tmp_path, capsys):
     for key in ("iw", "iw_sem", "khat_share_gt_0.7", "bits_per_dim", "elbo"):
         assert math.isfinite(vae["test"][key])
     assert math.isfinite(vae["approximation_gap"]) and math.isfinite(vae["amortization_gap"])
+    assert math.isfinite(vae["approximation_gap_ais"])  # AIS ran, so the gap is also against it
     idata = az.from_netcdf(str(out / "log_likelihood.nc"))
     ll = idata.log_likelihood
     assert set(ll.data_vars) == {"ppca", "linear_vae", "vae"}

@@ -804,7 +804,7 @@ print(f"  IW estimate, S={IW_SAMPLES:<5d} samples {vae_iw.mean:8.3f} +- {vae_iw.
 print(f"  PPCA, {K} latent dims, exact  {ppca.score(X_test):8.3f}")
 if vae_iw.khat_share > 0.1:
     print(f"  k-hat > 0.7 on {vae_iw.khat_share:.0%} of the test images: there the IW number is "
-          "a lower bound of unknown tightness (notebook 02 certifies it with AIS)")
+          "a lower bound of unknown tightness (notebook 02 compares it with AIS)")
 # per image, log (1/S) sum_s w_s >= (1/S) sum_s log w_s (Jensen: log is concave), whose
 # expectation is the ELBO; and E[(1/S) sum_s w_s] = p(x), so E log(...) <= log p(x), Jensen again
 assert vae_iw.mean > float(vae_elbo.mean()), "the IW bound lies above the ELBO"

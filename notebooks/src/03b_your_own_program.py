@@ -436,8 +436,11 @@ plt.show()
 # weight and a few draws at the posterior's edge dominate the estimate. The gaps of these two
 # images (printed above) say which part is to blame: a large amortization gap with a small
 # approximation gap means that a Gaussian fitted to this image alone would sit on the
-# posterior (the approximation gap bounds its KL divergence from it), and only the shared
-# encoder failed to find it.
+# posterior, and only the shared encoder failed to find it. With the exact $\log p(x)$ the
+# approximation gap would *equal* $\mathrm{KL}(q^*_n \,\|\, p(z \mid x))$; with the IW estimate
+# in its place (a stochastic lower bound, looser where $\hat k$ is high) it is an *estimate* of
+# that KL, biased low by IW's shortfall, not a bound on it. And $q^*_n$ is what `GAP_STEPS`
+# Adam steps found, not the best Gaussian, which biases the approximation gap the other way.
 #
 # ## 7. The same program as an `nn.Module`
 #

@@ -38,6 +38,7 @@ SMALL = os.environ.get("PPVAE_NOTEBOOK_SMALL") == "1"  # the quick run of the te
 LINEAR_EPOCHS = 150 if SMALL else 2000  # full-batch SVI steps for the linear VAEs
 IWAE_EPOCHS = 20 if SMALL else 1000  # full-batch steps of the IWAE-trained linear VAE (S = 4)
 S_GRID = (1, 4, 16, 64, 256)  # importance samples of the IW bounds (cheap on 359 test images)
+IW_REPLICATES = 8 if SMALL else 32  # independent sets of S_GRID[-1] draws per image
 VAE_EPOCHS = 2 if SMALL else 200  # minibatch epochs of each nonlinear VAE
 IW_SAMPLES = 50 if SMALL else 1000  # importance samples per test image for the VAEs
 GAP_POINTS = 5 if SMALL else 100  # test images for the inference gaps
@@ -256,11 +257,19 @@ plt.show()
 #   with its default guide, which is exactly $q^*_{\mathrm{diag}}$ of section 2 (at $45°$,
 #   $2P - Q$ is not positive definite: the weights have infinite variance, see below).
 #
+# The design: for every test image, `IW_REPLICATES` independent sets of 256 draws, and
+# $\mathrm{IW}_S$ computed from the *first* $S$ draws of each set, so that the bounds at
+# different $S$ share their draws (common random numbers: their differences are far less noisy
+# than the bounds) and the replicates give the Monte Carlo error. For these linear models the
+# posterior and $q$ have the same covariances for every image, so the images are replicates
+# too. Shown: $\log(\log p(x) - \mathrm{IW}_S)$ against $\log S$, beside the delta method's
+# $\chi^2/(2S)$.
+#
 # Checks: each step in $S$ raises the mean bound up to Monte Carlo error (the paired
-# differences over images must be $> -4$ standard errors), and at $S = 256$ the bound is below
-# $\log p(x)$ by at most the predicted $\chi^2/(2S)$ with a factor 2 for the neglected
-# $O(1/S^2)$ terms (for the trained model, by at most its closed-form ELBO gap), plus 4
-# standard errors either way.
+# differences must be $> -4$ standard errors); for the trained model the shortfall at
+# $S = 256$ is at most its closed-form ELBO gap (plus 4 standard errors); for the $20°$
+# rotation the shortfall stays below $\chi^2/(2S)$ (plus 4 standard errors) at every $S \ge 4$,
+# which is what was measured, not what the delta method promises (see below).
 
 
 # %%
@@ -284,90 +293,144 @@ def chi2_closed_form(P, Q):
     return math.expm1(float(logdet(P)[1] - 0.5 * logdet(Q)[1] - 0.5 * logdet(A)[1]))
 
 
+def true_tail_index(P, Q):
+    """The tail index k of w = p(z|x)/q(z) under q, for p = N(m, P^-1), q = N(m, Q^-1): E_q[w^a]
+    is finite iff Q + a (P - Q) is positive definite, so k = 1 / sup a = max(0, -mu_min), mu
+    the eigenvalues of Q^-1/2 (P - Q) Q^-1/2 (what PSIS's k-hat estimates)."""
+    q = Q.diagonal().rsqrt()  # Q is diagonal here
+    mu = torch.linalg.eigvalsh(q[:, None] * (P - Q) * q[None, :])
+    return max(0.0, -float(mu.min()))
+
+
 R20 = givens(math.pi / 9)
 rot20 = linear_vae_from(W_ml @ R20, mean, s2)
 P20 = (R20.T @ W_ml.T @ W_ml @ R20 + s2 * eye) / s2
 _, q_scale = rot20.encode(data.test[:1])
 torch.testing.assert_close(q_scale[0].double(), P20.diagonal().rsqrt(), rtol=1e-4, atol=2e-4)
 chi2 = chi2_closed_form(P20, torch.diag(P20.diagonal()))
+rot45 = linear_vae_from(W_ml @ R45, mean, s2)
 programs = {"trained diagonal LinearVAE": linear["diagonal"],
-            "PPCA decoder rotated 20 deg, best diagonal q": rot20}
-bounds, exact, closed_gap = {}, {}, {}
-for name, prog in programs.items():
+            "PPCA decoder rotated 20 deg, best diagonal q": rot20,
+            "PPCA decoder rotated 45 deg, best diagonal q": rot45}
+exact, closed_gap, shortfall = {}, {}, {}
+for i, (name, prog) in enumerate(programs.items()):
     exact[name] = evaluate.exact_log_likelihood(prog, X_test)
     with torch.no_grad():
         loc, scale = prog.encode(data.test)
     closed_gap[name] = float((exact[name] - evaluate.elbo_decomposition(prog, X_test, loc,
                                                                          scale)["elbo"]).mean())
-    bounds[name] = {}
-    for s_iw in S_GRID:
-        pyro.set_rng_seed(100 + s_iw)
-        bounds[name][s_iw] = evaluate.log_likelihood(prog, data.test, num_samples=s_iw).double()
+    pyro.set_rng_seed(100 + i)
+    log_w = torch.stack([evaluate.log_importance_weights(prog, data.test, S_GRID[-1]).double()
+                         for _ in range(IW_REPLICATES)])  # (replicates, S_max, images)
+    # nested: IW_S from the first S draws of each replicate; shortfall per image, averaged
+    # over its replicates -> (images,) per S
+    shortfall[name] = {
+        s_iw: (exact[name] - (torch.logsumexp(log_w[:, :s_iw], 1) - math.log(s_iw))).mean(0)
+        for s_iw in S_GRID}
 print(f"20 deg: closed-form diagonal gap {diagonal_gap(P20):.4f} nats/image, "
       f"chi^2(p||q*) = {chi2:.4f}; 45 deg: chi^2 = "
       f"{chi2_closed_form(P45, torch.diag(P45.diagonal()))}")
-rows = {}
-for name in programs:
-    rows[name] = {f"S={s_iw}": float((exact[name] - bounds[name][s_iw]).mean()) for s_iw in S_GRID}
-    rows[name]["closed-form ELBO gap"] = closed_gap[name]
-print("log p(x) - IW_S, nats/image (test set):")
-print(pd.DataFrame(rows).T.to_string(float_format=lambda v: f"{v:.4f}"))
 
 
 def se(v):
     return float(v.std() / math.sqrt(len(v)))
 
 
+rows = {}
 for name in programs:
-    b = bounds[name]
+    rows[name] = {f"S={s_iw}": f"{float(v.mean()):.4f} +- {se(v):.4f}"
+                  for s_iw, v in shortfall[name].items()}
+    rows[name]["closed-form ELBO gap"] = f"{closed_gap[name]:.4f}"
+rows["delta method chi^2/(2S), 20 deg"] = {f"S={s_iw}": f"{chi2 / (2 * s_iw):.4f}"
+                                          for s_iw in S_GRID}
+print(f"log p(x) - IW_S, nats/image, mean over {len(X_test)} test images of each image's mean "
+      f"over {IW_REPLICATES} replicates (+- SE over images):")
+print(pd.DataFrame(rows).T.fillna("").to_string())
+
+for name in programs:
+    sf = shortfall[name]
     for s_lo, s_hi in itertools.pairwise(S_GRID):
-        step = b[s_hi] - b[s_lo]
+        step = sf[s_lo] - sf[s_hi]  # the rise of the bound, paired (common draws)
         assert float(step.mean()) > -4 * se(step), (name, s_lo, s_hi, float(step.mean()))
     s_max = S_GRID[-1]
-    shortfall = exact[name] - b[s_max]
-    allowed = (closed_gap[name] if name.startswith("trained") else chi2 / s_max)
-    print(f"{name}: S={s_max} shortfall {float(shortfall.mean()):+.5f} +- {se(shortfall):.5f}, "
-          f"allowed {allowed:.5f}")
-    assert -4 * se(shortfall) <= float(shortfall.mean()) <= allowed + 4 * se(shortfall)
+    assert float(sf[s_max].mean()) >= -4 * se(sf[s_max]), name
+    if name.startswith("trained"):
+        assert float(sf[s_max].mean()) <= closed_gap[name] + 4 * se(sf[s_max])
+name20 = "PPCA decoder rotated 20 deg, best diagonal q"
+for s_iw in S_GRID[1:]:
+    v = shortfall[name20][s_iw]
+    assert float(v.mean()) <= chi2 / (2 * s_iw) + 4 * se(v), (s_iw, float(v.mean()))
+sf20 = [float(shortfall[name20][s_iw].mean()) for s_iw in S_GRID]
+slope = math.log(sf20[3] / sf20[1]) / math.log(S_GRID[3] / S_GRID[1])
+print(f"20 deg: log-log slope of the shortfall from S=4 to S=64: {slope:.2f} (1/S: -1); "
+      "shortfall / (chi^2/(2S)): "
+      + ", ".join(f"S={s_iw} {v / (chi2 / (2 * s_iw)):.2f}"
+                  for s_iw, v in zip(S_GRID, sf20, strict=True)))
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-for ax, name in zip(axes, programs, strict=True):
-    means = [float(bounds[name][s_iw].mean()) for s_iw in S_GRID]
-    errs = [se(bounds[name][s_iw] - exact[name]) for s_iw in S_GRID]
-    ax.errorbar(S_GRID, means, yerr=errs, fmt="o-", capsize=3,
-                label=r"IW bound, mean over test images ($\pm$ paired SE)")
-    ax.axhline(float(exact[name].mean()), color="k", ls=":", label="exact log p(x)")
-    ax.plot(1, float(exact[name].mean()) - closed_gap[name], "s", mfc="none", ms=9,
-            label="closed-form ELBO")
-    if not name.startswith("trained"):
-        s_curve = np.geomspace(1, S_GRID[-1], 50)
-        ax.plot(s_curve, float(exact[name].mean()) - chi2 / (2 * s_curve), "--", lw=1,
-                label=r"delta method: $\log p - \chi^2/(2K)$")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("importance samples S")
-    ax.set_ylabel("nats/image")
-    ax.set_title(name, fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+ax = axes[0]
+for name in programs:
+    means = np.array([float(shortfall[name][s_iw].mean()) for s_iw in S_GRID])
+    errs = np.array([se(shortfall[name][s_iw]) for s_iw in S_GRID])
+    ax.errorbar(S_GRID, means, yerr=errs, fmt="o-", capsize=3, label=name)
+s_curve = np.geomspace(1, S_GRID[-1], 50)
+ax.plot(s_curve, chi2 / (2 * s_curve), "k--", lw=1,
+        label=r"delta method, 20 deg: $\chi^2/(2S)$")
+ax.set_xscale("log", base=2)
+ax.set_yscale("log")
+ax.set_xlabel("importance samples S")
+ax.set_ylabel(r"$\log p(x) - \mathrm{IW}_S$ (nats/image, log scale)")
+ax.set_title("Shortfall of the IW bound, nested S, common draws", fontsize=9)
+ax.legend(fontsize=7, loc="lower left")
+ax = axes[1]
+pyro.set_rng_seed(7)
+heavy = {deg: evaluate.estimate_log_likelihood(prog, data.test, num_samples=S_GRID[-1])
+         for deg, prog in ((20, rot20), (45, rot45))}
+true_k = {20: true_tail_index(P20, torch.diag(P20.diagonal())),
+          45: true_tail_index(P45, torch.diag(P45.diagonal()))}
+bins = np.linspace(-0.2, 1.3, 31)
+for (deg, e), color in zip(heavy.items(), ("C1", "C2"), strict=True):
+    ax.hist(e.khat.numpy(), bins=bins, alpha=0.6, color=color,
+            label=rf"{deg} deg: $\hat k$ per image (S={S_GRID[-1]})")
+    ax.axvline(true_k[deg], color=color, lw=2, label=f"{deg} deg: true k = {true_k[deg]:.2f}")
+ax.axvline(0.7, color="k", ls=":", label="0.7")
+ax.set_xlabel(r"Pareto $\hat k$")
+ax.set_ylabel("test images")
+ax.set_title("PSIS k-hat against the closed-form tail index", fontsize=9)
+ax.legend(fontsize=7)
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# Reading the left panel. For the $20°$ rotation the shortfall approaches the delta method's
+# $\chi^2/(2S)$ from below, slowly: in the full-size run it is 0.44, 0.54, 0.84 and 1.10 of it
+# at $S$ = 4, 16, 64 and 256 (the last within its standard error of the prediction), so between
+# $S = 4$ and 64 its log-log slope is $-0.77$, not the $-1$ of the asymptotic rate. The delta
+# method is an asymptotic statement whose $O(1/S^2)$ remainder assumes moments the weights do
+# not have: their tail index is $k = 0.44$ (right panel), so $\mathbb E_q[w^a]$ is finite only
+# for $a < 1/k \approx 2.3$; the variance, hence $\chi^2$, exists, the third moment does not,
+# and the rare large weights that make up much of $\chi^2$ are seldom drawn at moderate $S$.
+#
 # At $45°$ the $\chi^2$ divergence is infinite: $q^*$ is narrower than the posterior along the
 # correlated direction by more than $\sqrt 2$ in standard deviation, so $p^2/q$ is not
-# integrable. The IW bound still converges ($\mathbb E\, w = p(x)$ is finite), but slowly and
-# with a heavy right tail of weights, which is what PSIS's $\hat k$ diagnoses: $\hat k > 0.5$
-# means an infinite variance, above 0.7 the estimate of that image is unreliable.
+# integrable ($k = 0.61 > 0.5$). The IW bound still converges ($\mathbb E\, w = p(x)$ is
+# finite), more slowly than $1/S$ (the flatter curve). PSIS's $\hat k$ estimates $k$; for
+# these linear models the true $k$ is the same for every image and in closed form, and the
+# histograms show what a per-image $\hat k$ from 256 draws is: an estimate with a spread of
+# about 0.2 around it. The images with $\hat k > 0.7$ (printed below) are sampling noise: the
+# true $k$ is below 0.7 for every one of them, at both angles. Above 0.5 the variance of the
+# weights is infinite; above 0.7 (Vehtari et al. 2024) no practical number of draws makes the
+# estimate reliable, and the remedy is a better proposal, not more draws.
 
 # %%
-rot45 = linear_vae_from(W_ml @ R45, mean, s2)
-pyro.set_rng_seed(7)
-heavy = {deg: evaluate.estimate_log_likelihood(prog, data.test, num_samples=S_GRID[-1])
-         for deg, prog in ((20, rot20), (45, rot45))}
-for deg, est in heavy.items():
-    print(f"{deg} deg, S={S_GRID[-1]}: mean k-hat {float(est.khat.mean()):.2f}, "
-          f"share > 0.7: {est.khat_share:.2f}")
-assert float(heavy[45].khat.mean()) > float(heavy[20].khat.mean())
+for deg, e in heavy.items():
+    print(f"{deg} deg, S={S_GRID[-1]}: true k {true_k[deg]:.2f}; k-hat mean "
+          f"{float(e.khat.mean()):.2f} (sd over images {float(e.khat.std()):.2f}), share > 0.7: "
+          f"{e.khat_share:.2f}")
+    # the true k is the same for every image; the mean of 359 k-hats must be near it
+    assert abs(float(e.khat.mean()) - true_k[deg]) < 0.1, (deg, float(e.khat.mean()))
+assert true_k[20] < 0.5 < true_k[45] < 0.7
 
 # %% [markdown]
 # **IWAE as a training objective.** `fit(..., elbo="iwae", num_particles=4)` maximizes
@@ -435,8 +498,13 @@ summary.round(3)
 # Paired comparisons (the same test images, so the spread of $\log p(x)$ over images cancels)
 # say how much of each difference is real. Asserted, because it holds for any guide: the IW
 # estimate with $S$ draws lies above the ELBO (on average, $\mathrm{IW}_S \ge \mathrm{IW}_1$ by
-# Burda et al.'s theorem), beyond 4 paired standard errors. Not asserted: which guide wins,
-# which at this budget is a measurement, read off the table and the differences below.
+# Burda et al.'s theorem), beyond 4 paired standard errors. Not asserted: which guide wins.
+# But one result below is not a property of the families: the full-rank family contains every
+# diagonal Gaussian, so at their optima the full-rank guide's ELBO cannot be below the
+# diagonal one's. In the full-size run it ends 6.7 nats (ELBO) and 7.1 nats (IW) below it:
+# an optimization failure of the full-rank guide at this budget and learning rate (its encoder
+# has 28 more outputs per image to learn, the Cholesky factor's off-diagonal entries, under the
+# same Adam settings), not evidence that full-rank guides are worse. It was not fixed here.
 
 # %%
 for g in guides:
@@ -492,9 +560,13 @@ assert math.isclose(runs["iwae"].train_elbo[0], runs["iwae-dreg"].train_elbo[0],
 #   trained full-rank LinearVAE's ELBO is tight. The diagonal family contains it only in the
 #   basis PPCA picks; rotate the decoder and the best diagonal $q$ costs
 #   $\frac12(\sum_j \log P_{jj} - \log\det P)$ nats per image, checked in closed form.
-# * The IW bound rises with $S$ toward $\log p(x)$, at the rate $\chi^2/(2S)$ when the weights
-#   have a finite variance; where they do not, PSIS's $\hat k$ says so. An IWAE-trained linear
-#   VAE lands on the PPCA maximum.
+# * The IW bound rises with $S$ toward $\log p(x)$; with a finite weight variance ($20°$: tail
+#   index 0.44) its shortfall approaches the delta method's $\chi^2/(2S)$ from below, reaching
+#   it only at $S$ in the hundreds; with an infinite one ($45°$: 0.61) it converges more
+#   slowly. PSIS's per-image $\hat k$ scatters by about 0.2 around the true $k$, so single
+#   images above 0.7 can be noise. An IWAE-trained linear VAE lands on the PPCA maximum.
 # * On the nonlinear VAE the table, not an assert, says how the guides compare at this budget;
-#   the gaps of `inference_gaps` are relative to the best *diagonal* Gaussian per image.
+#   the full-rank guide's deficit is an optimization failure (its family contains the
+#   diagonal one); the gaps of `inference_gaps` are relative to the best *diagonal* Gaussian
+#   per image.
 # * DReG keeps IWAE's value and changes the guide's gradient.

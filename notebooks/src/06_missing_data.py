@@ -151,4 +151,8 @@ plt.show()
 # The LinearVAE's agreement with EM and with PPCA's exact conditional is the check: whatever
 # ppvae does with holes, it does the exact thing on the model where the exact thing is known.
 # The nonlinear VAE's imputations come with their k-hat: where it exceeds 0.7 the guide is a
-# poor proposal for that row, and the estimate should not be trusted without more samples.
+# poor proposal for that row, and more samples are no remedy: the self-normalized estimate
+# then converges so slowly that no practical number of draws makes it reliable (Vehtari et
+# al. 2024). What helps is a better proposal: a guide trained longer or from a richer family
+# (full-rank, IAF), one fitted to that row alone, or annealing from the guide toward
+# $p(z \mid x_o)$ as AIS does.

@@ -279,11 +279,12 @@ def add_iw(p: argparse.ArgumentParser) -> None:
 
 
 def add_ais(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
-    """--ais-points --ais-steps --ais-chains --bdmc-points: the certified likelihood
+    """--ais-points --ais-steps --ais-chains --bdmc-points: AIS's check of the IW likelihood
     (defaults: ``defaults``, else :data:`~ppvae.workflows.AIS_DEFAULTS`)."""
     d = AIS_DEFAULTS if defaults is None else defaults
     g = p.add_argument_group(
-        "the VAE's likelihood certified by AIS, with BDMC's bound on its error"
+        "the VAE's likelihood by AIS (step sizes adapted) beside IW, with BDMC's gap on data "
+        "simulated from the VAE"
     )
     g.add_argument(
         "--ais-points",

@@ -168,8 +168,12 @@ class EarlyStopping(Hook):
 
     Notes
     -----
-    The ELBO is one guide sample per point, so on small splits its noise (a few hundredths of
-    a nat) can end a long plateau early; ``patience`` absorbs it.
+    The ELBO is one guide sample per point, so it is noisy: on 200 digits rows its standard
+    deviation between evaluations of the same parameters is about 0.1 nats per sample
+    (measured: 0.11), comparable to the epoch-to-epoch changes on a plateau. The best epoch
+    is the maximum of that noisy curve, so the epochs around it are not distinguishable from
+    it, and its validation ELBO is biased upward; ``patience`` keeps the noise from ending a
+    plateau early.
     """
 
     def __init__(self, validation, *, patience: int = 10, min_delta: float = 0.0):

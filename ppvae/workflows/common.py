@@ -534,6 +534,7 @@ def certify_likelihood(
             "n_points": int(x.shape[0]),
             "num_steps": ais_steps,
             "num_chains": ais_chains,
+            "adapt": True,
             "mean": ais.mean,
             "sem": sem(ais.log_px),
             "mc_se_mean": float(ais.mc_se.mean()),
