@@ -76,6 +76,7 @@ VALUES = {
     "l1": ["--l1", "0.01"],
     "contraction": ["--contraction", "0.2"],
     "labels": ["--labels", "20"],
+    "alpha": ["--alpha", "2.5"],
     "lr": ["--lr", "0.01"],
     "clip_norm": ["--clip-norm", "5"],
     "kl_weight": ["--kl-weight", "0.5"],
@@ -200,7 +201,14 @@ def _call(command, argv, tmp_path, capsys, monkeypatch):
         ds = _LOADED[key]
         return dataclasses.replace(ds, info=copy.deepcopy(ds.info))
 
-    for name in ("fit_vae", "fit_autoencoder", "run_experiment", "compare", "check_ppca"):
+    for name in (
+        "fit_vae",
+        "fit_autoencoder",
+        "fit_labelled",
+        "run_experiment",
+        "compare",
+        "check_ppca",
+    ):
         monkeypatch.setattr(workflows, name, capture)
     monkeypatch.setattr(cli_options, "load", load)
     monkeypatch.setattr(cli, "build_parser", _cached_parser)  # 90% of a refusal's time

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -79,3 +80,22 @@ def test_the_cli_prints_the_test_error(tmp_path, capsys):
     assert main(argv) == 0
     line = capsys.readouterr().out
     assert "test error" in line and "with 20 labels" in line and "report.md" in line
+
+
+def _fingerprint(result) -> str:
+    weights = [v.numpy().tobytes() for v in result.models["model"].state_dict().values()]
+    return hashlib.sha256(b"".join(weights)).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "model, keyword, value",
+    [("ssvae", "labels", 20), ("ssvae", "alpha", 5.0), ("cvae", "conditional_prior", True)],
+)
+def test_each_keyword_of_a_labelled_model_changes_the_trained_model(model, keyword, value):
+    """The model-specific keywords of fit_labelled (test_every_option.py follows the common
+    ones and the CLI's options to this call) each change what is trained."""
+    ds = workflows.load("digits", n_train=60, n_test=12)
+    base = {"model": model, "labels": 10, "latent_dim": 2, "hidden": (4,), "epochs": 1}
+    before = _fingerprint(workflows.fit_labelled(ds, **base, iw_samples=5, progress=False))
+    after = workflows.fit_labelled(ds, **{**base, keyword: value}, iw_samples=5, progress=False)
+    assert _fingerprint(after) != before
