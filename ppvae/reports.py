@@ -114,14 +114,21 @@ def trust_paragraph(
     agree = abs(a["minus_iw"]) <= 3 * a["minus_iw_sem"]
     if b["gap"] <= TRUSTED_GAP and not ais_below:
         lines.append(
-            f"**Trust AIS** over IW: it is the tighter of the two lower bounds, and on data "
-            f"drawn from the model it is within about {bound:.2f} nats of the truth on average "
+            "**Trust AIS** over IW: "
+            + (
+                "it is the tighter of the two lower bounds"
+                if a["minus_iw"] > 3 * a["minus_iw_sem"]
+                else "the two lower bounds agree within their errors, and AIS's does not rest "
+                "on the guide being a good proposal"
+            )
+            + f"; on data drawn from the model it is within about {bound:.2f} nats of the "
+            "truth on average "
             "(BDMC's gap plus two standard errors). That is a guide to its error on the test "
             "points, not a guarantee: it holds to the degree the VAE fits them as it fits its "
             "own samples."
             + (
-                " Here IW agrees with AIS within their errors, which is itself evidence that "
-                "the guide is a good proposal for these points."
+                " That IW agrees with AIS is itself evidence that the guide is a good proposal "
+                "for these points."
                 if agree
                 else ""
             )
