@@ -150,7 +150,9 @@ def test_nuts_gold_standard_matches_the_exact_posterior(digits, tmp_path):
 
 
 def test_standard_error_and_khat_share_by_value():
-    """sem = sqrt(Var_n(log p) / n + mean(mc_se^2) / n), exactly; k-hat share counts > 0.7 only
+    """sem = sqrt(Var_n(log p) / n), exactly (the spread already holds each point's Monte Carlo
+    variance: adding mean(mc_se^2) / n counted it twice); the Monte Carlo error of the mean for
+    these points is sqrt(sum mc_se^2) / n; k-hat share counts > 0.7 only
     (0.6 is already heavy-tailed for raw weights, but 0.7 is the threshold for PSIS estimates)."""
     est = evaluate.LikelihoodEstimate(
         log_px=torch.tensor([-100.0, -120.0, -100.0, -120.0]),
@@ -160,5 +162,23 @@ def test_standard_error_and_khat_share_by_value():
         data_dim=784,
     )
     var_data = 400.0 / 3  # unbiased variance of (-100, -120, -100, -120)
-    assert math.isclose(est.sem, math.sqrt(var_data / 4 + (1 + 9) / 2 / 4), rel_tol=1e-6)
+    assert math.isclose(est.sem, math.sqrt(var_data / 4), rel_tol=1e-6)
+    assert math.isclose(est.mc_se_of_mean, math.sqrt(1 + 9 + 1 + 9) / 4, rel_tol=1e-6)
     assert est.khat_share == 0.5
+
+
+def test_the_standard_error_of_the_mean_matches_its_spread_over_replicates():
+    """Simulated per-point estimates L_i + e_i (between-point sd 2, Monte Carlo sd 1): the
+    mean's spread over 2,000 replicate test sets is sqrt((4 + 1) / n), which ``sem`` reports;
+    the old sqrt((Var + mean mc^2) / n) said sqrt(6 / n), 10% too wide."""
+    g = torch.Generator().manual_seed(0)
+    n, reps = 50, 2000
+    truth = 2.0 * torch.randn(reps, n, generator=g)
+    noisy = truth + torch.randn(reps, n, generator=g)
+    means = noisy.mean(1)
+    sems = [
+        evaluate.LikelihoodEstimate(row, torch.ones(n), None, 10, 1).sem for row in noisy[:200]
+    ]
+    target = math.sqrt(5.0 / n)
+    assert abs(float(means.std()) - target) < 0.05 * target  # sd of a sd from 2000 draws: 1.6%
+    assert abs(sum(sems) / len(sems) - target) < 0.03 * target  # 200 sems: about 0.7% each

@@ -259,10 +259,20 @@ class LikelihoodEstimate:
 
     @property
     def sem(self) -> float:
-        """Standard error of :attr:`mean`: spread over data points and Monte Carlo error."""
+        """Standard error of :attr:`mean` as an estimate over the data distribution:
+        ``sqrt(Var_n(log_px) / n)``. The spread of the per-point estimates already holds each
+        point's Monte Carlo variance (independent draws per point), so it is not added again;
+        one point has only its Monte Carlo error."""
         n = self.log_px.shape[0]
-        var_data = float(self.log_px.var()) if n > 1 else 0.0
-        return math.sqrt(var_data / n + float((self.mc_se**2).mean()) / n)
+        if n == 1:
+            return float(self.mc_se[0])
+        return math.sqrt(float(self.log_px.var()) / n)
+
+    @property
+    def mc_se_of_mean(self) -> float:
+        """Monte Carlo error of :attr:`mean` for these very points (the test set held fixed):
+        ``sqrt(sum(mc_se^2)) / n``, apart from the spread over points."""
+        return math.sqrt(float((self.mc_se.double() ** 2).sum())) / self.log_px.shape[0]
 
     @property
     def khat_share(self) -> float | None:
@@ -278,6 +288,7 @@ class LikelihoodEstimate:
         return {
             "mean": self.mean,
             "sem": self.sem,
+            "mc_se_of_mean": self.mc_se_of_mean,
             "mc_se_mean": float(self.mc_se.mean()),
             "khat_share_gt_0.7": self.khat_share,
             "num_samples": self.num_samples,
