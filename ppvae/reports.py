@@ -191,7 +191,7 @@ def run_table(m: dict) -> str:
             rows.append(
                 (f"  BDMC gap on {b['n_points']} simulated points", fmt(b["gap"]), *[""] * 3)
             )
-    return f"{m['dataset']}: test set, nats per sample (higher is better)\n" + "\n".join(
+    return f"{m['dataset']}: test set, nats per {per(m)} (higher is better)\n" + "\n".join(
         _align(rows)
     )
 
@@ -230,10 +230,15 @@ def check_table(r: dict) -> str:
         else ""
     )
     return (
-        "LinearVAE (SVI) vs PPCA maximum likelihood, training data, nats per sample\n"
+        f"LinearVAE (SVI) vs PPCA maximum likelihood, training data, nats per {per(r)}\n"
         + "\n".join(_align(rows))
         + f"\nprincipal angles (deg): {angles}{note}\n{verdict}"
     )
+
+
+def per(m: dict) -> str:
+    """What a likelihood is per: a row of a ``--data`` table, else a sample (an image)."""
+    return "row" if m.get("source") else "sample"
 
 
 def stage_line(seconds: dict | None) -> str:
@@ -477,7 +482,7 @@ def compare_table(r: dict) -> str:
                 )
             )
     note = (
-        f"nats per sample (higher is better); train/test: exact for PPCA and LinearVAE, "
+        f"nats per {per(r)} (higher is better); train/test: exact for PPCA and LinearVAE, "
         f"IW (K={r['iw_samples']}) for the VAE on {_points(r)} points" + _ais_note(r)
     )
     return f"{r['dataset']}: {note}\n" + "\n".join(_align(rows))

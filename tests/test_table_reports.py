@@ -27,6 +27,8 @@ def test_standardization_is_recorded_with_how_to_undo_it(table):
     std = r["standardization"]
     assert std["columns"] == ["a", "b", "c"] and std["center"] == ds.info["center"]
     assert std["log_density_shift"] == pytest.approx(-sum(math.log(s) for s in ds.info["scale"]))
+    printed = reports.check_table(r)
+    assert "nats per row" in printed and "image" not in printed
     plain = workflows.check_ppca(ppvae.load_table(table), latent_dim=1, epochs=1, progress=False)
     assert plain.metrics["standardization"] is None
     assert "standardized data" in workflows.common.units(ds)
