@@ -22,8 +22,8 @@
 #   $S \to \infty$ with *any* fixed $q$ (section 3);
 # * an **inverse autoregressive flow** (`guide="iaf"`): the approximation gap, when the
 #   posterior is not Gaussian (section 4);
-# * **DReG** (`elbo="iwae-dreg"`): neither gap; the same bound, with a lower-variance gradient
-#   for the guide (section 5).
+# * **DReG** (`elbo="iwae-dreg"`): neither gap; the same bound, with a guide gradient whose
+#   signal-to-noise ratio does not fall as $S$ grows (section 5).
 #
 # The amortization gap is attacked by none of them directly (a larger encoder, or per-point
 # refinement, would); `evaluate.inference_gaps` measures it. All log-likelihoods are in nats
@@ -44,6 +44,7 @@ IW_SAMPLES = 50 if SMALL else 1000  # importance samples per test image for the 
 GAP_POINTS = 5 if SMALL else 100  # test images for the inference gaps
 GAP_STEPS = 20 if SMALL else 500  # Adam steps of the per-image optimization
 GUIDE_EPOCHS = 2 if SMALL else 100  # epochs of each guide alone on the frozen decoder
+SNR_EPOCHS = 2  # epochs of the VAE at which the gradient's SNR is measured
 SNR_POINTS = 8 if SMALL else 16  # test images in each gradient of the SNR study
 SNR_DRAWS = 40 if SMALL else 200  # independent gradient draws per S and estimator
 SNR_BOOT = 20 if SMALL else 100  # bootstrap resamples of the draws for the SNR's error
@@ -469,7 +470,10 @@ assert SMALL or iwae_check["loglik_gap"] <= 0.02
 # likelihood are then copied into three VAEs, `guide="diagonal"`, `"fullrank"` and `"iaf"`
 # (two affine autoregressive layers conditioned on an encoder context), and frozen
 # (`requires_grad=False`, which `fit` skips), and only each guide is trained for
-# `GUIDE_EPOCHS` more epochs on that fixed $p(x, z)$. $\log p(x)$ is then the same for the
+# `GUIDE_EPOCHS` more epochs on that fixed $p(x, z)$ (Adam at $10^{-3}$ for the first fifth,
+# then decayed to $10^{-5}$: at a constant rate Adam's steps of about the learning rate on the
+# full-rank guide's extra outputs keep jittering its correlations, and a first run at a constant
+# $10^{-3}$ left it 0.034 ± 0.006 nats below the diagonal guide on the training images). $\log p(x)$ is then the same for the
 # three, and every difference in ELBO or IW is the guide's.
 #
 # The three guides also start from the same $q$: each is initialized at the trained diagonal
@@ -531,7 +535,7 @@ def freeze_model(vae):
             p.requires_grad_(False)
 
 
-vaes, hist, est, gaps, test_elbo, start_elbo = {}, {}, {}, {}, {}, {}
+vaes, hist, est, gaps, test_elbo, start_elbo, train_elbo = {}, {}, {}, {}, {}, {}, {}
 for guide in guides:
     vaes[guide] = vae = guide_on_fixed_decoder(guide)
     freeze_model(vae)
@@ -540,16 +544,17 @@ for guide in guides:
     freeze_model(vae)  # in case an evaluator restored requires_grad
     decoder_before = [p.clone() for p in vae.decoder.parameters()]
     hist[guide] = ppvae.fit(vae, data.train, epochs=GUIDE_EPOCHS, batch_size=128, lr=1e-3,
-                            seed=0, progress=False)
+                            lr_decay=0.01, decay_start=0.2, seed=0, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(decoder_before, vae.decoder.parameters(),
                                                  strict=True)), "the decoder moved"
     pyro.set_rng_seed(1)
+    train_elbo[guide] = evaluate.elbo(vae, data.train, num_samples=100).double()
     test_elbo[guide] = evaluate.elbo(vae, data.test, num_samples=100).double()
     est[guide] = evaluate.estimate_log_likelihood(vae, data.test, num_samples=IW_SAMPLES)
     gaps[guide] = evaluate.inference_gaps(vae, data.test[:GAP_POINTS], steps=GAP_STEPS,
                                           num_samples=IW_SAMPLES)
 summary = pd.DataFrame({g: {
-    "test ELBO at start": start_elbo[g],
+    "test ELBO at start": start_elbo[g], "train ELBO": float(train_elbo[g].mean()),
     "test ELBO": float(test_elbo[g].mean()), "IW": est[g].mean, "IW SE": est[g].sem,
     "IW - ELBO": float((est[g].log_px.double() - test_elbo[g]).mean()),
     "k-hat>0.7": est[g].khat_share,
@@ -565,13 +570,19 @@ summary.round(3)
 # Paired comparisons (the same test images and the same $\log p(x)$, so that the spread over
 # images cancels) say how much of each difference is real. Asserted: the IW estimate with $S$
 # draws lies above the ELBO (on average, $\mathrm{IW}_S \ge \mathrm{IW}_1$ by Burda et al.'s
-# theorem), beyond 4 paired standard errors; and each richer family's ELBO is not below the
-# diagonal one's by more than 2 paired standard errors (a tolerance of 1 would fail about one
-# run in six if the two were equal). That second assert is an optimization check, not a
-# finding: with the decoder fixed and a common start, a family containing the diagonal one
-# does at least as well unless its optimizer fails. The IW differences are printed beside the
-# ELBO ones: the IW gap $\mathrm{IW} - \mathrm{ELBO}$ is what a better guide shrinks, since
-# both approach the same $\log p(x)$.
+# theorem), beyond 4 paired standard errors; and each richer family's **training** ELBO (the
+# objective the guides maximized, on all training images) is not below the diagonal one's by
+# more than 2 paired standard errors (a tolerance of 1 would fail about one run in six if the
+# two were equal). That second assert is an optimization check, not a finding: with the
+# decoder fixed and a common start, a family containing the diagonal one does at least as
+# well on the objective it is trained on unless its optimizer fails. On the *test* images
+# the argument does not hold: an amortized encoder is a regression from $x$ to $q$'s
+# parameters, and one with more outputs (the full-rank encoder's 28 Cholesky entries per
+# image) can fit the training images better and generalize worse, which is a larger
+# amortization gap, not a smaller family. So the test differences are printed, not asserted.
+# The IW differences are printed beside the ELBO ones: the IW gap
+# $\mathrm{IW} - \mathrm{ELBO}$ is what a better guide shrinks, since both approach the same
+# $\log p(x)$.
 
 # %%
 for g in guides:
@@ -580,11 +591,13 @@ for g in guides:
 for g in ("fullrank", "iaf"):
     d_iw = est[g].log_px.double() - est["diagonal"].log_px.double()
     d_elbo = test_elbo[g] - test_elbo["diagonal"]
-    print(f"{g} - diagonal, same decoder: ELBO {float(d_elbo.mean()):+.3f} +- {se(d_elbo):.3f}, "
-          f"IW {float(d_iw.mean()):+.3f} +- {se(d_iw):.3f} nats/image (paired SE)")
-    assert float(d_elbo.mean()) > -2 * se(d_elbo), (
+    d_train = train_elbo[g] - train_elbo["diagonal"]
+    print(f"{g} - diagonal, same decoder: train ELBO {float(d_train.mean()):+.3f} +- "
+          f"{se(d_train):.3f}; test ELBO {float(d_elbo.mean()):+.3f} +- {se(d_elbo):.3f}, "
+          f"test IW {float(d_iw.mean()):+.3f} +- {se(d_iw):.3f} nats/image (paired SE)")
+    assert float(d_train.mean()) > -2 * se(d_train), (
         f"optimization failure: the {g} guide, whose family contains the diagonal one, ends "
-        f"{-float(d_elbo.mean()):.3f} nats below it on the same decoder")
+        f"{-float(d_train.mean()):.3f} nats below it on the training images, same decoder")
 
 fig, ax = plt.subplots(figsize=(7, 3.6))
 x_pos = np.arange(len(guides))
@@ -614,7 +627,14 @@ plt.show()
 # $1/\sqrt S$: as the bound tightens, its gradient in $\phi$ shrinks faster than its noise.
 # DReG's does not fall (Tucker et al.: it grows like $\sqrt S$).
 #
-# Measured at fixed parameters (the decoder of section 4 with its diagonal guide): for each
+# Measured at fixed parameters: the same VAE as in section 4 (diagonal guide, same seed),
+# stopped after `SNR_EPOCHS` epochs, where the guide is still learning. At the end of
+# section 4's training the guide sits where the ELBO's gradient averages to zero on the
+# training images, so the $S = 1$ signal is close to 0 there and the comparison starts from
+# the noise; a full-size run measured at that point found IWAE's SNR flat
+# ($-0.03 \pm 0.02$ in log from $S = 1$ to 64) and DReG's falling ($-0.35 \pm 0.02$) but still
+# above IWAE's at every $S$: the trend of Rainforth et al. is a statement about the
+# gradient's scaling where there is a signal to lose. For each
 # $S$ and each estimator, `SNR_DRAWS` independent gradients of the bound on the same
 # `SNR_POINTS` test images with respect to the encoder's parameters; per parameter,
 # $\mathrm{SNR} = |\mathrm{mean}| / \mathrm{sd}$ over the draws; summarized by its root mean
@@ -628,7 +648,10 @@ plt.show()
 
 # %%
 SNR_S = (1, 4, 16, 64)
-snr_vae = vaes["diagonal"]
+torch.manual_seed(0)
+snr_vae = ppvae.VAE(D, LATENT_DIM, hidden=(128,), likelihood="gaussian", guide="diagonal")
+ppvae.fit(snr_vae, data.train, epochs=SNR_EPOCHS, batch_size=128, lr=3e-3, seed=0,
+          progress=False)
 enc_params = [p for p in snr_vae.encoder.parameters() if p.requires_grad]
 x_snr = data.test[:SNR_POINTS]
 grads, values = {}, {}
@@ -640,7 +663,7 @@ for objective in ("iwae", "iwae-dreg"):
         for _ in range(SNR_DRAWS):
             loss = loss_fn.differentiable_loss(snr_vae.model, snr_vae.guide, x_snr)
             rows_g.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, enc_params)]))
-            vals.append(float(loss))
+            vals.append(float(loss.detach()))
         grads[objective, s_iw], values[objective, s_iw] = torch.stack(rows_g).double(), vals
 for s_iw in SNR_S:
     np.testing.assert_allclose(values["iwae", s_iw], values["iwae-dreg", s_iw], rtol=1e-6)
@@ -721,8 +744,12 @@ plt.show()
 #   it only at $S$ in the hundreds; with an infinite one ($45°$: 0.61) it converges more
 #   slowly. PSIS's per-image $\hat k$ scatters by about 0.2 around the true $k$, so single
 #   images above 0.7 can be noise. An IWAE-trained linear VAE lands on the PPCA maximum.
-# * On the nonlinear VAE the table, not an assert, says how the guides compare at this budget;
-#   the full-rank guide's deficit is an optimization failure (its family contains the
-#   diagonal one); the gaps of `inference_gaps` are relative to the best *diagonal* Gaussian
-#   per image.
-# * DReG keeps IWAE's value and changes the guide's gradient.
+# * On one fixed nonlinear decoder, with the three guides started from the same diagonal $q$
+#   and trained alone, the full-rank and IAF guides end at or above the diagonal one's ELBO
+#   (asserted: anything else would be an optimization failure, since their families contain
+#   it), and the table gives each family's ELBO, IW and IW - ELBO on the same $\log p(x)$;
+#   the gaps of `inference_gaps` are relative to the best *diagonal* Gaussian per image.
+# * DReG keeps IWAE's value and changes the guide's gradient: the encoder gradient's
+#   signal-to-noise ratio falls with $S$ under IWAE (Rainforth et al. 2018) and does not under
+#   DReG, measured over repeated draws at fixed parameters early in training (at the ELBO's
+#   stationary point there is little signal for either to lose).
