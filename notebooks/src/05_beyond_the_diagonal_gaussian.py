@@ -471,10 +471,12 @@ assert SMALL or iwae_check["loglik_gap"] <= 0.02
 # (two affine autoregressive layers conditioned on an encoder context), and frozen
 # (`requires_grad=False`, which `fit` skips), and only each guide is trained for
 # `GUIDE_EPOCHS` more epochs on that fixed $p(x, z)$ (Adam at $10^{-3}$ for the first fifth,
-# then decayed to $10^{-5}$: at a constant rate Adam's steps of about the learning rate on the
-# full-rank guide's extra outputs keep jittering its correlations, and a first run at a constant
-# $10^{-3}$ left it 0.034 ± 0.006 nats below the diagonal guide on the training images). $\log p(x)$ is then the same for the
-# three, and every difference in ELBO or IW is the guide's.
+# then decayed to $10^{-5}$: a first run at a constant $10^{-3}$ left the full-rank guide
+# 0.034 ± 0.006 nats below the diagonal one on the training images, an optimization failure;
+# our reading, not measured, is that Adam's steps of about the learning rate on its extra
+# outputs do not settle at a constant rate).
+# $\log p(x)$ is then the same for the three, and every difference in ELBO or IW is the
+# guide's.
 #
 # The three guides also start from the same $q$: each is initialized at the trained diagonal
 # guide (the full-rank encoder's off-diagonal Cholesky outputs at 0, the IAF's base encoder a
