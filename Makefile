@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(VENV)/bin/ppvae run --out $(OUT) --force $(ARGS)  # runs/default is scratch: rerunnable
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests  # two workers, one thread each (tests/conftest.py)
+	$(PY) -m pytest -q -n 2 tests --durations=25  # two workers, one thread each (tests/conftest.py)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
