@@ -81,9 +81,17 @@ def _final(out):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
+    """The uninterrupted run, in this process at one thread as the subprocesses run (one
+    interpreter start fewer than ``python -m ppvae``)."""
+    from ppvae.cli import main
+
     out = tmp_path_factory.mktemp("reference")
-    res = _cli(*FIT_ARGS, "--out", str(out))
-    assert res.returncode == 0, res.stderr
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*FIT_ARGS, "--no-progress", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return _final(out)
 
 
