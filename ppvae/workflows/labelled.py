@@ -154,6 +154,53 @@ def make_labelled(
     raise InputError(f"model must be one of {', '.join(LABELLED_MODELS)}, got {model!r}")
 
 
+def _check_settings(model: str, alpha, conditional_prior: bool, *, resume: bool, out) -> None:
+    """Refuse, by name, settings :func:`fit_labelled` cannot honour, before any work."""
+    if resume and out is None:
+        raise InputError("resume=True needs out, the folder of the run")
+    if model not in LABELLED_MODELS:
+        raise InputError(f"model must be one of {', '.join(LABELLED_MODELS)}, got {model!r}")
+    if model == "cvae" and alpha is not None:
+        raise InputError("alpha weights M2's classifier (model='ssvae'); the cvae has none")
+    if model == "ssvae" and conditional_prior:
+        raise InputError("conditional_prior is the cvae's p(z | y); M2's p(z) is N(0, I)")
+
+
+def _test_scores(net, ds: Dataset, curve: ErrorCurve, y, *, iw_samples: int, seed: int) -> dict:
+    """The test error (the curve's last point), its curve, logistic regression on the same
+    labelled rows and, for the conditional VAE, the test log p(x | y) with the true labels."""
+    labelled = y != UNLABELLED
+    cvae = isinstance(net, ConditionalVAE)
+    last = curve.curve[-1][1] if curve.curve else classification_error(net, ds.test, ds.test_labels)
+    scores = {
+        "test_error": last,
+        "test_error_curve": [list(p) for p in curve.curve],
+        "test_error_by": f"argmax over y of ELBO(x, y), {CVAE_CLASSIFY_SAMPLES} draws"
+        if cvae
+        else "argmax q(y | x)",
+        "logistic_regression_test_error": logistic_regression_error(
+            _as_test_rows(ds, ds.train[labelled], seed),
+            y[labelled],
+            ds.test,
+            ds.test_labels,
+            seed,
+        ),
+    }
+    if cvae:
+        torch.manual_seed(seed)
+        est = evaluate.estimate_log_likelihood(
+            net, ds.test, num_samples=iw_samples, y=ds.test_labels
+        )
+        scores.update(
+            test_log_likelihood_given_label_iw=est.mean,
+            iw_samples=iw_samples,
+            iw_sem=est.sem,
+            iw_mc_se_mean=float(est.mc_se.mean()),
+            iw_khat_share_gt_0_7=est.khat_share,
+        )
+    return scores
+
+
 def fit_labelled(
     dataset: Dataset | str = "digits",
     *,
@@ -211,14 +258,7 @@ def fit_labelled(
         ``test_error_curve`` ([epoch, error] pairs), ``logistic_regression_test_error`` on the
         same labelled rows, ``labels_used``; ``models`` ``model``.
     """
-    if resume and out is None:
-        raise InputError("resume=True needs out, the folder of the run")
-    if model not in LABELLED_MODELS:
-        raise InputError(f"model must be one of {', '.join(LABELLED_MODELS)}, got {model!r}")
-    if model == "cvae" and alpha is not None:
-        raise InputError("alpha weights M2's classifier (model='ssvae'); the cvae has none")
-    if model == "ssvae" and conditional_prior:
-        raise InputError("conditional_prior is the cvae's p(z | y); M2's p(z) is N(0, I)")
+    _check_settings(model, alpha, conditional_prior, resume=resume, out=out)
     binarize = "dynamic" if likelihood == "bernoulli" else None
     ds = workflows.load(dataset, seed=seed, binarize=binarize)
     y = _training_labels(ds, labels, seed)
@@ -288,34 +328,9 @@ def fit_labelled(
         "lr": history.config["lr"],
         "fit_config": history.config,
         "fit_seconds": history.seconds,
-        "test_error": curve.curve[-1][1]
-        if curve.curve
-        else classification_error(net, ds.test, ds.test_labels),
-        "test_error_curve": [list(p) for p in curve.curve],
-        "test_error_by": "argmax q(y | x)"
-        if model == "ssvae"
-        else f"argmax over y of ELBO(x, y), {CVAE_CLASSIFY_SAMPLES} draws",
-        "logistic_regression_test_error": logistic_regression_error(
-            _as_test_rows(ds, ds.train[labelled], seed),
-            y[labelled],
-            ds.test,
-            ds.test_labels,
-            seed,
-        ),
+        **_test_scores(net, ds, curve, y, iw_samples=iw_samples, seed=seed),
         "history": history.to_dict(),
     }
-    if model == "cvae":
-        torch.manual_seed(seed)
-        est = evaluate.estimate_log_likelihood(
-            net, ds.test, num_samples=iw_samples, y=ds.test_labels
-        )
-        metrics.update(
-            test_log_likelihood_given_label_iw=est.mean,
-            iw_samples=iw_samples,
-            iw_sem=est.sem,
-            iw_mc_se_mean=float(est.mc_se.mean()),
-            iw_khat_share_gt_0_7=est.khat_share,
-        )
     if out is not None:
         metrics["figures"] = _figures(net, ds, out, metrics, n_classes, seed)
         save(net, out / "model.pt", history=history, metadata={"dataset": ds.name, "seed": seed})
