@@ -245,6 +245,7 @@ def test_save_and_load_round_trip(tmp_path, digits):
     )
 
 
+@pytest.mark.long_convergence
 def test_stacked_autoencoder_beats_logistic_regression_on_raw_pixels(digits):
     """All labels: greedy pretraining (50 epochs per layer) then fine-tuning (100 epochs).
     Recorded: 0.978 against logistic regression's 0.964 (benchmarks/autoencoders_digits.py)."""

@@ -192,6 +192,7 @@ CASES = {
 }
 
 
+@pytest.mark.long_convergence
 @pytest.mark.parametrize("case", list(CASES))
 def test_linear_vae_trained_by_svi_recovers_the_ppca_mle(case, digits):
     make, k = CASES[case]
@@ -221,6 +222,7 @@ def exact_spectrum_sample(n: int, d: int, seed: int) -> torch.Tensor:
     return Z * spectrum.sqrt() @ Q.T
 
 
+@pytest.mark.long_convergence
 def test_posterior_collapse_beyond_the_eigenvalue_threshold():
     """With 3 sample-covariance eigenvalues above s2 and k = 6, three latents must collapse.
 

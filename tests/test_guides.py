@@ -25,6 +25,7 @@ def _unseen_linear(n=1500, d=20, k=3, seed=11):
     return z @ W.T + 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64) + 1.0
 
 
+@pytest.mark.long_convergence
 @pytest.mark.parametrize("case", ["digits", "unseen"])
 def test_a_fullrank_linear_vae_reaches_the_exact_posterior_and_the_ppca_mle(case, digits):
     """The exact posterior N(M^-1 W^T (x - b), s2 M^-1) is in the full-rank family, so after the

@@ -33,6 +33,7 @@ def test_the_iwae_objective_is_log_likelihood_with_the_same_draws(case, K, digit
     assert -IWAE_ELBO(K, dreg=True).loss(vae.model, vae.guide, X) == pytest.approx(bound, rel=1e-6)
 
 
+@pytest.mark.long_convergence
 @pytest.mark.parametrize("case", ["digits", "unseen"])
 def test_an_iwae_trained_linear_vae_lands_on_the_ppca_mle(case, digits):
     """The IWAE bound's maximum over (W, b, s2) is still the PPCA maximum (the bound is tight

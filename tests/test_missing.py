@@ -180,6 +180,7 @@ def test_streamed_incomplete_data_train_like_in_memory_data_and_resume(digits, t
 
 
 # ---------------------------------------------------------------------- the linear ground truth
+@pytest.mark.long_convergence
 @pytest.mark.parametrize("case", ["digits", "unseen"])
 def test_a_linear_vae_on_incomplete_data_lands_on_the_em_maximum(case, digits):
     """20% of entries missing completely at random. The observed-data log-likelihood of a
