@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 OUT ?= runs/default
 ARGS ?=
 
-.PHONY: run test lint bench notebooks clean
+.PHONY: run test lint docs bench notebooks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# The documentation site: docs/_build/html. Warnings are errors; nothing is fetched; the
+# notebooks are rendered from their stored outputs (make notebooks re-executes them).
+docs: $(STAMP)
+	$(PY) -m sphinx -b html -W --keep-going -q -j 2 docs docs/_build/html
+
 bench: $(STAMP)
 	$(PY) benchmarks/ppca_check.py --data-root ../shared/data
 
@@ -31,4 +36,4 @@ notebooks: $(STAMP)
 	$(PY) notebooks/_build.py && $(PY) notebooks/_execute.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache docs/_build docs/generated

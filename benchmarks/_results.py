@@ -1,0 +1,83 @@
+"""Result files of the benchmarks: ``benchmarks/results/<name>.json`` with their provenance.
+
+Every file a documentation page draws numbers from carries ``command`` (the command line that
+wrote it), ``date`` (UTC, ISO 8601), ``machine`` (platform, processor, CPU count, load
+average at the end) and ``versions`` (Python, torch, Pyro, NumPy, ppvae and its git commit);
+``tests/test_docs.py`` checks it. ``write_result`` adds them and writes atomically.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROVENANCE = ("command", "date", "machine", "versions")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=RESULTS.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=RESULTS.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() + ("+modified" if dirty else "")) or None
+
+
+def provenance(argv: list[str] | None = None) -> dict:
+    """The command, date, machine and versions of this process's run."""
+    import numpy
+    import pyro
+    import torch
+
+    import ppvae
+
+    argv = sys.argv if argv is None else argv
+    script = os.path.relpath(argv[0], RESULTS.parents[1]) if argv else "?"
+    return {
+        "command": " ".join(["python", script, *argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "pyro": pyro.__version__,
+            "numpy": numpy.__version__,
+            "ppvae": ppvae.__version__,
+            "git_commit": _git_commit(),
+        },
+    }
+
+
+def write_result(name: str, result: dict, out: str | Path | None = None) -> Path:
+    """Write ``result`` with its provenance to ``out`` (default ``results/<name>.json``)."""
+    path = Path(out) if out is not None else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"benchmark": name, **provenance(), **result}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(body, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
