@@ -126,6 +126,9 @@ def cli_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+CONSTANT_TYPES = (str, int, float, dict, list, tuple)
+
+
 def public_names() -> dict[str, list[str]]:
     """Each module's public names, each object once (under the first module exporting it)."""
     seen: set[int] = set()
@@ -136,7 +139,7 @@ def public_names() -> dict[str, list[str]]:
         for name in module.__all__:
             obj = getattr(module, name)
             # constants are described where they are used; modules have their own section
-            if name.startswith("_") or isinstance(obj, (str, int, float, dict, list, tuple, types.ModuleType)):
+            if name.startswith("_") or isinstance(obj, (*CONSTANT_TYPES, types.ModuleType)):
                 continue
             if id(obj) in seen:
                 continue

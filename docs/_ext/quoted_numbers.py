@@ -30,13 +30,13 @@ _CODE = re.compile(r"``.+?``|`[^`\n]+`")
 _MATH = re.compile(r"\$\$.*?\$\$|\$[^$\n]+\$", re.S)
 _LINK_TARGET = re.compile(r"\]\([^)]*\)")
 _VERSION = re.compile(r"\b\d+\.\d+\.\d+\b")
-_NUMBER = r"(?<![\w.])[-+−]?\d[\d,]*(?:\.\d+)?"
+_NUMBER = r"(?<![\w.])[-+\u2212]?\d[\d,]*(?:\.\d+)?"
 _UNITS = r"(?:ms|s|min|minutes|seconds|h|hours|MiB|GiB|KiB|MB|GB|nats?|bits|steps/s)"
 MEASURED = re.compile(
     rf"(?P<pct>{_NUMBER}\s?%)"
     rf"|(?P<ratio>{_NUMBER}x)(?![\w])"
     rf"|(?P<unit>{_NUMBER})\s?{_UNITS}(?![\w/])"
-    rf"|(?P<dec>(?<![\w.])[-+−]?\d[\d,]*\.\d+)(?![\w.])"
+    rf"|(?P<dec>(?<![\w.])[-+\u2212]?\d[\d,]*\.\d+)(?![\w.])"
 )
 
 
@@ -72,7 +72,7 @@ def quoted_numbers(text: str) -> list[tuple[int, str]]:
     for lineno, line in enumerate(prose(text).splitlines(), 1):
         for m in MEASURED.finditer(line):
             kind = m.lastgroup
-            out.append((lineno, m.group(kind).strip() + ("" if kind != "unit" else "")))
+            out.append((lineno, m.group(kind).strip()))
     return out
 
 
@@ -103,7 +103,7 @@ def held_values(names: list[str]) -> list[float]:
 def _parse(token: str) -> tuple[float, int, bool]:
     """(absolute value, decimals, is a percentage) of a quoted token."""
     pct = token.endswith("%")
-    core = token.rstrip("%x ").replace(",", "").replace("−", "-").lstrip("+-")
+    core = token.rstrip("%x ").replace(",", "").replace("\u2212", "-").lstrip("+-")
     decimals = len(core.split(".")[1]) if "." in core else 0
     return float(core), decimals, pct
 
@@ -125,5 +125,8 @@ def unheld_numbers(path: Path) -> list[str]:
     if missing:
         return [f"{path}: names result files that do not exist: {missing}"]
     values = held_values(names)
-    return [f"{path}:{line}: {token}" for line, token in quoted_numbers(text)
-            if not is_held(token, values)]
+    return [
+        f"{path}:{line}: {token}"
+        for line, token in quoted_numbers(text)
+        if not is_held(token, values)
+    ]
