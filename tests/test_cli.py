@@ -1,7 +1,6 @@
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 
@@ -268,19 +267,6 @@ def test_help_exits_0_and_lists_the_commands(capsys):
         main(["--help"])
     printed = capsys.readouterr()
     assert exit_.value.code == 0 and "check" not in printed.err and "run" in printed.out
-
-
-def test_readme_example_runs_as_written(tmp_path, monkeypatch):
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks, "README has no python example"
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
-    assert (tmp_path / "runs" / "example" / "model.pt").exists()
-    assert isinstance(namespace["vae2"], ppvae.VAE)
-    assert bool(torch.isfinite(namespace["loglik"]).all())
 
 
 # ---------------------------------------------------------------------- issue #14, part 3

@@ -93,6 +93,28 @@ class Printed(SphinxDirective):
         return [block]
 
 
+class ResultFiles(SphinxDirective):
+    """A table of every result file: benchmark, command, date, machine, commit."""
+
+    def run(self):
+        rows = ["| file | command | date | machine | commit |", "|---|---|---|---|---|"]
+        for path in sorted(RESULTS.glob("*.json")):
+            result = json.loads(path.read_text())
+            machine = result.get("machine")
+            if isinstance(machine, dict):
+                machine = f"{machine.get('platform', '?')}, {machine.get('cpu_count', '?')} CPUs"
+            commit = (result.get("versions") or {}).get("git_commit") or ""
+            cells = [
+                f"`{path.name}`",
+                f"`{result['command']}`" if result.get("command") else "(not recorded)",
+                str(result.get("date") or "(not recorded)"),
+                str(machine or "(not recorded)"),
+                f"`{commit}`" if commit else "",
+            ]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        return self.parse_text_to_nodes("\n".join(rows))
+
+
 def copy_notebooks(app) -> None:
     target = DOCS / "notebooks"
     for path in sorted((REPO / "notebooks").glob("*.ipynb")):
@@ -176,5 +198,6 @@ def generate_pages(app) -> None:
 def setup(app):
     app.add_role("result", result_role)
     app.add_directive("printed", Printed)
+    app.add_directive("result-files", ResultFiles)
     app.connect("builder-inited", generate_pages, priority=100)  # before autosummary
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
