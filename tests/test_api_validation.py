@@ -66,3 +66,23 @@ def test_check_ppca_help_states_the_linear_vae_learning_rate(capsys):
     lr = ppvae.LinearVAE.training_defaults["lr"]
     assert f"--lr LR Adam learning rate of the LinearVAE (default {lr:g}" in text
     assert "1e-3" not in text and math.isclose(lr, 0.05)
+
+
+@pytest.mark.parametrize(
+    "model, given, named",
+    [
+        ("ae", {"rho": 0.1}, "rho"),
+        ("dae", {"contraction": 0.1}, "contraction"),
+        ("cae", {"noise": "gaussian"}, "noise"),
+        ("sae", {"sparsity": "l1", "beta": 100.0}, "beta"),
+        ("sae", {"l1": 5.0}, "l1"),  # the default penalty is the KL one
+        ("stacked", {"sparsity": "kl"}, "sparsity"),
+    ],
+)
+def test_fit_autoencoder_refuses_a_setting_its_model_does_not_use(model, given, named):
+    """Issue 32: fit_autoencoder(model="ae", rho=0.1) trained as if rho were not there."""
+    from ppvae import workflows
+
+    with pytest.raises(InputError, match=rf"does not use {named}\b") as error:
+        workflows.fit_autoencoder("digits", model=model, epochs=1, **given)
+    assert str(error.value).count("\n") == 0

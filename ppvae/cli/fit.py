@@ -54,9 +54,7 @@ def add_parser(sub, name: str):
         "cvae (conditional VAE), ssvae (semi-supervised VAE, M2) (default vae)",
     )
     options.add_data(p)
-    options.add_vae(
-        p, title="the model (--prior, --architecture and --guide: --model vae only)"
-    )
+    options.add_vae(p, title="the model (--prior, --architecture and --guide: --model vae only)")
     options.add_training(p)
     options.add_objective(p)
     options.add_iw(p)
@@ -346,19 +344,11 @@ def _fit(run, ds, out: Path):
         )
     if model == "stacked":
         del common["clip_norm"], common["metadata"]
+    own = set(workflows.AUTOENCODER_OPTIONS[model])
+    if model == "sae":  # the options of the other penalty were refused if given
+        own -= {"rho", "beta"} if run.sparsity == "l1" else {"l1"}
     return workflows.fit_autoencoder(
-        ds,
-        model=model,
-        noise=run.noise,
-        noise_level=run.noise_level,
-        sparsity=run.sparsity,
-        rho=run.rho,
-        beta=run.beta,
-        l1=run.l1,
-        contraction=run.contraction,
-        finetune_epochs=run.finetune_epochs,
-        labels=run.labels,
-        **common,
+        ds, model=model, **{name: getattr(run, name) for name in sorted(own)}, **common
     )
 
 

@@ -307,13 +307,13 @@ def fit_autoencoder(
     latent_dim: int = 8,
     hidden=(256,),
     likelihood: str = "gaussian",
-    noise: str = "mask",
+    noise: str | None = None,
     noise_level: float | None = None,
-    sparsity: str = "kl",
-    rho: float = 0.05,
-    beta: float = 3.0,
-    l1: float = 1e-3,
-    contraction: float = 0.05,
+    sparsity: str | None = None,
+    rho: float | None = None,
+    beta: float | None = None,
+    l1: float | None = None,
+    contraction: float | None = None,
     finetune_epochs: int | None = None,
     labels: int | None = None,
     epochs: int = 300,
@@ -345,8 +345,13 @@ def fit_autoencoder(
     latent_dim, hidden, likelihood
         The code size, hidden widths and the reconstruction loss (``"gaussian"``: squared
         error; ``"bernoulli"``: cross-entropy).
-    noise, noise_level, sparsity, rho, beta, l1, contraction
-        The model-specific settings (see :mod:`ppvae.autoencoders`).
+    noise, noise_level, sparsity, rho, beta, l1, contraction : optional
+        The model-specific settings (see :mod:`ppvae.autoencoders`; ``AUTOENCODER_OPTIONS``
+        says which model uses which). None takes the model's default (``noise="mask"``,
+        ``sparsity="kl"``, ``rho=0.05``, ``beta=3.0``, ``l1=1e-3``, ``contraction=0.05``;
+        ``noise_level`` 0.3 for ``dae``, 0 for ``stacked``). A setting the model does not use
+        (``rho`` for ``ae``; ``l1`` with ``sparsity="kl"``, ``rho`` or ``beta`` with ``"l1"``)
+        is refused with an ``InputError`` naming it, not ignored.
     finetune_epochs, labels : int, optional
         ``stacked``: fine-tuning epochs (default ``epochs``) and labelled training images
         (default all).
@@ -363,6 +368,18 @@ def fit_autoencoder(
         ``metrics`` as in ``metrics.json``: test reconstruction error (squared, per image),
         per-epoch objective (and for ``stacked`` the test accuracy); ``models`` ``model``.
     """
+    settings = _model_settings(
+        model,
+        noise=noise,
+        noise_level=noise_level,
+        sparsity=sparsity,
+        rho=rho,
+        beta=beta,
+        l1=l1,
+        contraction=contraction,
+        finetune_epochs=finetune_epochs,
+        labels=labels,
+    )
     _refuse_settings(model, resume=resume, clip_norm=clip_norm, out=out)
     binarize = "dynamic" if likelihood == "bernoulli" else None
     s = start(
@@ -380,13 +397,7 @@ def fit_autoencoder(
             latent_dim,
             hidden=hidden,
             likelihood=likelihood,
-            noise=noise,
-            noise_level=noise_level,
-            sparsity=sparsity,
-            rho=rho,
-            beta=beta,
-            l1=l1,
-            contraction=contraction,
+            **{k: v for k, v in settings.items() if k not in ("finetune_epochs", "labels")},
         ),
     )
     ds, ae, out = s.data, s.model, s.out
@@ -442,6 +453,39 @@ def fit_autoencoder(
     metrics["environment"] = environment()
     finish(out, "metrics.json", metrics)
     return Result(metrics, {"model": ae}, history, out)
+
+
+AUTOENCODER_DEFAULTS = {
+    "noise": "mask",
+    "sparsity": "kl",
+    "rho": 0.05,
+    "beta": 3.0,
+    "l1": 1e-3,
+    "contraction": 0.05,
+}
+"""The defaults of :func:`fit_autoencoder`'s model-specific settings left as None."""
+
+
+def _model_settings(model: str, **given) -> dict:
+    """The model-specific settings of ``model``: those given, then the defaults it uses.
+
+    Raises InputError naming each setting given (not None) that ``model`` does not use.
+    """
+    if model not in AUTOENCODER_OPTIONS:
+        raise InputError(f"model must be one of {', '.join(AUTOENCODER_OPTIONS)}, got {model!r}")
+    own = set(AUTOENCODER_OPTIONS[model])
+    if model == "sae":
+        penalty = given.get("sparsity") or AUTOENCODER_DEFAULTS["sparsity"]
+        own -= {"rho", "beta"} if penalty == "l1" else {"l1"}
+    unused = sorted(name for name, value in given.items() if value is not None and name not in own)
+    if unused:
+        which = f"sparsity={penalty!r}" if model == "sae" else f"model {model!r}"
+        raise InputError(
+            f"{which} does not use {', '.join(unused)} (its settings: "
+            f"{', '.join(sorted(own)) or 'none'}); leave them None"
+        )
+    defaults = {k: v for k, v in AUTOENCODER_DEFAULTS.items() if k in own}
+    return {**defaults, **{k: v for k, v in given.items() if k in own and v is not None}}
 
 
 def _refuse_settings(model: str, *, resume: bool, clip_norm, out) -> None:
