@@ -104,7 +104,17 @@ def test_the_recorded_examples_are_the_pages_examples():
     assert recorded["README.md"][0]["printed"] in readme  # the output the README shows
 
 
-@pytest.mark.parametrize("page", examples.example_pages(), ids=lambda p: p.name)
+def test_the_readme_example_is_the_first_example_of_the_python_guide():
+    """So it runs once, on that page, in the test below (and its output is that block's)."""
+    readme = examples.python_blocks(REPO / "README.md")
+    guide = examples.python_blocks(REPO / "docs" / "guide" / "python.md")
+    assert readme == guide[: len(readme)]
+
+
+EXAMPLE_PAGES = [p for p in examples.example_pages() if p.name != "README.md"]
+
+
+@pytest.mark.parametrize("page", EXAMPLE_PAGES, ids=lambda p: p.name)
 def test_a_pages_examples_run_as_written(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples write runs/...
     pyro.clear_param_store()
