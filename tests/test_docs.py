@@ -37,7 +37,7 @@ PAGES = [
     for p in PAGES
     if p.relative_to(REPO / "docs" if "docs" in p.parts else REPO).as_posix() not in GENERATED
 ]
-ROLE = re.compile(r"\{result\}`([^`|]+)(?:\|[^`]*)?`")
+ROLE = re.compile(r"\{result\}`([^`|\\]+)(?:\\?\|[^`]*)?`")
 PRINTED = re.compile(r"^```\{printed\} (\S+) (\d+)", re.M)
 PROVENANCE = ("command", "date", "machine", "versions")
 

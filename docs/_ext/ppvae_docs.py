@@ -53,19 +53,31 @@ def load_result(name: str) -> dict:
 
 
 def lookup(spec: str):
-    """The value named by ``file:key.path`` (dict keys; list indices as integers)."""
+    """The value named by ``file:key.path`` (dict keys; list indices as integers).
+
+    A key that itself holds dots (``khat_share_gt_0.7``) is found too: at each level the
+    longest run of the remaining parts that is a key is taken.
+    """
     name, _, keys = spec.partition(":")
     value = load_result(name)
-    for key in keys.split(".") if keys else []:
-        try:
-            value = value[int(key)] if isinstance(value, list) else value[key]
-        except (KeyError, IndexError, ValueError, TypeError):
-            raise ExtensionError(f"{name}.json holds no {keys!r} (stopped at {key!r})") from None
+    parts = keys.split(".") if keys else []
+    while parts:
+        for j in range(len(parts), 0, -1):
+            key = ".".join(parts[:j])
+            if isinstance(value, dict) and key in value:
+                value, parts = value[key], parts[j:]
+                break
+            if isinstance(value, list) and j == 1 and key.lstrip("-").isdigit():
+                if -len(value) <= int(key) < len(value):
+                    value, parts = value[int(key)], parts[1:]
+                    break
+        else:
+            raise ExtensionError(f"{name}.json holds no {keys!r} (stopped at {parts[0]!r})")
     return value
 
 
 def format_result(text: str) -> str:
-    spec, _, fmt = text.partition("|")
+    spec, _, fmt = text.replace("\\|", "|").partition("|")
     value = lookup(spec.strip())
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ExtensionError(f"{spec} is {value!r}, not a number")
