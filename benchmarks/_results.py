@@ -20,25 +20,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PROVENANCE = ("command", "date", "machine", "versions")
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=RESULTS.parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
+            ["git", *args], cwd=RESULTS.parent, capture_output=True, text=True, timeout=10
         )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=RESULTS.parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return (out.stdout.strip() + ("+modified" if dirty else "")) or None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    """HEAD's short hash, with "+modified" when tracked files differ from it."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if not head:
+        return None
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return head + ("+modified" if dirty else "")
 
 
 def provenance(argv: list[str] | None = None) -> dict:
