@@ -160,25 +160,25 @@ def cli_page() -> str:
     return "\n".join(lines) + "\n"
 
 
-CONSTANT_TYPES = (str, int, float, dict, list, tuple)
-
-
 def public_names() -> dict[str, list[str]]:
-    """Each module's public names, each object once (under the first module exporting it)."""
-    seen: set[int] = set()
+    """Each module's public names, each object once (under the first module exporting it).
+
+    Functions and classes are told apart by identity; constants (a tuple, a dict, a number,
+    whose identity equal values may share) by name.
+    """
+    seen: set = set()
     out: dict[str, list[str]] = {}
     for module_name in API_MODULES:
         module = importlib.import_module(module_name)
         names = []
         for name in module.__all__:
             obj = getattr(module, name)
-            # constants are described where they are used; modules have their own section
-            if name.startswith("_") or isinstance(obj, (*CONSTANT_TYPES, types.ModuleType)):
+            if isinstance(obj, types.ModuleType):  # a module has its own section
                 continue
-            if id(obj) in seen:
-                continue
-            seen.add(id(obj))
-            names.append(name)
+            key = id(obj) if callable(obj) else name
+            if key not in seen:
+                seen.add(key)
+                names.append(name)
         out[module_name] = names
     return out
 
