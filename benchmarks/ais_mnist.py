@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 
 import torch
+from _results import write_result  # benchmarks/, the script's folder
 
 import ppvae
 from ppvae import evaluate
@@ -107,7 +107,8 @@ def main(argv=None):
         )
         out["bdmc"].append({**r.summary(), "seconds": time.perf_counter() - t})
         print(json.dumps(out["bdmc"][-1]), flush=True)
-    out.update(threads=args.threads, torch=torch.__version__, machine=platform.machine())
+    out.update(threads=args.threads, torch=torch.__version__)
+    write_result("ais_mnist", out)
     print(json.dumps(out, indent=1))
 
 

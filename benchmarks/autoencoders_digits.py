@@ -1,7 +1,8 @@
 """Stacked autoencoder on digits: fine-tuned accuracy against logistic regression on raw pixels,
 and layer-wise pretraining against random initialization when labels are scarce.
 
-Prints JSON. Usage: python benchmarks/autoencoders_digits.py [--seeds 5] [--labels 50]
+Prints JSON and writes it to ``benchmarks/results/autoencoders_digits.json``.
+Usage: python benchmarks/autoencoders_digits.py [--seeds 5] [--labels 50]
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import time
 
 import torch
+from _results import write_result  # benchmarks/, the script's folder
 from sklearn.linear_model import LogisticRegression
 
 import ppvae
@@ -74,25 +76,21 @@ def main() -> None:
         )
     mean = {k: sum(v) / len(v) for k, v in scarce.items()}
     diffs = torch.tensor(scarce["pretrained"]) - torch.tensor(scarce["random_init"])
-    print(
-        json.dumps(
-            {
-                "benchmark": "autoencoders_digits",
-                "config": vars(args),
-                "all_labels": {"stacked_finetuned": full, "logistic_regression_raw": lr_acc},
-                f"{args.labels}_labels": {
-                    "per_seed": scarce,
-                    "mean": mean,
-                    "pretrained_minus_random_mean": float(diffs.mean()),
-                    "pretrained_minus_random_se": float(diffs.std() / len(diffs) ** 0.5)
-                    if len(diffs) > 1
-                    else None,
-                },
-                "seconds": time.perf_counter() - t0,
-            },
-            indent=2,
-        )
-    )
+    result = {
+        "config": vars(args),
+        "all_labels": {"stacked_finetuned": full, "logistic_regression_raw": lr_acc},
+        f"{args.labels}_labels": {
+            "per_seed": scarce,
+            "mean": mean,
+            "pretrained_minus_random_mean": float(diffs.mean()),
+            "pretrained_minus_random_se": float(diffs.std() / len(diffs) ** 0.5)
+            if len(diffs) > 1
+            else None,
+        },
+        "seconds": time.perf_counter() - t0,
+    }
+    print(json.dumps({"benchmark": "autoencoders_digits", **result}, indent=2))
+    write_result("autoencoders_digits", result)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import resource
 import statistics
 import time
 
 import torch
+from _results import write_result  # benchmarks/, the script's folder
 from torch.nn import functional as F
 
 import ppvae
@@ -193,43 +193,39 @@ def main(argv=None):
             ais_t["ppvae"].append(t_p)
     ais_ratios = [p / h for h, p in zip(ais_t["hand"], ais_t["ppvae"], strict=True)]
     per_image = med["c_estimate"] / X.shape[0]
-    print(
-        json.dumps(
-            {
-                "benchmark": "eval_speed",
-                "model": "784-200-200-50 tanh, Bernoulli (Burda et al. 2015)",
-                "images": X.shape[0],
-                "num_samples": K,
-                "reps": args.reps,
-                "threads": args.threads,
-                "same_draws_max_abs_diff_nats": same,
-                "seconds": med,
-                "b_over_a_log_likelihood_vs_hand": statistics.median(ratios_b),
-                "c_over_b_psis_overhead": statistics.median(ratios_c),
-                # the floor: the encoder's and decoder's F.linear calls alone, same chunks
-                "c_over_d_estimate_with_psis_vs_matmuls": statistics.median(ratios_cd),
-                "a_over_d_hand_vs_matmuls": statistics.median(ratios_ad),
-                # interference from other work on a shared machine only ever adds time, so
-                # the ratio of the fastest repetitions is the least noisy estimate of the cost
-                "best_seconds": best,
-                "b_over_a_best": best["b_log_likelihood"] / best["a_hand"],
-                "c_over_b_best": best["c_estimate"] / best["b_log_likelihood"],
-                "c_over_d_best": best["c_estimate"] / best["d_matmuls"],
-                "projected_seconds_10000_images": {
-                    "a_hand": med["a_hand"] / X.shape[0] * 10000,
-                    "b_log_likelihood": med["b_log_likelihood"] / X.shape[0] * 10000,
-                    "c_estimate": per_image * 10000,
-                },
-                "ais_gradient_seconds": {k: statistics.median(v) for k, v in ais_t.items()},
-                "ais_gradient_ratio_ppvae_over_hand": statistics.median(ais_ratios),
-                "ais_batch": [args.ais_chains, xs.shape[0]],
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "torch": torch.__version__,
-                "machine": platform.machine(),
-            },
-            indent=1,
-        )
-    )
+    result = {
+        "benchmark": "eval_speed",
+        "model": "784-200-200-50 tanh, Bernoulli (Burda et al. 2015)",
+        "images": X.shape[0],
+        "num_samples": K,
+        "reps": args.reps,
+        "threads": args.threads,
+        "same_draws_max_abs_diff_nats": same,
+        "seconds": med,
+        "b_over_a_log_likelihood_vs_hand": statistics.median(ratios_b),
+        "c_over_b_psis_overhead": statistics.median(ratios_c),
+        # the floor: the encoder's and decoder's F.linear calls alone, same chunks
+        "c_over_d_estimate_with_psis_vs_matmuls": statistics.median(ratios_cd),
+        "a_over_d_hand_vs_matmuls": statistics.median(ratios_ad),
+        # interference from other work on a shared machine only ever adds time, so
+        # the ratio of the fastest repetitions is the least noisy estimate of the cost
+        "best_seconds": best,
+        "b_over_a_best": best["b_log_likelihood"] / best["a_hand"],
+        "c_over_b_best": best["c_estimate"] / best["b_log_likelihood"],
+        "c_over_d_best": best["c_estimate"] / best["d_matmuls"],
+        "projected_seconds_10000_images": {
+            "a_hand": med["a_hand"] / X.shape[0] * 10000,
+            "b_log_likelihood": med["b_log_likelihood"] / X.shape[0] * 10000,
+            "c_estimate": per_image * 10000,
+        },
+        "ais_gradient_seconds": {k: statistics.median(v) for k, v in ais_t.items()},
+        "ais_gradient_ratio_ppvae_over_hand": statistics.median(ais_ratios),
+        "ais_batch": [args.ais_chains, xs.shape[0]],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch": torch.__version__,
+    }
+    print(json.dumps(result, indent=1))
+    write_result("eval_speed", result)
 
 
 if __name__ == "__main__":

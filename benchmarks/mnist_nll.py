@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import time
 
 import torch
+from _results import write_result  # benchmarks/, the script's folder
 
 import ppvae
 
@@ -102,46 +102,42 @@ def main() -> None:
         loc, scale = vae.encode(ds.test[:1000].to(args.device))
         kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1.0 - 2.0 * scale.log()).mean(0)
     active_units = int((kl > 0.01).sum())
-    print(
-        json.dumps(
-            {
-                "benchmark": "mnist_nll",
-                "model": "784-200-200-50 tanh, Bernoulli (Burda et al. 2015, 1 layer)",
-                "epochs": args.epochs,
-                "test_images": int(ds.test.shape[0]),
-                "iw_samples": args.iw_samples,
-                "test_nll_nats": -est.mean,
-                "test_nll_se": est.sem,
-                "khat_share_gt_0.7": est.khat_share,
-                "active_units": active_units,
-                "guide": args.guide,
-                "num_particles": args.num_particles,
-                "train_minutes": history.seconds / 60,
-                "train_wall_seconds_with_curve": train_s,
-                "final_train_elbo": history.train_elbo[-1] if history.train_elbo else None,
-                "lr": args.lr,
-                "lr_decay": args.lr_decay,
-                "decay_start": args.decay_start,
-                "kl_warmup_epochs": args.kl_warmup,
-                "batch_size": args.batch_size,
-                "train_curve": history.train_elbo,
-                "test_curve_images": args.curve_images,
-                "test_elbo_curve": history.test_elbo,
-                "train_seconds": train_s,
-                "steps_per_s": history.steps / history.seconds if history.steps else None,
-                "eval_seconds": eval_s,
-                "peak_rss_mib_training": rss_after_training,
-                "peak_rss_mib_total": peak_rss_mib(),
-                "device": args.device,
-                "threads": torch.get_num_threads(),
-                "elbo": args.elbo,
-                "torch": torch.__version__,
-                "machine": platform.machine(),
-                "reference_burda_2015_nats": 86.76,
-            },
-            indent=2,
-        )
-    )
+    result = {
+        "benchmark": "mnist_nll",
+        "model": "784-200-200-50 tanh, Bernoulli (Burda et al. 2015, 1 layer)",
+        "epochs": args.epochs,
+        "test_images": int(ds.test.shape[0]),
+        "iw_samples": args.iw_samples,
+        "test_nll_nats": -est.mean,
+        "test_nll_se": est.sem,
+        "khat_share_gt_0.7": est.khat_share,
+        "active_units": active_units,
+        "guide": args.guide,
+        "num_particles": args.num_particles,
+        "train_minutes": history.seconds / 60,
+        "train_wall_seconds_with_curve": train_s,
+        "final_train_elbo": history.train_elbo[-1] if history.train_elbo else None,
+        "lr": args.lr,
+        "lr_decay": args.lr_decay,
+        "decay_start": args.decay_start,
+        "kl_warmup_epochs": args.kl_warmup,
+        "batch_size": args.batch_size,
+        "train_curve": history.train_elbo,
+        "test_curve_images": args.curve_images,
+        "test_elbo_curve": history.test_elbo,
+        "train_seconds": train_s,
+        "steps_per_s": history.steps / history.seconds if history.steps else None,
+        "eval_seconds": eval_s,
+        "peak_rss_mib_training": rss_after_training,
+        "peak_rss_mib_total": peak_rss_mib(),
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "elbo": args.elbo,
+        "torch": torch.__version__,
+        "reference_burda_2015_nats": 86.76,
+    }
+    print(json.dumps(result, indent=2))
+    write_result("mnist_nll", result)
 
 
 if __name__ == "__main__":

@@ -43,13 +43,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _results import write_result  # benchmarks/, the script's folder
 
 HIDDEN, LATENT, BATCH, LR = (200, 200), 50, 100, 1e-3
 INSTALL = "pip install -e '.[peers]'   (or: pip install numpyro jax)"
@@ -66,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iw-samples", type=int, default=1000)
     p.add_argument("--memory-epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "peer_numpyro.json"))
+    p.add_argument("--out", default=None, help="default benchmarks/results/peer_numpyro.json")
     p.add_argument("--role", choices=["main", "ppvae", "numpyro"], default="main",
                    help=argparse.SUPPRESS)  # a memory subprocess
     p.add_argument("--npy", help=argparse.SUPPRESS)
@@ -478,9 +479,7 @@ def main() -> None:
         return
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import numpyro
-    import pyro
     import torch
 
     import ppvae
@@ -531,15 +530,10 @@ def main() -> None:
     print(json.dumps(result["time_per_step"], indent=1), file=sys.stderr)
     result["memory_alone"] = measure_memory(train_u8, init, args)
     result["memory_alone"]["epochs"] = args.memory_epochs
-    result["versions"] = {"torch": torch.__version__, "pyro": pyro.__version__,
-                          "numpyro": numpyro.__version__, "jax": jax.__version__,
-                          "numpy": np.__version__, "python": platform.python_version()}
-    result["load_average_at_end"] = os.getloadavg()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    # torch, Pyro, NumPy, Python and the load average are in write_result's provenance
+    result["peer_versions"] = {"numpyro": numpyro.__version__, "jax": jax.__version__}
+    print(json.dumps(result, indent=2))
+    write_result("peer_numpyro", result, args.out)
 
 
 if __name__ == "__main__":

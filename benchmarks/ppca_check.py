@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_result  # benchmarks/, the script's folder
 from sklearn.decomposition import PCA
 
 import ppvae
@@ -111,6 +112,7 @@ def main() -> None:
     del X
     report["check_ppca"] = bench_check_ppca(max(1, args.repeats - 2))
     print(json.dumps(report, indent=2))
+    write_result("ppca_check", report)
 
 
 if __name__ == "__main__":

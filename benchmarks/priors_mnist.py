@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import write_result  # benchmarks/, the script's folder
 
 import ppvae
 from ppvae import evaluate
@@ -100,6 +101,7 @@ def main() -> None:
                 results[prior]["test_nll"] - results["standard"]["test_nll"]
             )
     print(json.dumps(report, indent=2))
+    write_result("priors_mnist", report)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _results import write_result  # benchmarks/, the script's folder
+
 import ppvae
 from ppvae import evaluate
 from tests import test_pyro_idioms as t
@@ -133,16 +135,13 @@ def main(argv=None) -> dict:
     train, test = (ds.train > 0.5).float(), (ds.test > 0.5).float()
     start = time.perf_counter()
     result = {
-        "command": "python benchmarks/pyro_idioms.py " + " ".join(argv or sys.argv[1:]),
         "subsampling_and_renamed_plate": subsampling(train, test, args.epochs),
         "global_latent": global_latent(),
         "constrained_latent": constrained_latent(),
     }
     result["seconds"] = time.perf_counter() - start
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    print(json.dumps(result, indent=2))
+    write_result("pyro_idioms", result, args.out)
     return result
 
 

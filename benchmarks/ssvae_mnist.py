@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _results import write_result  # benchmarks/, the script's folder
+
 import ppvae
 from ppvae.data import labelled_subset
 from ppvae.train.hooks import Hook
@@ -96,20 +97,16 @@ def main(argv=None) -> dict:
         print(json.dumps(runs[-1]), flush=True)
     errors = [r["test_error"] for r in runs]
     result = {
-        "command": "python benchmarks/ssvae_mnist.py " + " ".join(argv or sys.argv[1:]),
         "labels": args.labels,
         "alpha": alpha,
         "runs": runs,
         "mean_test_error": statistics.mean(errors),
         "sd_test_error": statistics.stdev(errors) if len(errors) > 1 else None,
         "kingma_2014_m2_100_labels": 0.1197,
-        "machine": platform.platform(),
         "torch": torch.__version__,
     }
-    text = json.dumps(result, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    print(text)
+    write_result("ssvae_mnist", result, args.out)
+    print(json.dumps(result, indent=2))
     return result
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_result  # benchmarks/, the script's folder
 
 import ppvae
 
@@ -72,28 +73,25 @@ def main() -> None:
             vae, data, epochs=1, batch_size=args.batch_size, binarize="dynamic", progress=False
         )
         fit_s = time.perf_counter() - t
-        print(
-            json.dumps(
-                {
-                    "benchmark": "streaming_memmap",
-                    "rows": len(data),
-                    "file_mib": path.stat().st_size / 2**20,
-                    "data": origin,
-                    "batch_size": args.batch_size,
-                    "epochs": 1,
-                    "steps": h.steps,
-                    "train_elbo": h.train_elbo[-1],
-                    "fit_seconds": fit_s,
-                    "steps_per_s": h.steps / h.seconds,
-                    "peak_rss_mib_before_fit": rss_before,
-                    "peak_rss_mib": peak_rss_mib(),
-                    "target_peak_rss_mib": 1536,
-                    "write_seconds": write_s,
-                    "threads": torch.get_num_threads(),
-                },
-                indent=2,
-            )
-        )
+        result = {
+            "benchmark": "streaming_memmap",
+            "rows": len(data),
+            "file_mib": path.stat().st_size / 2**20,
+            "data": origin,
+            "batch_size": args.batch_size,
+            "epochs": 1,
+            "steps": h.steps,
+            "train_elbo": h.train_elbo[-1],
+            "fit_seconds": fit_s,
+            "steps_per_s": h.steps / h.seconds,
+            "peak_rss_mib_before_fit": rss_before,
+            "peak_rss_mib": peak_rss_mib(),
+            "target_peak_rss_mib": 1536,
+            "write_seconds": write_s,
+            "threads": torch.get_num_threads(),
+        }
+        print(json.dumps(result, indent=2))
+        write_result("streaming_memmap", result)
 
 
 if __name__ == "__main__":
