@@ -85,6 +85,9 @@ def format_result(text: str) -> str:
 
 
 def result_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    # the page is rebuilt when the result file changes (an incremental build would keep the old)
+    env = inliner.document.settings.env
+    env.note_dependency(str(RESULTS / f"{text.partition(':')[0].strip()}.json"))
     return [nodes.Text(format_result(text))], []
 
 
@@ -95,6 +98,7 @@ class Printed(SphinxDirective):
 
     def run(self):
         page, index = self.arguments[0], self.arguments[1]
+        self.env.note_dependency(str(RESULTS / "guide_examples.json"))
         pages = lookup("guide_examples:pages")
         try:
             text = pages[page][int(index)]["printed"]
@@ -109,6 +113,8 @@ class ResultFiles(SphinxDirective):
     """A table of every result file: benchmark, command, date, machine, commit."""
 
     def run(self):
+        for path in RESULTS.glob("*.json"):
+            self.env.note_dependency(str(path))
         rows = ["| file | command | date | machine | commit |", "|---|---|---|---|---|"]
         for path in sorted(RESULTS.glob("*.json")):
             result = json.loads(path.read_text())
