@@ -509,7 +509,6 @@ def main() -> None:
     steps = n // BATCH
     result = {
         "benchmark": "peer_numpyro",
-        "command": "python benchmarks/peer_numpyro.py " + " ".join(sys.argv[1:]),
         "model": f"784-{HIDDEN[0]}-{HIDDEN[1]}-{LATENT} tanh, Bernoulli logits, diagonal guide",
         "data": f"MNIST statically binarized (seed {args.seed}), {n} training images",
         "optimizer": f"Adam lr {LR}, betas (0.9, 0.999), batch {BATCH}",
