@@ -25,7 +25,8 @@ extensions = [
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 
-autosummary_generate = True
+# api.rst is written at builder-inited (docs/_ext/ppvae_docs.py), before autosummary reads it
+autosummary_generate = ["api.rst"]
 autodoc_default_options = {"members": True, "inherited-members": False}
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
