@@ -189,7 +189,7 @@ def divergence_remedy(message: str, *, clip: bool, resume: str | None) -> str:
 
 # ---------------------------------------------------------------------- torch.distributed
 def _distributed_worker(rank: int, argv: list[str], nproc: int, rendezvous: str) -> None:
-    """One process of ``ppvae fit --nproc N`` (torch.multiprocessing.spawn target)."""
+    """One process of ``ppvae fit --nproc N`` (the target of ``start_processes``)."""
     os.environ.update(
         PPVAE_INIT_METHOD=rendezvous,
         RANK=str(rank),
@@ -217,7 +217,18 @@ def _launch(argv: list[str], nproc: int) -> int:
     folder = tempfile.TemporaryDirectory(prefix="ppvae-rendezvous-")
     rendezvous = f"file://{Path(folder.name) / 'init'}"
     try:
-        mp.spawn(_distributed_worker, args=(argv, nproc, rendezvous), nprocs=nproc)
+        # forkserver where the platform has it: one server process imports ppvae once and
+        # forks every rank from it (spawn starts N interpreters, each importing torch, Pyro and
+        # ppvae: measured 16-17 s of CPU for a 2-process test run against 19-23 s)
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        if method == "forkserver":
+            mp.set_forkserver_preload(["ppvae.cli"])
+        mp.start_processes(
+            _distributed_worker,
+            args=(argv, nproc, rendezvous),
+            nprocs=nproc,
+            start_method=method,
+        )
     except mp.ProcessRaisedException as exc:
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "a worker failed"
         print(f"ppvae: error: distributed training failed: {last}", file=sys.stderr)
