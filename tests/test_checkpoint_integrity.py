@@ -3,10 +3,6 @@ resume checks the training data by content (issue 32, deliver 2)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -14,21 +10,6 @@ import torch
 import ppvae
 from ppvae.checkpoints import DIGEST_TAG
 from ppvae.errors import InputError
-
-from .conftest import REPO
-
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "ppvae", *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
 
 
 def _fit(x, folder, epochs=1, **kw):
@@ -123,22 +104,27 @@ def test_resume_on_data_of_another_shape_says_the_data_changed(tmp_path, x):
     assert "different model" not in msg
 
 
-def test_cli_resume_from_another_folder_and_a_changed_csv(tmp_path):
+def test_cli_resume_from_another_folder_and_a_changed_csv(tmp_path, monkeypatch, capsys):
     """The data path is stored absolute: a resume from another folder finds the file (and
-    reads it: here, to find one cell changed, refused with exit 2 in one line naming it)."""
+    reads it: here, to find one cell changed, refused with exit 2 in one line naming it).
+    Both commands run in this process (``main``), from the two folders."""
+    from ppvae.cli import main
+
     rng = np.random.default_rng(0)
     table = tmp_path / "table.csv"
     values = rng.normal(size=(60, 3))
     np.savetxt(table, values, delimiter=",", header="a,b,c", comments="")
     common = ["--model", "ae", "--epochs", "1", "--hidden", "8", "--latent-dim", "2"]
-    res = _cli("fit", "--data", "table.csv", "--standardize", "--out", "run", *common, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--data", "table.csv", "--standardize", "--out", "run", *common]) == 0
     values[5, 1] += 0.5
     np.savetxt(table, values, delimiter=",", header="a,b,c", comments="")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    res = _cli("fit", "--resume", str(tmp_path / "run"), "--epochs", "2", cwd=elsewhere)
-    assert res.returncode == 2, res.stderr
-    assert res.stderr.count("\n") == 1, res.stderr
-    assert "the training data changed since the checkpoint" in res.stderr
-    assert f"(the run trained on --data {table})" in res.stderr
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "the training data changed since the checkpoint" in err
+    assert f"(the run trained on --data {table})" in err
