@@ -110,7 +110,11 @@ def work(rank, path, out, rendezvous):
     os._exit(0)
 
 if __name__ == "__main__":
-    torch.multiprocessing.spawn(work, args=tuple(sys.argv[1:4]), nprocs=2)
+    # as ppvae's CLI starts its ranks: from a forkserver that has imported torch and ppvae
+    torch.multiprocessing.set_forkserver_preload(["torch", "ppvae"])
+    torch.multiprocessing.start_processes(
+        work, args=tuple(sys.argv[1:4]), nprocs=2, start_method="forkserver"
+    )
 '''
 
 
