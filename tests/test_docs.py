@@ -28,14 +28,12 @@ import quoted_numbers
 
 RESULTS = REPO / "benchmarks" / "results"
 SITE = REPO / "docs" / "_build" / "html"
-GENERATED = {"cli.md"}  # written at build time from the parser
-PAGES = sorted(
-    [REPO / "README.md"] + [p for p in (REPO / "docs").rglob("*.md") if "_build" not in p.parts]
-)
+# every Markdown source but the CLI page, which is written at build time from the parser
 PAGES = [
-    p
-    for p in PAGES
-    if p.relative_to(REPO / "docs" if "docs" in p.parts else REPO).as_posix() not in GENERATED
+    REPO / "README.md",
+    *sorted(
+        p for p in (REPO / "docs").rglob("*.md") if "_build" not in p.parts and p.name != "cli.md"
+    ),
 ]
 ROLE = re.compile(r"\{result\}`([^`|\\]+)(?:\\?\|[^`]*)?`")
 PRINTED = re.compile(r"^```\{printed\} (\S+) (\d+)", re.M)

@@ -344,9 +344,8 @@ def _fit(run, ds, out: Path):
         )
     if model == "stacked":
         del common["clip_norm"], common["metadata"]
-    own = set(workflows.AUTOENCODER_OPTIONS[model])
-    if model == "sae":  # the options of the other penalty were refused if given
-        own -= {"rho", "beta"} if run.sparsity == "l1" else {"l1"}
+    # the options of the other models (and the other sparsity penalty) were refused if given
+    own = workflows.fitting.model_options(model, run.sparsity)
     return workflows.fit_autoencoder(
         ds, model=model, **{name: getattr(run, name) for name in sorted(own)}, **common
     )

@@ -466,6 +466,14 @@ AUTOENCODER_DEFAULTS = {
 """The defaults of :func:`fit_autoencoder`'s model-specific settings left as None."""
 
 
+def model_options(model: str, sparsity: str = "kl") -> set[str]:
+    """The model-specific settings ``model`` uses (for ``sae``, those of its ``sparsity``)."""
+    own = set(AUTOENCODER_OPTIONS[model])
+    if model == "sae":
+        own -= {"rho", "beta"} if sparsity == "l1" else {"l1"}
+    return own
+
+
 def _model_settings(model: str, **given) -> dict:
     """The model-specific settings of ``model``: those given, then the defaults it uses.
 
@@ -473,10 +481,8 @@ def _model_settings(model: str, **given) -> dict:
     """
     if model not in AUTOENCODER_OPTIONS:
         raise InputError(f"model must be one of {', '.join(AUTOENCODER_OPTIONS)}, got {model!r}")
-    own = set(AUTOENCODER_OPTIONS[model])
-    if model == "sae":
-        penalty = given.get("sparsity") or AUTOENCODER_DEFAULTS["sparsity"]
-        own -= {"rho", "beta"} if penalty == "l1" else {"l1"}
+    penalty = given.get("sparsity") or AUTOENCODER_DEFAULTS["sparsity"]
+    own = model_options(model, penalty)
     unused = sorted(name for name, value in given.items() if value is not None and name not in own)
     if unused:
         which = f"sparsity={penalty!r}" if model == "sae" else f"model {model!r}"
