@@ -42,6 +42,14 @@ def test_fit_vae_and_autoencoder_from_python(tmp_path):
     assert a.out is None and a.metrics["test_reconstruction_error"] > 0
 
 
+def test_vae_epochs_are_a_step_budget():
+    """run's and compare's VAE trains about VAE_STEPS steps whatever the data's size."""
+    assert workflows.vae_epochs(1438, 128) == 300  # digits: 12 batches per epoch
+    assert workflows.vae_epochs(60000, 128) == 8  # MNIST: 469 batches, 3752 steps
+    assert workflows.vae_epochs(100, 128) == workflows.VAE_STEPS  # one batch per epoch
+    assert workflows.vae_epochs(60000, 128, epochs=2) == 2
+
+
 def test_linear_schedule():
     assert workflows.linear_schedule(1438) == (2000, 1438)
     assert workflows.linear_schedule(60000) == (60, 1000)  # 3600 steps of 1000 rows

@@ -20,7 +20,7 @@ def add_parser(sub, name: str):
     )
     options.add_data(p)
     options.add_vae(p, likelihoods=[k for k in LIKELIHOODS if k != "bernoulli"])
-    options.add_training(p)
+    options.add_training(p, epochs=None, epochs_help=options.VAE_EPOCHS_HELP)
     options.add_objective(p)
     g = p.add_argument_group("the LinearVAE")
     g.add_argument(

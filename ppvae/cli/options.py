@@ -16,7 +16,7 @@ from ..guides import GUIDES
 from ..likelihoods import LIKELIHOODS
 from ..priors import PRIORS
 from ..tables import load_table
-from ..workflows import AIS_DEFAULTS, ELBOS, existing_run, load
+from ..workflows import AIS_DEFAULTS, ELBOS, VAE_STEPS, existing_run, load
 from ..workflows.common import check_writable
 
 
@@ -191,12 +191,19 @@ def add_vae(p: argparse.ArgumentParser, likelihoods=None, title="the VAE") -> No
     )
 
 
+VAE_EPOCHS_HELP = (
+    f"SVI epochs (default: about {VAE_STEPS} steps, ceil({VAE_STEPS} / batches per epoch): 300 "
+    "epochs on digits, 8 on MNIST at batch 128)"
+)
+
+
 def add_training(
     p: argparse.ArgumentParser,
     epochs=300,
     batch_size=128,
     clip=True,
     lr_help="Adam learning rate (default: the model's; 1e-3 for a VAE)",
+    epochs_help="SVI epochs (default: 2000 full-batch, or about 3600 steps of minibatches)",
 ) -> None:
     """--epochs --batch-size --lr [--clip-norm] --device --progress/--no-progress."""
     g = p.add_argument_group("training")
@@ -206,7 +213,7 @@ def add_training(
         default=epochs,
         help=f"SVI epochs (default {epochs})"
         if epochs is not None
-        else "SVI epochs (default: 2000 full-batch, or about 3600 steps of minibatches)",
+        else epochs_help,
     )
     g.add_argument(
         "--batch-size",

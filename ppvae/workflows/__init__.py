@@ -22,8 +22,9 @@ One module per experiment, over the shared pieces of :mod:`~ppvae.workflows.comm
 * :mod:`~ppvae.workflows.labelled`: :func:`fit_labelled` (``ppvae fit --model cvae|ssvae``).
 
 The experiments call the training loop (``fit``, ``pretrain``, ``finetune``, ...) and read
-the ``LINEAR_*`` schedule constants and ``CHECK_TARGETS`` through this package at call time,
-so setting ``ppvae.workflows.fit`` or ``ppvae.workflows.LINEAR_STEPS`` reaches all of them.
+the ``LINEAR_*`` schedule constants, ``VAE_STEPS`` and ``CHECK_TARGETS`` through this package
+at call time, so setting ``ppvae.workflows.fit`` or ``ppvae.workflows.LINEAR_STEPS`` reaches
+all of them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .common import (  # noqa: F401  (the training loop, re-exported for ppvae.c
     LINEAR_STEPS,
     RUN_AIS_DEFAULTS,
     RUN_FILES,
+    VAE_STEPS,
     History,
     Result,
     TrainingInterrupted,
@@ -53,6 +55,7 @@ from .common import (  # noqa: F401  (the training loop, re-exported for ppvae.c
     prepare_out,
     pretrain,
     resolve_device,
+    vae_epochs,
     write_json,
 )
 from .comparison import compare
@@ -70,6 +73,7 @@ __all__ = [
     "CHECK_TARGETS",
     "LINEAR_FULL_BATCH_MAX",
     "RUN_FILES",
+    "VAE_STEPS",
     "Result",
     "check_ppca",
     "compare",
@@ -80,4 +84,5 @@ __all__ = [
     "linear_schedule",
     "load",
     "run_experiment",
+    "vae_epochs",
 ]

@@ -31,6 +31,7 @@ from .common import (
     train_linear_vae,
     train_vae,
     units,
+    vae_epochs,
 )
 
 MISSING_GAPS_REASON = (
@@ -48,7 +49,7 @@ def compare(
     prior: str = "standard",
     architecture: str = "mlp",
     guide: str = "diagonal",
-    epochs: int = 300,
+    epochs: int | None = None,
     batch_size: int = 128,
     lr: float | None = None,
     elbo: str | None = None,
@@ -84,7 +85,8 @@ def compare(
         ``latent_dim``.
     epochs, batch_size, lr, elbo, num_particles, clip_norm, kl_weight, kl_warmup, seed, device,
     progress
-        The VAE's training (see :func:`~ppvae.fit`).
+        The VAE's training (see :func:`~ppvae.fit`); ``epochs=None``: about
+        :data:`VAE_STEPS` steps (:func:`vae_epochs`).
     linear_epochs, linear_batch_size : int, optional
         The LinearVAE's training (default: :func:`linear_schedule`).
     iw_samples : int
@@ -137,6 +139,7 @@ def compare(
         ),
     )
     ds, dev, vae, out = s.data, s.device, s.model, s.out
+    epochs = vae_epochs(len(ds.train), batch_size, epochs)
     scores = {
         "eval_points": eval_points,
         "gap_points": gap_points,

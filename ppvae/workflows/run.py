@@ -28,6 +28,7 @@ from .common import (
     start,
     train_vae,
     units,
+    vae_epochs,
     vae_figures,
 )
 
@@ -41,7 +42,7 @@ def run_experiment(
     prior: str = "standard",
     architecture: str = "mlp",
     guide: str = "diagonal",
-    epochs: int = 300,
+    epochs: int | None = None,
     batch_size: int = 128,
     lr: float | None = None,
     elbo: str | None = None,
@@ -83,7 +84,8 @@ def run_experiment(
         The VAE (see :class:`~ppvae.VAE`).
     epochs, batch_size, lr, elbo, num_particles, clip_norm, kl_weight, kl_warmup, seed, device,
     progress
-        Its training (see :func:`~ppvae.fit`; ``kl_warmup`` is ``kl_warmup_epochs``).
+        Its training (see :func:`~ppvae.fit`; ``kl_warmup`` is ``kl_warmup_epochs``);
+        ``epochs=None``: about :data:`VAE_STEPS` steps (:func:`vae_epochs`).
     iw_samples : int
         Importance samples K of the VAE's test log-likelihood estimate.
     iw_samples : int
@@ -123,6 +125,7 @@ def run_experiment(
         build=lambda d: make_vae(d, latent_dim, **model),
     )
     ds, dev, vae, out = s.data, s.device, s.model, s.out
+    epochs = vae_epochs(len(ds.train), batch_size, epochs)
     stage = Stages("run", progress)
     with stage("ppca", "PPCA fit"):
         ppca, ppca_fit_s, ppca_test = fit_ppca(ds, latent_dim)
