@@ -52,6 +52,6 @@ def test_vae_epochs_are_a_step_budget():
 
 def test_linear_schedule():
     assert workflows.linear_schedule(1438) == (2000, 1438)
-    assert workflows.linear_schedule(60000) == (60, 1000)  # 3600 steps of 1000 rows
+    assert workflows.linear_schedule(60000) == (200, 1000)  # 12000 steps of 1000 rows
     assert workflows.linear_schedule(60000, batch_size=60000) == (2000, 60000)
     assert workflows.linear_schedule(500, epochs=3, batch_size=100) == (3, 100)

@@ -25,8 +25,8 @@ def add_parser(sub, name: str):
         epochs=None,
         batch_size=None,
         clip=False,
-        lr_help=f"Adam learning rate of the LinearVAE (default {lr:g}, held for half the run, "
-        "then decayed)",
+        lr_help=f"Adam learning rate of the LinearVAE (default {lr:g} on full batches, "
+        f"{workflows.LINEAR_MINIBATCH_LR:g} on minibatches; held for half the run, then decayed)",
     )
     options.add_output(p, name)
     return p

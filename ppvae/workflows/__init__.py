@@ -36,6 +36,7 @@ from .common import (  # noqa: F401  (the training loop, re-exported for ppvae.c
     LINEAR_BATCH_SIZE,
     LINEAR_FULL_BATCH_EPOCHS,
     LINEAR_FULL_BATCH_MAX,
+    LINEAR_MINIBATCH_LR,
     LINEAR_STEPS,
     RUN_AIS_DEFAULTS,
     RUN_FILES,

@@ -43,7 +43,8 @@ def check_ppca(
         The LinearVAE's training (default: :func:`linear_schedule`, 2000 full-batch epochs
         up to 10,000 rows).
     lr, seed, device, progress
-        See :func:`~ppvae.fit`.
+        See :func:`~ppvae.fit` (``lr=None``: the LinearVAE's own on full batches,
+        ``LINEAR_MINIBATCH_LR`` = 0.02 on minibatches).
     out : path, optional
         Folder for ``check_ppca.json`` and ``ppca_check.png`` (None: write nothing).
     overwrite : bool
