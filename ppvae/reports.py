@@ -191,8 +191,22 @@ def run_table(m: dict) -> str:
             rows.append(
                 (f"  BDMC gap on {b['n_points']} simulated points", fmt(b["gap"]), *[""] * 3)
             )
-    return f"{m['dataset']}: test set, nats per {per(m)} (higher is better)\n" + "\n".join(
+    table = f"{m['dataset']}: test set, nats per {per(m)} (higher is better)\n" + "\n".join(
         _align(rows)
+    )
+    return table + ais_warning(v.get("certified"), "report.md")
+
+
+def ais_warning(certified: dict | None, report: str) -> str:
+    """A line (with its leading newline) for a printed table whose AIS number BDMC says has not
+    converged (gap over :data:`TRUSTED_GAP`), naming the ``report`` that says more; else ""."""
+    a, b = ((certified or {}).get(k) for k in ("ais", "bdmc"))
+    if not (a and b) or b["gap"] <= TRUSTED_GAP:
+        return ""
+    return (
+        f"\nAIS has not converged at T = {a['num_steps']}: BDMC's gap is {b['gap']:.3g} nats "
+        f"(over {TRUSTED_GAP:g}), so neither the AIS nor the IW number is to be trusted fully "
+        f"({report} says why; raise --ais-steps)"
     )
 
 
@@ -485,7 +499,8 @@ def compare_table(r: dict) -> str:
         f"nats per {per(r)} (higher is better); train/test: exact for PPCA and LinearVAE, "
         f"IW (K={r['iw_samples']}) for the VAE on {_points(r)} points" + _ais_note(r)
     )
-    return f"{r['dataset']}: {note}\n" + "\n".join(_align(rows))
+    warnings = "".join(ais_warning(m.get("certified"), "compare.md") for m in r["models"].values())
+    return f"{r['dataset']}: {note}\n" + "\n".join(_align(rows)) + warnings
 
 
 def _points(r: dict) -> str:

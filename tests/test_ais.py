@@ -219,6 +219,20 @@ def test_the_report_says_which_number_to_trust(certified, verdict):
     assert "93%" in text  # the k-hat share is stated where the IW number is discussed
 
 
+@pytest.mark.parametrize("gap, warned", [(0.3, False), (335.0, True)])
+def test_the_printed_table_warns_when_bdmc_says_ais_has_not_converged(gap, warned):
+    """The terminal shows the AIS number too, so it carries the report's verdict where BDMC's
+    gap exceeds TRUSTED_GAP (on MNIST at run's defaults it was hundreds of nats)."""
+    from ppvae.reports import run_table
+
+    vae = {"iw_samples": 1000, "test_log_likelihood_iw": -80.0, "test_log_likelihood_iw_sem": 1.0,
+           "test_elbo": -85.0, "test_bits_per_dim_iw": None, "fit_seconds": 1.0,
+           "certified": _certified(gap, 1.2)}  # fmt: skip
+    ppca = {"test_log_likelihood": -90.0, "test_bits_per_dim": None, "fit_seconds": 0.1}
+    text = run_table({"dataset": "d", "ppca": ppca, "vae": vae, "units": "image"})
+    assert ("AIS has not converged at T = 50" in text) == warned
+
+
 def test_diverging_trajectories_are_rejected_not_raised(trained):
     """A step so large that the leapfrog leaves the floats: every proposal is rejected (no
     error from Pyro's validation), and AIS without moves is still a valid estimator, so the
