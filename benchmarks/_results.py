@@ -39,6 +39,11 @@ def _git_commit() -> str | None:
     return head + ("+modified" if dirty else "")
 
 
+COMMIT_AT_START = _git_commit()
+"""The commit when this process imported the module (a benchmark's start): a long run must
+name the code it ran, not whatever HEAD became while it ran."""
+
+
 def provenance(argv: list[str] | None = None) -> dict:
     """The command, date, machine and versions of this process's run."""
     import numpy
@@ -65,7 +70,7 @@ def provenance(argv: list[str] | None = None) -> dict:
             "pyro": pyro.__version__,
             "numpy": numpy.__version__,
             "ppvae": ppvae.__version__,
-            "git_commit": _git_commit(),
+            "git_commit": COMMIT_AT_START,
         },
     }
 
