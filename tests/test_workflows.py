@@ -53,14 +53,17 @@ def test_vae_epochs_are_a_step_budget():
 def test_the_linear_check_lowers_its_learning_rate_on_minibatches():
     """The LinearVAE's own 0.05 is for full batches; on minibatches the check trains at
     LINEAR_MINIBATCH_LR (on MNIST 0.05 stopped 0.04 nats/image short of the optimum); a
-    learning rate that is given is kept."""
-    ds = ppvae.load_dataset("digits", seed=0, n_train=60, n_test=10)
-    full = workflows.check_ppca(ds, latent_dim=2, epochs=1, progress=False).metrics
-    mini = workflows.check_ppca(ds, latent_dim=2, epochs=1, batch_size=20, progress=False)
-    given = workflows.check_ppca(ds, latent_dim=2, epochs=1, batch_size=20, lr=0.1)
-    assert full["lr"] == ppvae.LinearVAE.training_defaults["lr"] == 0.05
-    assert mini.metrics["lr"] == workflows.LINEAR_MINIBATCH_LR == 0.02
-    assert given.metrics["lr"] == 0.1
+    learning rate that is given is kept. train_linear_vae's choice is linear_lr's."""
+    from ppvae.workflows.common import linear_lr, train_linear_vae
+
+    assert linear_lr(1438, 1438) is None  # the LinearVAE's training_defaults
+    assert linear_lr(60000, 1000) == workflows.LINEAR_MINIBATCH_LR == 0.02
+    assert linear_lr(60000, 1000, lr=0.1) == 0.1
+    ds = ppvae.load_dataset("digits", seed=0, n_train=40, n_test=10)
+    _, history = train_linear_vae(
+        ds, 2, epochs=1, batch_size=20, lr=None, seed=0, device="cpu", progress=False
+    )
+    assert history.config["lr"] == 0.02
 
 
 def test_linear_schedule():

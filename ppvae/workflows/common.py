@@ -340,6 +340,14 @@ def linear_schedule(
     return int(epochs), batch_size
 
 
+def linear_lr(n_rows: int, batch_size: int, lr: float | None = None) -> float | None:
+    """The LinearVAE check's learning rate: ``lr`` where given, else the LinearVAE's own
+    (None) on full batches and :data:`LINEAR_MINIBATCH_LR` on minibatches."""
+    if lr is None and batch_size < n_rows:
+        return workflows.LINEAR_MINIBATCH_LR
+    return lr
+
+
 def vae_epochs(n_rows: int, batch_size: int, epochs: int | None = None) -> int:
     """The VAE's epochs: ``epochs`` where given, else about :data:`VAE_STEPS` steps.
 
@@ -443,10 +451,8 @@ def train_linear_vae(
     """A LinearVAE fitted on ``ds.train`` (seeded initialization), moved to the CPU. With
     missing entries its guide is full rank, the family that holds each row's exact posterior
     p(z | x_o) (a diagonal one leaves an ELBO gap of ~0.08 nats on digits at 20% missing).
-    ``lr=None``: the LinearVAE's own on full batches, :data:`LINEAR_MINIBATCH_LR` on
-    minibatches."""
-    if lr is None and batch_size < len(ds.train):
-        lr = workflows.LINEAR_MINIBATCH_LR
+    ``lr=None``: :func:`linear_lr`."""
+    lr = linear_lr(len(ds.train), batch_size, lr)
     torch.manual_seed(seed)
     incomplete = bool(torch.isnan(ds.train).any())
     vae = LinearVAE(ds.data_dim, latent_dim, guide="fullrank" if incomplete else "diagonal")
