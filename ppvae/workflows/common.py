@@ -330,14 +330,20 @@ def linear_schedule(
     if batch_size is None:
         batch_size = n_rows if n_rows <= wf.LINEAR_FULL_BATCH_MAX else wf.LINEAR_BATCH_SIZE
     batch_size = min(int(batch_size), n_rows)
-    n_batches = math.ceil(n_rows / batch_size)
     if epochs is None:
         epochs = (
             wf.LINEAR_FULL_BATCH_EPOCHS
-            if n_batches == 1
-            else math.ceil(wf.LINEAR_STEPS / n_batches)
+            if batch_size == n_rows
+            else epochs_for_steps(n_rows, batch_size, wf.LINEAR_STEPS)
         )
     return int(epochs), batch_size
+
+
+def epochs_for_steps(n_rows: int, batch_size: int, steps: int) -> int:
+    """Epochs of ``ceil(N / B)`` minibatches that make about ``steps`` optimizer steps
+    (a batch size above N counts as N)."""
+    n_batches = math.ceil(n_rows / max(1, min(int(batch_size), n_rows)))
+    return math.ceil(steps / n_batches)
 
 
 def linear_lr(n_rows: int, batch_size: int, lr: float | None = None) -> float | None:
@@ -367,8 +373,7 @@ def vae_epochs(n_rows: int, batch_size: int, epochs: int | None = None) -> int:
     """
     if epochs is not None:
         return int(epochs)
-    n_batches = math.ceil(n_rows / max(1, min(int(batch_size), n_rows)))
-    return math.ceil(workflows.VAE_STEPS / n_batches)
+    return epochs_for_steps(n_rows, batch_size, workflows.VAE_STEPS)
 
 
 def make_vae(
