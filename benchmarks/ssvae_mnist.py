@@ -104,6 +104,9 @@ def main(argv=None) -> dict:
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of log q(y|x) per labelled row (default 0.1 N / labels)")
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--labelled-per-batch", type=int, default=None,
+                   help="labelled rows in every minibatch (fit's labelled_per_batch); "
+                        "default: uniform minibatches")  # fmt: skip
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--stacked-hidden", type=int, nargs="+", default=[500, 500])
@@ -141,7 +144,8 @@ def main(argv=None) -> dict:
         hook = TestError(m2, xt, yt, 60.0 * args.minutes)
         start = time.perf_counter()
         h = ppvae.fit(m2, x, labels=y, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, seed=seed, binarize="dynamic", hooks=[hook])  # fmt: skip
+                      lr=args.lr, seed=seed, binarize="dynamic", hooks=[hook],
+                      labelled_per_batch=args.labelled_per_batch)  # fmt: skip
         runs.append({
             "seed": seed,
             "test_error": hook.curve[-1],

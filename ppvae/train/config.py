@@ -81,6 +81,7 @@ class TrainConfig:
     device: str | torch.device = "cpu"
     progress: bool | None = None
     validate: bool | None = None
+    labelled_per_batch: int | None = None
 
     @classmethod
     def resolve(cls, program: Program | None = None, config=None, **settings) -> TrainConfig:
@@ -114,6 +115,8 @@ class TrainConfig:
         _integer("num_particles", self.num_particles, 1)
         _integer("kl_warmup_epochs", self.kl_warmup_epochs, 0)
         _integer("seed", self.seed, 0)
+        if self.labelled_per_batch is not None:
+            _integer("labelled_per_batch", self.labelled_per_batch, 1)
         if self.seed >= 2**32:  # what every RNG it seeds (Pyro, NumPy, torch) accepts
             raise InputError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         for name in ("progress", "validate"):
@@ -152,6 +155,9 @@ class TrainConfig:
             num_particles=int(self.num_particles),
             kl_weight=float(self.kl_weight),
             kl_warmup_epochs=int(self.kl_warmup_epochs),
+            labelled_per_batch=(
+                None if self.labelled_per_batch is None else int(self.labelled_per_batch)
+            ),
         )
 
     def record(self, batch_size: int) -> dict:
@@ -170,6 +176,7 @@ class TrainConfig:
             "clip_norm": self.clip_norm,
             "kl_weight": self.kl_weight,
             "kl_warmup_epochs": self.kl_warmup_epochs,
+            "labelled_per_batch": self.labelled_per_batch,
         }
 
     def kl_factor(self, epoch: int) -> float:

@@ -67,6 +67,7 @@ from .hooks import (
     Untimed,
     _call,
 )
+from .labelled import StratifiedLabelledLoss, stratified_batches, stratified_permutation
 from .objectives import (
     LatentScale,
     enumerating_elbo,
@@ -179,6 +180,7 @@ class Run:
         self.fit_config: dict = {}
         self.metadata: dict = {}
         self.labels = None
+        self.strata: tuple[torch.Tensor, torch.Tensor] | None = None  # labelled, unlabelled rows
         self.observed = None  # (N, D) bool where the data have missing entries, else None
         self.masked = False  # model and guide are bound to take the observed mask
         self.data_dim = None
@@ -297,7 +299,12 @@ class Run:
         """One pass over the training data from the current position (NumPyro's ``run`` is
         a loop of these; each step is :meth:`GuardedStep.step`)."""
         epoch = self.epoch
-        if self.perm is None and self.n_batches > 1:
+        if self.perm is None and self.strata is not None:
+            self.perm = stratified_permutation(
+                *self.strata, self.batch_size, self.config.labelled_per_batch,
+                self.stream.gen if self.stream else self.gen,
+            )  # fmt: skip
+        elif self.perm is None and self.n_batches > 1:
             self.perm = torch.randperm(
                 self.n,
                 device=self._rows_device(),
@@ -381,6 +388,7 @@ def fit(
     metadata: dict | None = None,
     progress: bool | None = None,
     labels: torch.Tensor | None = None,
+    labelled_per_batch: int | None = None,
     validate: bool | None = None,
     hooks=(),
     config: TrainConfig | None = None,
@@ -476,7 +484,15 @@ def fit(
     progress : bool, optional
         Show a progress bar (default: when writing to a terminal).
     labels : tensor of shape (N,), optional
-        Integer labels passed to model and guide as ``y`` (the stacked autoencoder's classifier).
+        Integer labels passed to model and guide as ``y`` (the stacked autoencoder's
+        classifier, the conditional and semi-supervised VAEs); ``-1`` marks an unlabelled row.
+    labelled_per_batch : int, optional
+        Put this many labelled rows in every minibatch (cycling through the labelled set),
+        the rest unlabelled; an epoch is one pass over the unlabelled rows. The loss sums the
+        estimator on the two parts, each scaled by its own set's size, so it stays an
+        unbiased estimate of the same objective (:mod:`ppvae.train.labelled`). For few labels
+        among many rows (M2 with 100 labels); needs labelled and unlabelled rows, one process,
+        an eager estimator and no latent sites outside the data plate.
     validate : bool, optional
         Pyro's per-site validation inside the loop (default: :data:`VALIDATE_STEPS`, off).
         A compiled estimator (``elbo="auto"`` on a ppvae VAE, ``"jit"``, ``"jit-meanfield"``)
@@ -511,6 +527,7 @@ def fit(
         num_particles=num_particles, betas=betas, lr_decay=lr_decay, decay_start=decay_start,
         device=device, binarize=binarize, clip_norm=clip_norm, kl_weight=kl_weight,
         kl_warmup_epochs=kl_warmup_epochs, progress=progress, validate=validate,
+        labelled_per_batch=labelled_per_batch,
     )  # fmt: skip
     if config is not None:  # keywords left at their defaults do not override the object
         settings = {k: v for k, v in settings.items() if v != _KEYWORD_DEFAULTS[k]}
@@ -609,7 +626,11 @@ def _new_run(
     if isinstance(loss_fn, _TraceKeyed):  # traces of an earlier fit read another param store
         loss_fn.reset()
     bs = _batch_size(cfg.batch_size, n, distributed_world()[0])
+    strata = _strata(cfg.labelled_per_batch, labels, bs, loss_fn)
     run = Run(prog, cfg, loss_fn, train, n, bs, dev)
+    if strata is not None:
+        run.strata = tuple(rows.to(run._rows_device()) for rows in strata)
+        run.n_batches = stratified_batches(len(strata[1]), bs, cfg.labelled_per_batch)
     run.elbo_fn = held_out_elbo(loss_fn, prog)
     run.labels = labels
     run.observed = observed
@@ -759,10 +780,30 @@ def _choose_for_discrete(run: Run, info) -> None:
 def _make_stepper(run: Run, info, payload: dict | None) -> GuardedStep:
     """The guarded step on the program bound to N rows, KL-weighted where asked."""
     cfg = run.config
-    model, guide = run.program.bind(run.n, masked=run.masked)
     if cfg.kl_weight != 1.0 or cfg.kl_warmup_epochs > 0:
         run.latent_scale = LatentScale(*info.local_latents)
-        model, guide = run.latent_scale(model), run.latent_scale(guide)
+
+    def bound(n: int) -> tuple:
+        model, guide = run.program.bind(n, masked=run.masked)
+        if cfg.kl_weight != 1.0 or cfg.kl_warmup_epochs > 0:
+            model, guide = run.latent_scale(model), run.latent_scale(guide)
+        return model, guide
+
+    model, guide = bound(run.n)
+    loss = run.loss_fn
+    if run.strata is not None:
+        if info.global_latents or isinstance(loss, _TraceKeyed):
+            what = (
+                f"the latent site {info.global_latents[0]!r} lies outside the data plate (it "
+                "would be counted once per part)"
+                if info.global_latents
+                else "a compiled estimator traces one minibatch shape; pass elbo='trace'"
+            )
+            raise InputError(f"labelled_per_batch: {what}")
+        loss = StratifiedLabelledLoss(
+            loss, (*bound(len(run.strata[0])), len(run.strata[0])),
+            (*bound(len(run.strata[1])), len(run.strata[1])),
+        )  # fmt: skip
     total_steps = max(1, cfg.epochs * run.n_batches)
     schedule = (
         None if cfg.lr_decay == 1.0 else HoldThenDecay(total_steps, cfg.lr_decay, cfg.decay_start)
@@ -771,7 +812,7 @@ def _make_stepper(run: Run, info, payload: dict | None) -> GuardedStep:
         run.program,
         model,
         guide,
-        run.loss_fn,
+        loss,
         lr=cfg.lr,
         betas=cfg.betas,
         schedule=schedule,
@@ -835,6 +876,34 @@ def _check_labels(labels, n: int, test, prog: Program):
     if test is not None:
         raise InputError("test ELBOs are not computed for a labelled fit; pass test=None")
     return labels.long()
+
+
+def _strata(per_batch: int | None, labels, batch_size: int, loss_fn):
+    """(labelled rows, unlabelled rows) for ``labelled_per_batch``, validated; else None."""
+    if per_batch is None:
+        return None
+    if labels is None:
+        raise InputError("labelled_per_batch: given without labels")
+    known = labels >= 0
+    n_known = int(known.sum())
+    if n_known == 0 or n_known == len(labels):
+        raise InputError(
+            f"labelled_per_batch: needs labelled and unlabelled rows; labels has {n_known} "
+            f"labelled of {len(labels)}"
+        )
+    if per_batch >= batch_size:
+        raise InputError(
+            f"labelled_per_batch ({per_batch}) must be smaller than batch_size ({batch_size}), "
+            "to leave room for unlabelled rows"
+        )
+    if distributed_world()[0] > 1:
+        raise InputError("labelled_per_batch: not with distributed training (one process only)")
+    if isinstance(loss_fn, _TraceKeyed):
+        raise InputError(
+            "labelled_per_batch: a compiled estimator traces one minibatch shape; pass "
+            "elbo='trace' or 'meanfield'"
+        )
+    return known.nonzero().squeeze(-1), (~known).nonzero().squeeze(-1)
 
 
 def _label_kwargs(labels, rows: int) -> dict:
