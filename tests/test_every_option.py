@@ -77,6 +77,7 @@ VALUES = {
     "contraction": ["--contraction", "0.2"],
     "labels": ["--labels", "20"],
     "alpha": ["--alpha", "2.5"],
+    "labelled_per_batch": ["--labelled-per-batch", "5"],
     "lr": ["--lr", "0.01"],
     "clip_norm": ["--clip-norm", "5"],
     "kl_weight": ["--kl-weight", "0.5"],

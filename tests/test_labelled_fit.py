@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
+import pyro
 import pytest
 import torch
 
@@ -89,7 +91,12 @@ def _fingerprint(result) -> str:
 
 @pytest.mark.parametrize(
     "model, keyword, value",
-    [("ssvae", "labels", 20), ("ssvae", "alpha", 5.0), ("cvae", "conditional_prior", True)],
+    [
+        ("ssvae", "labels", 20),
+        ("ssvae", "alpha", 5.0),
+        ("ssvae", "labelled_per_batch", 5),
+        ("cvae", "conditional_prior", True),
+    ],
 )
 def test_each_keyword_of_a_labelled_model_changes_the_trained_model(model, keyword, value):
     """The model-specific keywords of fit_labelled (test_every_option.py follows the common
@@ -99,3 +106,120 @@ def test_each_keyword_of_a_labelled_model_changes_the_trained_model(model, keywo
     before = _fingerprint(workflows.fit_labelled(ds, **base, iw_samples=5, progress=False))
     after = workflows.fit_labelled(ds, **{**base, keyword: value}, iw_samples=5, progress=False)
     assert _fingerprint(after) != before
+
+
+# ---------------------------------------------------------------- labelled_per_batch
+def test_a_stratified_epoch_holds_b_labelled_rows_in_every_minibatch():
+    from ppvae.train.labelled import stratified_batches, stratified_permutation
+
+    labelled, unlabelled = torch.arange(0, 7), torch.arange(7, 50)  # 43 unlabelled rows
+    perm = stratified_permutation(labelled, unlabelled, 10, 3, torch.Generator().manual_seed(0))
+    n_batches = stratified_batches(43, 10, 3)
+    assert n_batches == 7  # ceil(43 / 7)
+    for b in range(n_batches):
+        rows = perm[b * 10 : (b + 1) * 10]
+        assert (rows[:3] < 7).all() and (rows[3:] >= 7).all()
+        assert len(rows) == (10 if b < n_batches - 1 else 3 + 43 - 6 * 7)
+    assert sorted(perm[perm >= 7].tolist()) == unlabelled.tolist()  # each once per epoch
+    counts = torch.bincount(perm[perm < 7], minlength=7)  # 21 draws cycle through 7 rows
+    assert counts.tolist() == [3] * 7
+
+
+def _gaussian_program():
+    import pyro.distributions as dist
+
+    def model(x, y):
+        loc = pyro.param("strat_loc", torch.zeros(x.shape[1]))
+        with pyro.plate("data", x.shape[0]):  # no num_data: fit scales the plate itself
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x, y):
+        pass
+
+    return model, guide
+
+
+def test_the_stratified_loss_scales_each_part_by_its_own_set():
+    """A program without latents: the loss is exact, so the scales can be read off it:
+    N_l / b_l on the labelled part, N_u / b_u on the unlabelled one."""
+    import pyro
+
+    from ppvae.program import as_program
+    from ppvae.train.labelled import StratifiedLabelledLoss
+
+    pyro.clear_param_store()
+    prog = as_program(*_gaussian_program())
+    x = torch.randn(8, 3)
+    y = torch.tensor([2, -1, 0, -1, -1, 1, -1, -1])  # 3 labelled of 8 rows in this batch
+    n_l, n_u = 30, 500
+    loss = StratifiedLabelledLoss(
+        pyro.infer.Trace_ELBO(), (*prog.bind(n_l), n_l), (*prog.bind(n_u), n_u)
+    )
+    value = loss.differentiable_loss(None, None, x, y=y, num_data=n_l + n_u)
+    nll = -torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)  # loc starts at 0
+    known = y >= 0
+    expected = n_l / 3 * nll[known].sum() + n_u / 5 * nll[~known].sum()
+    assert float(value.detach()) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_m2_trains_with_labelled_rows_in_every_minibatch(small_ssvae_data):
+    x, y = small_ssvae_data
+    m = ppvae.SemiSupervisedVAE(x.shape[1], 10, 2, hidden=(8,), alpha=5.0, likelihood="gaussian")
+    h = ppvae.fit(m, x, labels=y, epochs=2, batch_size=40, labelled_per_batch=10, progress=False)
+    n_unlabelled = int((y < 0).sum())
+    assert h.steps == 2 * math.ceil(n_unlabelled / 30)  # an epoch: one pass over unlabelled rows
+    assert h.config["labelled_per_batch"] == 10
+    assert all(math.isfinite(e) for e in h.train_elbo)
+
+
+@pytest.fixture(scope="module")
+def small_ssvae_data():
+    ds = workflows.load("digits", n_train=200, n_test=10)
+    y = ds.train_labels.clone()
+    y[20:] = -1
+    return ds.train, y
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"labels": None}, "given without labels"),
+        ({"labelled_per_batch": 40}, r"labelled_per_batch \(40\) must be smaller than batch_size"),
+        ({"all_labelled": True}, "needs labelled and unlabelled rows"),
+        ({"labelled_per_batch": 0}, "labelled_per_batch must be an integer >= 1"),
+        ({"elbo": "jit"}, "compiled estimator"),
+    ],
+)
+def test_labelled_per_batch_refuses_what_it_cannot_do(small_ssvae_data, change, needle):
+    x, y = small_ssvae_data
+    kwargs = {"labels": y, "labelled_per_batch": 10, "batch_size": 40, "epochs": 1}
+    if change.pop("all_labelled", False):
+        kwargs["labels"] = workflows.load("digits", n_train=200, n_test=10).train_labels
+    kwargs.update(change)
+    if kwargs["labels"] is None:
+        m = ppvae.VAE(x.shape[1], 2, hidden=(8,))
+    else:
+        m = ppvae.SemiSupervisedVAE(x.shape[1], 10, 2, hidden=(8,), likelihood="gaussian")
+    with pytest.raises(InputError, match=needle):
+        ppvae.fit(m, x, progress=False, **kwargs)
+
+
+def test_labelled_per_batch_refuses_a_latent_outside_the_data_plate(small_ssvae_data):
+    import pyro
+    import pyro.distributions as dist
+
+    x, y = small_ssvae_data
+
+    def model(x, y):
+        shift = pyro.sample("shift", dist.Normal(0.0, 1.0))  # global: once per part
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(shift, 1.0).expand(x.shape).to_event(1), obs=x)
+
+    def guide(x, y):
+        loc = pyro.param("strat_shift_loc", torch.tensor(0.0))
+        pyro.sample("shift", dist.Normal(loc, 1.0))
+
+    pyro.clear_param_store()
+    with pytest.raises(InputError, match="'shift' lies outside the data plate"):
+        ppvae.fit(model, guide, x, labels=y, labelled_per_batch=10, batch_size=40, epochs=1,
+                  progress=False)  # fmt: skip

@@ -16,7 +16,10 @@ from .options import UserError
 
 RESUMABLE = ("resume", "epochs", "lr", "clip_norm", "device", "progress", "nproc")
 """What ``--resume DIR`` may be given with: how long, how fast and where to train."""
-LABELLED_OPTIONS = {"cvae": ("labels", "conditional_prior"), "ssvae": ("labels", "alpha")}
+LABELLED_OPTIONS = {
+    "cvae": ("labels", "conditional_prior"),
+    "ssvae": ("labels", "alpha", "labelled_per_batch"),
+}
 """The options of the models of labelled data, by ``--model``."""
 VAE_ONLY = (
     "prior",
@@ -94,6 +97,13 @@ def add_parser(sub, name: str):
         default=None,
         help="ssvae: weight of log q(y | x) per labelled image (default 0.1 N / labels, "
         "Kingma et al. 2014)",
+    )
+    lab.add_argument(
+        "--labelled-per-batch",
+        type=options.positive_int,
+        default=None,
+        help="ssvae: this many labelled images in every minibatch of --batch-size, the loss "
+        "kept unbiased (default: uniform minibatches)",
     )
     lab.add_argument(
         "--conditional-prior",
@@ -324,6 +334,7 @@ def _fit(run, ds, out: Path):
             model=model,
             labels=run.labels,
             alpha=getattr(run, "alpha", None),
+            labelled_per_batch=getattr(run, "labelled_per_batch", None),
             conditional_prior=getattr(run, "conditional_prior", False),
             iw_samples=run.iw_samples,
             **common,

@@ -154,7 +154,9 @@ def make_labelled(
     raise InputError(f"model must be one of {', '.join(LABELLED_MODELS)}, got {model!r}")
 
 
-def _check_settings(model: str, alpha, conditional_prior: bool, *, resume: bool, out) -> None:
+def _check_settings(
+    model: str, alpha, conditional_prior: bool, *, resume: bool, out, labelled_per_batch=None
+) -> None:
     """Refuse, by name, settings :func:`fit_labelled` cannot honour, before any work."""
     if resume and out is None:
         raise InputError("resume=True needs out, the folder of the run")
@@ -162,6 +164,11 @@ def _check_settings(model: str, alpha, conditional_prior: bool, *, resume: bool,
         raise InputError(f"model must be one of {', '.join(LABELLED_MODELS)}, got {model!r}")
     if model == "cvae" and alpha is not None:
         raise InputError("alpha weights M2's classifier (model='ssvae'); the cvae has none")
+    if model == "cvae" and labelled_per_batch is not None:
+        raise InputError(
+            "labelled_per_batch mixes labelled and unlabelled rows (model='ssvae'); the cvae "
+            "trains on labelled rows only"
+        )
     if model == "ssvae" and conditional_prior:
         raise InputError("conditional_prior is the cvae's p(z | y); M2's p(z) is N(0, I)")
 
@@ -210,6 +217,7 @@ def fit_labelled(
     hidden=(256,),
     likelihood: str = "gaussian",
     alpha: float | None = None,
+    labelled_per_batch: int | None = None,
     conditional_prior: bool = False,
     epochs: int = 100,
     batch_size: int = 128,
@@ -242,6 +250,9 @@ def fit_labelled(
     alpha : float, optional
         M2's weight of log q(y | x) per labelled row (default Kingma et al.'s
         0.1 N / labels in these units).
+    labelled_per_batch : int, optional
+        M2: put this many labelled rows in every minibatch of ``batch_size`` (see
+        :func:`~ppvae.fit`); default uniform minibatches.
     conditional_prior : bool
         The conditional VAE's learned p(z | y) instead of N(0, I).
     epochs, batch_size, lr, clip_norm, seed, device, progress
@@ -258,7 +269,8 @@ def fit_labelled(
         ``test_error_curve`` ([epoch, error] pairs), ``logistic_regression_test_error`` on the
         same labelled rows, ``labels_used``; ``models`` ``model``.
     """
-    _check_settings(model, alpha, conditional_prior, resume=resume, out=out)
+    _check_settings(model, alpha, conditional_prior, resume=resume, out=out,
+                    labelled_per_batch=labelled_per_batch)  # fmt: skip
     binarize = "dynamic" if likelihood == "bernoulli" else None
     ds = workflows.load(dataset, seed=seed, binarize=binarize)
     y = _training_labels(ds, labels, seed)
@@ -302,6 +314,7 @@ def fit_labelled(
         device=s.device,
         binarize=binarize,
         hooks=[curve],
+        labelled_per_batch=labelled_per_batch,
         checkpoint_dir=out,
         resume=resume,
         overwrite=overwrite,
@@ -320,7 +333,11 @@ def fit_labelled(
         "latent_dim": latent_dim,
         "hidden": list(hidden),
         "likelihood": likelihood,
-        **({"alpha": alpha} if model == "ssvae" else {"conditional_prior": conditional_prior}),
+        **(
+            {"alpha": alpha, "labelled_per_batch": labelled_per_batch}
+            if model == "ssvae"
+            else {"conditional_prior": conditional_prior}
+        ),
         "labels_used": n_labelled,
         "n_train_rows_used": len(x_train),
         "epochs": history.config["epochs"],
