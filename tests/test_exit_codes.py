@@ -17,6 +17,7 @@ COMPARE += ["--eval-points", "5", "--gap-points", "2", "--nuts-points", "0", "--
 LOOSE = dict.fromkeys(workflows.CHECK_TARGETS, 1e9)
 
 
+@pytest.mark.long_convergence  # the LinearVAE check: thousands of steps
 @pytest.mark.parametrize(
     "argv, written, key",
     [(RUN, "metrics.json", "ppca_check"), (COMPARE, "compare.json", "linear_check")],

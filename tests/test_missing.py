@@ -297,6 +297,7 @@ def _table_with_holes(path, n=300, seed=0):
     return path
 
 
+@pytest.mark.long_convergence  # the LinearVAE check: thousands of steps
 def test_check_ppca_on_a_table_with_holes_meets_em(tmp_path, capsys):
     import json
 
@@ -384,6 +385,7 @@ def test_ppca_posterior_of_a_row_with_holes_is_that_of_its_observed_entries(digi
     torch.testing.assert_close(ppca.transform(x), post.loc)
 
 
+@pytest.mark.long_convergence  # the LinearVAE check: thousands of steps
 def test_run_on_data_with_holes_fits_em_imputes_and_skips_ais(tmp_path, capsys):
     import json
 

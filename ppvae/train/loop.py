@@ -566,6 +566,8 @@ def fit(
         finally:
             _call(run.hooks, "on_fit_end", run)
         run.clock()
+    if run.world > 1:  # rank 0's last checkpoint is on disk before any rank goes on (to a resume)
+        torch.distributed.barrier()
     return run.history
 
 
