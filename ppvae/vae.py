@@ -452,3 +452,21 @@ class LinearVAE(VAE):
             **({"guide": "fullrank"} if self.encoder.full_rank else {}),
             **({} if self.noise_scale is None else {"noise_scale": self.noise_scale}),
         }
+
+
+def known_static(program) -> bool:
+    """True for a VAE built only from ppvae's own parts, whose structure is static.
+
+    Tracing records one pass through the program; Python branches on tensor values would be
+    frozen into it. ppvae's priors, likelihoods and networks branch on shapes and options only,
+    so ``elbo="auto"`` compiles such a VAE (and AIS its log density); anything user-defined
+    runs eagerly unless a JIT estimator is asked for by name. ``program``: a
+    :class:`~ppvae.program.Program`.
+    """
+    vae = program.module
+    if type(vae) not in (VAE, LinearVAE) or getattr(vae, "_custom_nets", True):
+        return False
+    if type(vae.q) is not DiagonalGaussian:  # full-rank and flow guides are not verified
+        return False  # under torch.jit.trace; they run eagerly
+    parts = (vae.prior, vae.likelihood, vae.encoder, vae.decoder)
+    return all(type(p).__module__.startswith(("ppvae.", "torch.nn.")) for p in parts)

@@ -31,6 +31,7 @@ guarantee exact.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import pyro
@@ -39,6 +40,7 @@ from pyro import poutine
 from tqdm.auto import tqdm
 
 from ..errors import InputError, ProgramError
+from ..vae import known_static
 from ._common import (
     _EvalMode,
     _Evaluation,
@@ -131,6 +133,12 @@ class _Target:
         guide = ev.program.guide
         self.guide = poutine.block(guide, hide=list(ev.fixed)) if ev.fixed else guide
         self.observed = set(ev.info.observed)
+        # ppvae's own static VAE: log p(x, z) and log q0(z) compiled once per shape of z (the
+        # Pyro trace runs once, not at every leapfrog step); the same numbers, bit for bit
+        self.compile = (
+            known_static(ev.program) and not ev.fixed and ev.mask is None and ev.labels is None
+        )
+        self._compiled: dict = {}
 
     def _shape(self, particles):
         n = self.x.shape[0]
@@ -173,6 +181,12 @@ class _Target:
             parts = [at(zc, None) for zc in z]
             return torch.stack([a for a, _ in parts]), torch.stack([b for _, b in parts])
 
+        if self.compile and self.ev.vectorized:
+            fn = self._compiled.get(z.shape)
+            if fn is None:
+                fn = self._compiled[z.shape] = _traced(lambda u: at(u, u.shape[0]), z)
+            if fn is not None:
+                return fn(z)
         return _vectorized(self.ev, attempt)
 
     def sample_start(self, num_chains: int) -> torch.Tensor:
@@ -197,6 +211,18 @@ class _Target:
                 return attempt(self.ev.vectorized is not False).detach()
             except Exception:
                 return attempt(False).detach()
+
+
+def _traced(fn, example: torch.Tensor):
+    """``torch.jit.trace`` of ``fn`` at ``example``'s shape, or None where tracing fails (the
+    caller then stays eager). The parameters are frozen during AIS, so they enter the graph
+    as constants and only z is differentiated."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.trace(fn, (example.detach().requires_grad_(True),), check_trace=False)
+    except Exception:
+        return None
 
 
 class _State:

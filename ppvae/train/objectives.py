@@ -9,9 +9,8 @@ from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
 from ..errors import InputError
-from ..guides import DiagonalGaussian
 from ..program import Program, as_program
-from ..vae import VAE, LinearVAE
+from ..vae import known_static
 from .iwae import IWAE_ELBO
 from .pyro_jit import PATCH_APPLIES, CachedJitTrace_ELBO, CachedJitTraceMeanField_ELBO
 
@@ -43,23 +42,6 @@ def analytic_kl(program: Program) -> bool:
     prior = getattr(program.module, "prior", None) if program.is_ppvae else None
     guide = getattr(program.module, "q", None) if program.is_ppvae else None
     return bool(getattr(prior, "analytic_kl", False) and getattr(guide, "analytic_kl", True))
-
-
-def known_static(program: Program) -> bool:
-    """True for a VAE built only from ppvae's own parts, whose structure is static.
-
-    Tracing records one pass through the program; Python branches on tensor values would be
-    frozen into it. ppvae's priors, likelihoods and networks branch on shapes and options only,
-    so ``elbo="auto"`` compiles such a VAE; anything user-defined runs eagerly unless a JIT
-    estimator is asked for by name.
-    """
-    vae = program.module
-    if type(vae) not in (VAE, LinearVAE) or getattr(vae, "_custom_nets", True):
-        return False
-    if type(vae.q) is not DiagonalGaussian:  # full-rank and flow guides are not verified
-        return False  # under torch.jit.trace; they run eagerly
-    parts = (vae.prior, vae.likelihood, vae.encoder, vae.decoder)
-    return all(type(p).__module__.startswith(("ppvae.", "torch.nn.")) for p in parts)
 
 
 def make_elbo(elbo: ELBO | str | None, num_particles: int, program) -> ELBO:
