@@ -223,3 +223,25 @@ def test_labelled_per_batch_refuses_a_latent_outside_the_data_plate(small_ssvae_
     with pytest.raises(InputError, match="'shift' lies outside the data plate"):
         ppvae.fit(model, guide, x, labels=y, labelled_per_batch=10, batch_size=40, epochs=1,
                   progress=False)  # fmt: skip
+
+
+def test_a_stratified_run_resumes_exactly(small_ssvae_data, tmp_path):
+    """The epoch's row order is in the checkpoint: 1 + 1 epochs equal 2 at once."""
+    x, y = small_ssvae_data
+    kwargs = {"labels": y, "labelled_per_batch": 10, "batch_size": 40, "progress": False}
+
+    def model():
+        torch.manual_seed(0)
+        return ppvae.SemiSupervisedVAE(x.shape[1], 10, 2, hidden=(8,), likelihood="gaussian")
+
+    whole = model()
+    h2 = ppvae.fit(whole, x, epochs=2, **kwargs)
+    part = model()
+    ppvae.fit(part, x, epochs=1, checkpoint_dir=tmp_path, **kwargs)
+    h = ppvae.fit(part, x, epochs=2, checkpoint_dir=tmp_path, resume=True, **kwargs)
+    assert h.train_elbo == h2.train_elbo
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, part.state_dict()[k]), k
+    with pytest.raises(InputError, match="labelled_per_batch"):
+        ppvae.fit(part, x, epochs=3, checkpoint_dir=tmp_path, resume=True,
+                  **{**kwargs, "labelled_per_batch": 5})  # fmt: skip
