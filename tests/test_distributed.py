@@ -53,6 +53,28 @@ def test_two_process_steps_equal_single_process_steps_on_the_union(tmp_path):
     assert any(not torch.equal(v, moved.state_dict()[k]) for k, v in one.state_dict().items())
 
 
+_FINISH_AND_START = '''
+
+def finish():
+    torch.distributed.barrier()  # tear down together: gloo may abort a rank whose peer left
+    torch.distributed.destroy_process_group()
+    # as ppvae's CLI does: gloo's threads freeing DDP work objects during interpreter
+    # finalization aborted a finished rank once under load (exit -6); skip that teardown
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+if __name__ == "__main__":
+    # as ppvae's CLI starts its ranks: from a forkserver that has imported torch and ppvae
+    torch.multiprocessing.set_forkserver_preload(["torch", "ppvae"])
+    torch.multiprocessing.start_processes(
+        work, args=tuple(sys.argv[1:]), nprocs=2, start_method="forkserver"
+    )
+'''
+"""The end of a two-rank worker script: ``finish()`` (called by ``work``) and the start of the
+ranks, each ``work(rank, *sys.argv[1:])``."""
+
+
 _RESUME_WORKER = '''
 import json
 import os
@@ -80,18 +102,8 @@ def work(rank, folder, rendezvous):
                 json.dump({"train_elbo": h.train_elbo, "steps": h.steps}, f)
     if rank == 0:
         torch.save(states, os.path.join(folder, "states.pt"))
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-if __name__ == "__main__":
-    torch.multiprocessing.set_forkserver_preload(["torch", "ppvae"])
-    torch.multiprocessing.start_processes(
-        work, args=tuple(sys.argv[1:3]), nprocs=2, start_method="forkserver"
-    )
-'''
+    finish()
+''' + _FINISH_AND_START
 
 
 def test_a_short_two_process_vae_run_converges_and_resumes_exactly(tmp_path):
@@ -141,21 +153,8 @@ def work(rank, path, out, rendezvous):
         params.append(ae.state_dict())
     if rank == 0:
         torch.save(params, out)
-    torch.distributed.barrier()  # tear down together: gloo may abort a rank whose peer left
-    torch.distributed.destroy_process_group()
-    # as ppvae's CLI does: gloo's threads freeing DDP work objects during interpreter
-    # finalization aborted a finished rank once under load (exit -6); skip that teardown
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-if __name__ == "__main__":
-    # as ppvae's CLI starts its ranks: from a forkserver that has imported torch and ppvae
-    torch.multiprocessing.set_forkserver_preload(["torch", "ppvae"])
-    torch.multiprocessing.start_processes(
-        work, args=tuple(sys.argv[1:4]), nprocs=2, start_method="forkserver"
-    )
-'''
+    finish()
+''' + _FINISH_AND_START
 
 
 def test_two_processes_stream_a_memmapped_file_and_binarize_as_one_process(tmp_path, digits):
