@@ -782,26 +782,24 @@ def _choose_for_discrete(run: Run, info) -> None:
 def _make_stepper(run: Run, info, payload: dict | None) -> GuardedStep:
     """The guarded step on the program bound to N rows, KL-weighted where asked."""
     cfg = run.config
-    if cfg.kl_weight != 1.0 or cfg.kl_warmup_epochs > 0:
+    weighted = cfg.kl_weight != 1.0 or cfg.kl_warmup_epochs > 0
+    if weighted:
         run.latent_scale = LatentScale(*info.local_latents)
 
     def bound(n: int) -> tuple:
         model, guide = run.program.bind(n, masked=run.masked)
-        if cfg.kl_weight != 1.0 or cfg.kl_warmup_epochs > 0:
+        if weighted:
             model, guide = run.latent_scale(model), run.latent_scale(guide)
         return model, guide
 
     model, guide = bound(run.n)
     loss = run.loss_fn
-    if run.strata is not None:
-        if info.global_latents or isinstance(loss, _TraceKeyed):
-            what = (
-                f"the latent site {info.global_latents[0]!r} lies outside the data plate (it "
-                "would be counted once per part)"
-                if info.global_latents
-                else "a compiled estimator traces one minibatch shape; pass elbo='trace'"
+    if run.strata is not None:  # (a compiled estimator was refused by _strata already)
+        if info.global_latents:
+            raise InputError(
+                f"labelled_per_batch: the latent site {info.global_latents[0]!r} lies outside "
+                "the data plate (it would be counted once per part)"
             )
-            raise InputError(f"labelled_per_batch: {what}")
         loss = StratifiedLabelledLoss(
             loss, (*bound(len(run.strata[0])), len(run.strata[0])),
             (*bound(len(run.strata[1])), len(run.strata[1])),
