@@ -245,3 +245,22 @@ def test_a_stratified_run_resumes_exactly(small_ssvae_data, tmp_path):
     with pytest.raises(InputError, match="labelled_per_batch"):
         ppvae.fit(part, x, epochs=3, checkpoint_dir=tmp_path, resume=True,
                   **{**kwargs, "labelled_per_batch": 5})  # fmt: skip
+
+
+def test_labelled_per_batch_refuses_a_program_that_subsamples_in_its_plate(small_ssvae_data):
+    import pyro.distributions as dist
+
+    x, y = small_ssvae_data
+
+    def model(x, y):
+        loc = pyro.param("strat_sub_loc", torch.zeros(x.shape[1]))
+        with pyro.plate("data", x.shape[0], subsample_size=5) as rows:
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x[rows])
+
+    def guide(x, y):
+        pass
+
+    pyro.clear_param_store()
+    with pytest.raises(InputError, match="subsamples inside its plate 'data'"):
+        ppvae.fit(model, guide, x, labels=y, labelled_per_batch=10, batch_size=40, epochs=1,
+                  progress=False)  # fmt: skip

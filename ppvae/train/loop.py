@@ -800,6 +800,12 @@ def _make_stepper(run: Run, info, payload: dict | None) -> GuardedStep:
                 f"labelled_per_batch: the latent site {info.global_latents[0]!r} lies outside "
                 "the data plate (it would be counted once per part)"
             )
+        if info.subsamples:
+            raise InputError(
+                f"labelled_per_batch: the program subsamples inside its plate "
+                f"{run.program.data_plate!r}, which would draw from each part, not from the rows "
+                "fit chose; let fit choose the minibatch (a plate over len(x))"
+            )
         loss = StratifiedLabelledLoss(
             loss, (*bound(len(run.strata[0])), len(run.strata[0])),
             (*bound(len(run.strata[1])), len(run.strata[1])),
